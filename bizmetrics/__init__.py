@@ -1,0 +1,63 @@
+"""Business metrics for multi-tenant SaaS services, on prometheus_client.
+
+Import it and the whole catalogue is on prometheus_client's default registry;
+record with the ``record_*`` helpers or the ``instrument_*`` decorators.
+"""
+
+from __future__ import annotations
+
+from .context import current_tenant, current_workflow, tenant_context, workflow_context
+from .decorators import (
+    MISS,
+    instrument_agent,
+    instrument_cache_lookup,
+    instrument_connector_operation,
+    instrument_db_query,
+    instrument_sync_operation,
+    instrument_workflow,
+    instrument_workflow_step,
+)
+from .metrics import (
+    dec_db_pool_size,
+    inc_db_pool_size,
+    record_agent_invocation,
+    record_api_request,
+    record_cache_hit,
+    record_cache_miss,
+    record_connector_operation,
+    record_connector_sync,
+    record_db_query,
+    record_workflow_execution,
+    record_workflow_step,
+    set_db_pool_size,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MISS",
+    "__version__",
+    "current_tenant",
+    "current_workflow",
+    "dec_db_pool_size",
+    "inc_db_pool_size",
+    "instrument_agent",
+    "instrument_cache_lookup",
+    "instrument_connector_operation",
+    "instrument_db_query",
+    "instrument_sync_operation",
+    "instrument_workflow",
+    "instrument_workflow_step",
+    "record_agent_invocation",
+    "record_api_request",
+    "record_cache_hit",
+    "record_cache_miss",
+    "record_connector_operation",
+    "record_connector_sync",
+    "record_db_query",
+    "record_workflow_execution",
+    "record_workflow_step",
+    "set_db_pool_size",
+    "tenant_context",
+    "workflow_context",
+]

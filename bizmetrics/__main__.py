@@ -1,0 +1,29 @@
+"""Command line: ``python -m bizmetrics demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; return its exit code."""
+    parser = argparse.ArgumentParser(prog="python -m bizmetrics", description="bizmetrics tools")
+    parser.add_argument("--version", action="version", version=f"bizmetrics {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="serve /metrics and drive demo traffic through every metric family")
+    demo.add_argument("--port", type=int, default=8000, help="port to serve /metrics on (0: any free port)")
+    demo.add_argument("--addr", default="127.0.0.1", help="address to bind (default: loopback only)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--seed", type=int, default=None, help="seed the random traffic")
+    args = parser.parse_args(argv)
+
+    from . import demo as demo_module
+
+    return demo_module.run(port=args.port, addr=args.addr, duration=args.duration, seed=args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

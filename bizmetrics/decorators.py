@@ -1,0 +1,331 @@
+"""Decorators that record the bizmetrics catalogue around functions and methods.
+
+Each works on plain functions, coroutine functions, generator functions and
+async generator functions, as functions, instance methods, classmethods and
+staticmethods (above or below ``@classmethod`` / ``@staticmethod``).  See
+README ("Decorators") for the label, counting and outcome rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast, overload
+
+from . import _extract
+from ._instrument import Site, Target, _attr, wrap
+from ._values import UNKNOWN
+from .context import _WORKFLOW
+from .metrics import AGENTS, CACHES, CONNECTOR_OPS, DB_QUERIES, STEPS, SYNCS, WORKFLOWS, _Family
+
+__all__ = [
+    "MISS",
+    "instrument_agent",
+    "instrument_cache_lookup",
+    "instrument_connector_operation",
+    "instrument_db_query",
+    "instrument_sync_operation",
+    "instrument_workflow",
+    "instrument_workflow_step",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+class Decorator(Protocol):
+    """A decorator that returns what it is given, with the same type."""
+
+    @overload
+    def __call__(self, wrapped: F) -> F: ...
+    @overload
+    def __call__(self, wrapped: classmethod[Any, Any, Any]) -> classmethod[Any, Any, Any]: ...
+
+
+class _Miss:
+    def __repr__(self) -> str:
+        return "bizmetrics.MISS"
+
+
+#: Return this from a cache lookup to say "not found" when ``None`` is a valid cached value.
+MISS: Any = _Miss()
+
+_CALLABLES = (classmethod, staticmethod)
+
+
+def _is_target(value: object) -> bool:
+    """Was the decorator used bare (``@instrument_x``) rather than called (``@instrument_x(...)``)?"""
+    return callable(value) or isinstance(value, _CALLABLES)
+
+
+def _bare(decorator: Callable[[], Decorator], wrapped: Any) -> Decorator:
+    """Apply ``decorator`` with its defaults, for ``@instrument_x`` written without parentheses."""
+    return cast(Decorator, decorator()(wrapped))
+
+
+def _decorator(make_site: Callable[[Target], Site]) -> Decorator:
+    return lambda wrapped: wrap(wrapped, make_site)
+
+
+def _from_call_or_self(target: Target, name: str) -> Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]:
+    """Return a reader of label ``name``: the call's argument of that name, else ``self.<name>``."""
+    read_arg = target.arg_reader(name)
+
+    def read(source: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        value = read_arg(instance, args, kwargs)
+        if value is None and source is not None:
+            value = _attr(source, name)
+        return value
+
+    return read
+
+
+def _connector_type(source: Any) -> Any:
+    # The spec's connectors carry their type as self.config.id.
+    if source is None:
+        return UNKNOWN
+    value = _attr(_attr(source, "config"), "id")
+    if value is None:
+        value = _attr(source, "connector_type")
+    return UNKNOWN if value is None else value
+
+
+def _connector_site(target: Target, family: Any, *static: Any, connector_type: Any) -> Callable[..., Any]:
+    """``resolve`` for the connector families: (connector_type, *static, tenant)."""
+    tenant = target.tenant_reader()
+    get = family.get
+
+    def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        source = target.source(instance, args)
+        ct = connector_type if connector_type is not None else _connector_type(source)
+        return get(ct, *static, tenant(source, instance, args, kwargs))
+
+    return resolve
+
+
+def instrument_connector_operation(
+    operation_name: str | None = None, *, connector_type: str | None = None
+) -> Decorator:
+    """Record each call as a connector operation: count by status, duration, errors by class.
+
+    :param operation_name: the ``operation`` label; the function's name if not given.
+    :param connector_type: the ``connector_type`` label; else ``self.config.id``,
+        else ``self.connector_type``, else ``unknown``.
+
+    .. versionadded:: 0.1.0
+    """
+    if _is_target(operation_name):
+        return _bare(instrument_connector_operation, operation_name)
+
+    def make_site(target: Target) -> Site:
+        operation = operation_name or target.name
+        return Site(_connector_site(target, CONNECTOR_OPS, operation, connector_type=connector_type))
+
+    return _decorator(make_site)
+
+
+class _SyncCall:
+    """A sync operation: one connector operation plus one sync count."""
+
+    __slots__ = ("op", "sync")
+    scope = None
+
+    def __init__(self, op: Any, sync: Any) -> None:
+        self.op, self.sync = op, sync
+
+    def success(self, ms: float | None, amount: float) -> None:
+        self.op.success(ms, 0)
+        self.sync.count("success", amount)
+
+    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
+        self.op.failure(ms, error_type, 0)
+        self.sync.count("error", amount)
+
+    def cancelled(self, ms: float | None, amount: float) -> None:
+        self.op.cancelled(ms, 0)
+        self.sync.count("cancelled", amount)
+
+
+SYNC_CALLS: _Family[_SyncCall] = _Family(
+    lambda ct, op, rt, tenant: _SyncCall(CONNECTOR_OPS.get(ct, op, tenant), SYNCS.get(ct, rt, tenant)),
+    ("connector_type", "operation", "resource_type", "tenant_id"),
+    (UNKNOWN, UNKNOWN, UNKNOWN, "default_tenant"),
+)
+
+
+def instrument_sync_operation(
+    resource_type: str,
+    *,
+    operation_name: str | None = None,
+    count: Callable[[Any], Any] | str | None = None,
+    connector_type: str | None = None,
+) -> Decorator:
+    """Record each call as a connector operation and a sync of ``resource_type``, counting its records.
+
+    :param resource_type: the ``resource_type`` label (``posts``, ``contacts``...).
+    :param operation_name: the ``operation`` label; the function's name if not given.
+    :param count: how to count records in the result: a callable, or the name
+        of a key or attribute; by default the rules of README, "Counting records".
+        For generators it is applied to each yielded item (default: 1 per item).
+    :param connector_type: as for ``instrument_connector_operation``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def make_site(target: Target) -> Site:
+        operation = operation_name or target.name
+        counter = _extract.records_counter(count, resource_type)
+        return Site(
+            _connector_site(target, SYNC_CALLS, operation, resource_type, connector_type=connector_type),
+            extract=counter,
+            extract_item=None if count is None else counter,
+        )
+
+    return _decorator(make_site)
+
+
+def instrument_workflow(workflow_id: str | None = None) -> Decorator:
+    """Record each call as a workflow execution: count by status, duration, failures by class.
+
+    :param workflow_id: the ``workflow_id`` label; else the call's ``workflow_id``
+        argument, else ``self.workflow_id``, else the function's name.
+
+    While the body runs, ``workflow_context`` is set, so steps inside it know their workflow.
+
+    .. versionadded:: 0.1.0
+    """
+    if _is_target(workflow_id):
+        return _bare(instrument_workflow, workflow_id)
+
+    def make_site(target: Target) -> Site:
+        tenant = target.tenant_reader()
+        read_id = _from_call_or_self(target, "workflow_id")
+        get = WORKFLOWS.get
+
+        def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            source = target.source(instance, args)
+            wf: object = workflow_id
+            if wf is None:
+                wf = read_id(source, instance, args, kwargs)
+                if wf is None:
+                    wf = target.name
+            return get(wf, tenant(source, instance, args, kwargs))
+
+        return Site(resolve, scope_var=_WORKFLOW)
+
+    return _decorator(make_site)
+
+
+def instrument_workflow_step(step: str | None = None, *, workflow_id: str | None = None) -> Decorator:
+    """Record the duration of each call as a step of a workflow.
+
+    :param step: the ``step`` label; the function's name if not given.
+    :param workflow_id: the ``workflow_id`` label; else the call's ``workflow_id``
+        argument, else ``self.workflow_id``, else the enclosing
+        ``instrument_workflow`` / ``workflow_context``, else ``unknown``.
+
+    .. versionadded:: 0.1.0
+    """
+    if _is_target(step):
+        return _bare(instrument_workflow_step, step)
+
+    def make_site(target: Target) -> Site:
+        name = step or target.name
+        read_id = _from_call_or_self(target, "workflow_id")
+        get = STEPS.get
+
+        def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            wf: object = workflow_id
+            if wf is None:
+                wf = read_id(target.source(instance, args), instance, args, kwargs)
+                if wf is None:
+                    wf = _WORKFLOW.get()
+                    if wf is None:
+                        wf = UNKNOWN
+            return get(wf, name)
+
+        return Site(resolve)
+
+    return _decorator(make_site)
+
+
+def instrument_agent(agent_id: str | None = None, *, tokens: Callable[[Any], Any] | str | None = None) -> Decorator:
+    """Record each call as an AI agent invocation: count by status, duration, tokens, errors by class.
+
+    :param agent_id: the ``agent_id`` label; else the call's ``agent_id``
+        argument, else ``self.agent_id``, else the function's name.
+    :param tokens: how to read the tokens used from the result: a callable, or
+        the name of a key or attribute; by default the rules of README,
+        "Counting tokens".  For generators (streaming) it is applied to each
+        yielded chunk and summed.
+
+    .. versionadded:: 0.1.0
+    """
+    if _is_target(agent_id):
+        return _bare(instrument_agent, agent_id)
+
+    def make_site(target: Target) -> Site:
+        tenant = target.tenant_reader()
+        read_id = _from_call_or_self(target, "agent_id")
+        counter = _extract.tokens_counter(tokens)
+        get = AGENTS.get
+
+        def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            source = target.source(instance, args)
+            agent: object = agent_id
+            if agent is None:
+                agent = read_id(source, instance, args, kwargs)
+                if agent is None:
+                    agent = target.name
+            return get(agent, tenant(source, instance, args, kwargs))
+
+        return Site(resolve, extract=counter, extract_item=counter)
+
+    return _decorator(make_site)
+
+
+def _static_site(family: Any, label: str | None, target: Target, **extra: Any) -> Site:
+    bundle = family.get(label or target.name)
+    return Site(lambda instance, args, kwargs: bundle, **extra)
+
+
+def instrument_db_query(operation: str | None = None) -> Decorator:
+    """Record the duration of each call as a database query.
+
+    :param operation: the ``operation`` label (``select_user``...); the function's name if not given.
+
+    .. versionadded:: 0.1.0
+    """
+    if _is_target(operation):
+        return _bare(instrument_db_query, operation)
+    return _decorator(lambda target: _static_site(DB_QUERIES, operation, target))
+
+
+def instrument_cache_lookup(cache: str | None = None, *, miss: Any = None) -> Decorator:
+    """Count each call as a hit or a miss of cache ``cache``.
+
+    A result of ``None`` or ``MISS`` is a miss, as is an exception; anything
+    else is a hit.  ``miss`` changes that: a callable is a predicate on the
+    result (true means miss), any other value is a sentinel compared by
+    identity.  A generator is a hit when it yields at least one item.
+
+    :param cache: the ``cache`` label; the function's name if not given.
+
+    .. versionadded:: 0.1.0
+    """
+    if _is_target(cache):
+        return _bare(instrument_cache_lookup, cache)
+
+    if miss is None:
+
+        def hit(result: Any) -> float:
+            return 0 if result is None or result is MISS else 1
+    elif callable(miss):
+
+        def hit(result: Any) -> float:
+            return 0 if miss(result) else 1
+    else:
+
+        def hit(result: Any) -> float:
+            return 0 if result is miss else 1
+
+    return _decorator(lambda target: _static_site(CACHES, cache, target, extract=hit))

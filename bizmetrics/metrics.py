@@ -1,0 +1,745 @@
+"""The bizmetrics catalogue: every metric of the spec, and helpers to record them.
+
+All metrics live on prometheus_client's default registry, so importing
+``bizmetrics`` is enough for ``start_http_server`` to expose them.  Durations
+are milliseconds.  Histograms carry no ``tenant_id``; per-tenant numbers live
+on the counters.
+
+Every ``record_*`` helper swallows bad input (see README, "Bad input") and
+any failure of its own, logging it on the ``bizmetrics`` logger: recording a
+metric never raises into application code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from . import _cache, _log, _values
+from ._values import DEFAULT_TENANT, UNKNOWN
+from .context import _TENANT, _WORKFLOW
+from .multiprocess import check_import_order
+
+__all__ = [
+    "AGENT_BUCKETS",
+    "AGENT_ERRORS",
+    "AGENT_INVOCATIONS",
+    "AGENT_RESPONSE_DURATION",
+    "AGENT_TOKENS_USED",
+    "API_BUCKETS",
+    "API_ERRORS",
+    "API_REQUESTS",
+    "API_REQUEST_DURATION",
+    "CACHE_HITS",
+    "CACHE_MISSES",
+    "CONNECTOR_BUCKETS",
+    "CONNECTOR_ERRORS",
+    "CONNECTOR_OPERATIONS",
+    "CONNECTOR_OPERATION_DURATION",
+    "CONNECTOR_SYNC_OPERATIONS",
+    "CONNECTOR_SYNC_RECORDS",
+    "DB_BUCKETS",
+    "DB_CONNECTION_POOL_SIZE",
+    "DB_QUERY_DURATION",
+    "WORKFLOW_BUCKETS",
+    "WORKFLOW_EXECUTIONS",
+    "WORKFLOW_EXECUTION_DURATION",
+    "WORKFLOW_FAILURES",
+    "WORKFLOW_STEP_BUCKETS",
+    "WORKFLOW_STEP_DURATION",
+    "dec_db_pool_size",
+    "inc_db_pool_size",
+    "record_agent_invocation",
+    "record_api_request",
+    "record_cache_hit",
+    "record_cache_miss",
+    "record_connector_operation",
+    "record_connector_sync",
+    "record_db_query",
+    "record_workflow_execution",
+    "record_workflow_step",
+    "set_db_pool_size",
+]
+
+check_import_order()
+
+# Bucket bounds, in milliseconds, sized to what each family measures.
+CONNECTOR_BUCKETS = (10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0)
+WORKFLOW_BUCKETS = (100.0, 500.0, 1000.0, 5000.0, 10000.0, 30000.0, 60000.0, 120000.0, 300000.0, 600000.0)
+WORKFLOW_STEP_BUCKETS = (10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0)
+AGENT_BUCKETS = (100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 30000.0, 60000.0, 120000.0, 300000.0)
+API_BUCKETS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
+DB_BUCKETS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0)
+
+
+class _Invalidating:
+    """Mixin: removing series empties bizmetrics' caches of label children."""
+
+    def clear(self) -> None:
+        super().clear()  # type: ignore[misc]
+        _cache.invalidate_all()
+
+    def remove(self, *labelvalues: Any) -> None:
+        super().remove(*labelvalues)  # type: ignore[misc]
+        _cache.invalidate_all()
+
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        super().remove_by_labels(labels)  # type: ignore[misc]
+        _cache.invalidate_all()
+
+
+class _Counter(_Invalidating, Counter):
+    pass
+
+
+class _Histogram(_Invalidating, Histogram):
+    pass
+
+
+class _Gauge(_Invalidating, Gauge):
+    pass
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+def _declare(cls: type[M], name: str, documentation: str, labelnames: Sequence[str], **kwargs: Any) -> M:
+    """Create a metric on the default registry, or return the one already there.
+
+    Re-importing or reloading this module must not raise "Duplicated
+    timeseries", so an existing collector of the same kind and labels is
+    reused (its children, and counts, stay).
+    """
+    try:
+        return cls(name, documentation, labelnames, **kwargs)
+    except ValueError:
+        existing = getattr(REGISTRY, "_names_to_collectors", {}).get(name)
+        base = next(k for k in cls.__mro__ if k in (Counter, Gauge, Histogram))
+        if isinstance(existing, base) and tuple(getattr(existing, "_labelnames", ())) == tuple(labelnames):
+            return existing  # type: ignore[return-value]
+        raise
+
+
+# Connectors
+CONNECTOR_OPERATIONS = _declare(
+    _Counter,
+    "connector_operations_total",
+    "Total number of connector operations",
+    ("connector_type", "operation", "status", "tenant_id"),
+)
+CONNECTOR_OPERATION_DURATION = _declare(
+    _Histogram,
+    "connector_operation_duration",
+    "Duration of connector operations in milliseconds",
+    ("connector_type", "operation"),
+    buckets=CONNECTOR_BUCKETS,
+)
+CONNECTOR_ERRORS = _declare(
+    _Counter,
+    "connector_errors_total",
+    "Total number of connector errors, by exception class",
+    ("connector_type", "operation", "error_type", "tenant_id"),
+)
+CONNECTOR_SYNC_OPERATIONS = _declare(
+    _Counter,
+    "connector_sync_operations",
+    "Total number of connector sync operations",
+    ("connector_type", "resource_type", "status", "tenant_id"),
+)
+CONNECTOR_SYNC_RECORDS = _declare(
+    _Counter,
+    "connector_sync_records",
+    "Total number of records synced by connectors",
+    ("connector_type", "resource_type", "tenant_id"),
+)
+
+# Workflows
+WORKFLOW_EXECUTIONS = _declare(
+    _Counter,
+    "workflow_executions_total",
+    "Total number of workflow executions",
+    ("workflow_id", "status", "tenant_id"),
+)
+WORKFLOW_EXECUTION_DURATION = _declare(
+    _Histogram,
+    "workflow_execution_duration",
+    "Duration of workflow executions in milliseconds",
+    ("workflow_id",),
+    buckets=WORKFLOW_BUCKETS,
+)
+WORKFLOW_STEP_DURATION = _declare(
+    _Histogram,
+    "workflow_step_duration",
+    "Duration of individual workflow steps in milliseconds",
+    ("workflow_id", "step"),
+    buckets=WORKFLOW_STEP_BUCKETS,
+)
+WORKFLOW_FAILURES = _declare(
+    _Counter,
+    "workflow_failures_total",
+    "Total number of workflow failures, by exception class",
+    ("workflow_id", "error_type", "tenant_id"),
+)
+
+# AI agents
+AGENT_INVOCATIONS = _declare(
+    _Counter,
+    "agent_invocations_total",
+    "Total number of AI agent invocations",
+    ("agent_id", "status", "tenant_id"),
+)
+AGENT_RESPONSE_DURATION = _declare(
+    _Histogram,
+    "agent_response_duration",
+    "Duration of AI agent responses in milliseconds",
+    ("agent_id",),
+    buckets=AGENT_BUCKETS,
+)
+AGENT_TOKENS_USED = _declare(
+    _Counter,
+    "agent_tokens_used",
+    "Total number of tokens used by AI agents",
+    ("agent_id", "tenant_id"),
+)
+AGENT_ERRORS = _declare(
+    _Counter,
+    "agent_errors_total",
+    "Total number of AI agent errors, by exception class",
+    ("agent_id", "error_type", "tenant_id"),
+)
+
+# API
+API_REQUESTS = _declare(
+    _Counter,
+    "api_requests_total",
+    "Total number of API requests, by HTTP status class",
+    ("method", "endpoint", "status", "tenant_id"),
+)
+API_REQUEST_DURATION = _declare(
+    _Histogram,
+    "api_request_duration",
+    "Duration of API requests in milliseconds",
+    ("method", "endpoint"),
+    buckets=API_BUCKETS,
+)
+API_ERRORS = _declare(
+    _Counter,
+    "api_errors_total",
+    "Total number of API requests answered with a 4xx or 5xx status",
+    ("method", "endpoint", "status", "tenant_id"),
+)
+
+# Database
+DB_QUERY_DURATION = _declare(
+    _Histogram,
+    "db_query_duration",
+    "Duration of database queries in milliseconds",
+    ("operation",),
+    buckets=DB_BUCKETS,
+)
+DB_CONNECTION_POOL_SIZE = _declare(
+    _Gauge,
+    "db_connection_pool_size",
+    "Number of connections in the database connection pool",
+    ("pool",),
+    # Each worker process owns its own pool: the service's pool is the sum
+    # over live workers, and a dead worker's connections are gone with it.
+    multiprocess_mode="livesum",
+)
+
+# Caches
+CACHE_HITS = _declare(_Counter, "cache_hits_total", "Total number of cache hits", ("cache",))
+CACHE_MISSES = _declare(_Counter, "cache_misses_total", "Total number of cache misses", ("cache",))
+
+
+# --- Label bundles -----------------------------------------------------------
+#
+# A bundle holds the label children of one label combination, created once.
+# Each has success(ms, amount), failure(ms, error_type, amount) and
+# cancelled(ms, amount); ms is None when the duration was dropped, amount is
+# what the family counts (records, tokens, cache hits).  Creating a bundle
+# also creates the "error" sibling at 0, so error ratios exist before the
+# first failure.
+
+B = TypeVar("B")
+
+
+class _Family(Generic[B]):
+    """Bundles of one family, cached by raw label values."""
+
+    __slots__ = ("_cache", "_defaults", "_make", "_names")
+
+    def __init__(self, make: Callable[..., B], names: tuple[str, ...], defaults: tuple[str, ...]) -> None:
+        self._cache = _cache.Cache()
+        self._make = make
+        self._names = names
+        self._defaults = defaults
+
+    def get(self, *raw: Any) -> B:
+        """Return the bundle for these label values (cleaning them on first use)."""
+        bundle: B | None = self._cache.get(raw)
+        if bundle is None:
+            # Only clean str keys are cached; anything else is cleaned (and
+            # logged) on every call, so 1, True and "1" can never collide.
+            clean = tuple(
+                _values.label(value, name, default)
+                for value, name, default in zip(raw, self._names, self._defaults, strict=True)
+            )
+            bundle = self._cache.get(clean)
+            if bundle is None:
+                bundle = self._cache[clean] = self._make(*clean)
+        return bundle
+
+
+def _by_error_type(children: dict[str, Any], metric: Counter, error_type: str, *labels: str) -> Any:
+    child = children.get(error_type)
+    if child is None:
+        child = children[error_type] = metric.labels(*labels)
+    return child
+
+
+class _ConnectorOp:
+    __slots__ = ("duration", "err", "errors", "labels", "ok")
+    scope = None
+
+    def __init__(self, connector_type: str, operation: str, tenant_id: str) -> None:
+        self.labels = (connector_type, operation, tenant_id)
+        self.ok = CONNECTOR_OPERATIONS.labels(connector_type, operation, "success", tenant_id)
+        self.err = CONNECTOR_OPERATIONS.labels(connector_type, operation, "error", tenant_id)
+        self.duration = CONNECTOR_OPERATION_DURATION.labels(connector_type, operation)
+        self.errors: dict[str, Any] = {}
+
+    def success(self, ms: float | None, amount: float) -> None:
+        self.ok.inc()
+        if ms is not None:
+            self.duration.observe(ms)
+
+    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
+        self.err.inc()
+        ct, op, tenant = self.labels
+        _by_error_type(self.errors, CONNECTOR_ERRORS, error_type, ct, op, error_type, tenant).inc()
+        if ms is not None:
+            self.duration.observe(ms)
+
+    def cancelled(self, ms: float | None, amount: float) -> None:
+        ct, op, tenant = self.labels
+        CONNECTOR_OPERATIONS.labels(ct, op, "cancelled", tenant).inc()
+        if ms is not None:
+            self.duration.observe(ms)
+
+
+class _Sync:
+    __slots__ = ("err", "labels", "ok", "records")
+
+    def __init__(self, connector_type: str, resource_type: str, tenant_id: str) -> None:
+        self.labels = (connector_type, resource_type, tenant_id)
+        self.ok = CONNECTOR_SYNC_OPERATIONS.labels(connector_type, resource_type, "success", tenant_id)
+        self.err = CONNECTOR_SYNC_OPERATIONS.labels(connector_type, resource_type, "error", tenant_id)
+        self.records = CONNECTOR_SYNC_RECORDS.labels(connector_type, resource_type, tenant_id)
+
+    def count(self, status: str, amount: float) -> None:
+        if status == "success":
+            self.ok.inc()
+        elif status == "error":
+            self.err.inc()
+        else:
+            ct, rt, tenant = self.labels
+            CONNECTOR_SYNC_OPERATIONS.labels(ct, rt, status, tenant).inc()
+        if amount:
+            self.records.inc(amount)
+
+
+class _Workflow:
+    __slots__ = ("duration", "err", "errors", "labels", "ok", "scope")
+
+    def __init__(self, workflow_id: str, tenant_id: str) -> None:
+        self.labels = (workflow_id, tenant_id)
+        self.scope = workflow_id
+        self.ok = WORKFLOW_EXECUTIONS.labels(workflow_id, "success", tenant_id)
+        self.err = WORKFLOW_EXECUTIONS.labels(workflow_id, "error", tenant_id)
+        self.duration = WORKFLOW_EXECUTION_DURATION.labels(workflow_id)
+        self.errors: dict[str, Any] = {}
+
+    def success(self, ms: float | None, amount: float) -> None:
+        self.ok.inc()
+        if ms is not None:
+            self.duration.observe(ms)
+
+    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
+        self.err.inc()
+        wf, tenant = self.labels
+        _by_error_type(self.errors, WORKFLOW_FAILURES, error_type, wf, error_type, tenant).inc()
+        if ms is not None:
+            self.duration.observe(ms)
+
+    def cancelled(self, ms: float | None, amount: float) -> None:
+        wf, tenant = self.labels
+        WORKFLOW_EXECUTIONS.labels(wf, "cancelled", tenant).inc()
+        if ms is not None:
+            self.duration.observe(ms)
+
+
+class _Agent:
+    __slots__ = ("duration", "err", "errors", "labels", "ok", "tokens")
+    scope = None
+
+    def __init__(self, agent_id: str, tenant_id: str) -> None:
+        self.labels = (agent_id, tenant_id)
+        self.ok = AGENT_INVOCATIONS.labels(agent_id, "success", tenant_id)
+        self.err = AGENT_INVOCATIONS.labels(agent_id, "error", tenant_id)
+        self.duration = AGENT_RESPONSE_DURATION.labels(agent_id)
+        self.tokens = AGENT_TOKENS_USED.labels(agent_id, tenant_id)
+        self.errors: dict[str, Any] = {}
+
+    def success(self, ms: float | None, amount: float) -> None:
+        self.ok.inc()
+        if ms is not None:
+            self.duration.observe(ms)
+        if amount:
+            self.tokens.inc(amount)
+
+    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
+        self.err.inc()
+        agent, tenant = self.labels
+        _by_error_type(self.errors, AGENT_ERRORS, error_type, agent, error_type, tenant).inc()
+        if ms is not None:
+            self.duration.observe(ms)
+        if amount:
+            self.tokens.inc(amount)
+
+    def cancelled(self, ms: float | None, amount: float) -> None:
+        agent, tenant = self.labels
+        AGENT_INVOCATIONS.labels(agent, "cancelled", tenant).inc()
+        if ms is not None:
+            self.duration.observe(ms)
+        if amount:
+            self.tokens.inc(amount)
+
+
+class _Timed:
+    """A family that is one histogram child: steps and DB queries."""
+
+    __slots__ = ("duration",)
+    scope = None
+
+    def __init__(self, child: Any) -> None:
+        self.duration = child
+
+    def success(self, ms: float | None, amount: float) -> None:
+        if ms is not None:
+            self.duration.observe(ms)
+
+    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
+        if ms is not None:
+            self.duration.observe(ms)
+
+    def cancelled(self, ms: float | None, amount: float) -> None:
+        if ms is not None:
+            self.duration.observe(ms)
+
+
+class _CacheLookups:
+    __slots__ = ("hits", "misses")
+    scope = None
+
+    def __init__(self, cache: str) -> None:
+        self.hits = CACHE_HITS.labels(cache)
+        self.misses = CACHE_MISSES.labels(cache)
+
+    def success(self, ms: float | None, amount: float) -> None:
+        (self.hits if amount else self.misses).inc()
+
+    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
+        self.misses.inc()
+
+    def cancelled(self, ms: float | None, amount: float) -> None:
+        pass
+
+
+class _Api:
+    __slots__ = ("duration", "errors", "labels", "requests")
+
+    def __init__(self, method: str, endpoint: str, tenant_id: str) -> None:
+        self.labels = (method, endpoint, tenant_id)
+        self.duration = API_REQUEST_DURATION.labels(method, endpoint)
+        self.requests: dict[str, Any] = {}
+        self.errors: dict[str, Any] = {}
+        # 5xx is the error class the SLOs and alerts divide by.
+        _by_error_type(self.requests, API_REQUESTS, "5xx", method, endpoint, "5xx", tenant_id)
+        _by_error_type(self.errors, API_ERRORS, "5xx", method, endpoint, "5xx", tenant_id)
+
+    def record(self, ms: float | None, status: str) -> None:
+        method, endpoint, tenant = self.labels
+        _by_error_type(self.requests, API_REQUESTS, status, method, endpoint, status, tenant).inc()
+        if status in ("4xx", "5xx"):
+            _by_error_type(self.errors, API_ERRORS, status, method, endpoint, status, tenant).inc()
+        if ms is not None:
+            self.duration.observe(ms)
+
+
+_T = (UNKNOWN, UNKNOWN, DEFAULT_TENANT)
+CONNECTOR_OPS: _Family[_ConnectorOp] = _Family(_ConnectorOp, ("connector_type", "operation", "tenant_id"), _T)
+SYNCS: _Family[_Sync] = _Family(_Sync, ("connector_type", "resource_type", "tenant_id"), _T)
+WORKFLOWS: _Family[_Workflow] = _Family(_Workflow, ("workflow_id", "tenant_id"), _T[1:])
+STEPS: _Family[_Timed] = _Family(
+    lambda wf, step: _Timed(WORKFLOW_STEP_DURATION.labels(wf, step)), ("workflow_id", "step"), _T[:2]
+)
+AGENTS: _Family[_Agent] = _Family(_Agent, ("agent_id", "tenant_id"), _T[1:])
+DB_QUERIES: _Family[_Timed] = _Family(lambda op: _Timed(DB_QUERY_DURATION.labels(op)), ("operation",), _T[:1])
+CACHES: _Family[_CacheLookups] = _Family(_CacheLookups, ("cache",), _T[:1])
+APIS: _Family[_Api] = _Family(_Api, ("method", "endpoint", "tenant_id"), _T)
+POOLS: _Family[Any] = _Family(DB_CONNECTION_POOL_SIZE.labels, ("pool",), _T[:1])
+
+
+def tenant_or_current(tenant_id: object) -> object:
+    """Return ``tenant_id``, else the ``tenant_context`` tenant, else the default."""
+    if tenant_id is None:
+        tenant_id = _TENANT.get()
+        if tenant_id is None:
+            return DEFAULT_TENANT
+    return tenant_id
+
+
+def _error_type(error_type: object) -> str:
+    return UNKNOWN if error_type is None else _values.label(error_type, "error_type")
+
+
+# --- Helpers -----------------------------------------------------------------
+
+
+def record_connector_operation(
+    connector_type: str,
+    operation: str,
+    duration_ms: float,
+    success: bool,
+    tenant_id: str | None = None,
+    *,
+    error_type: str | None = None,
+) -> None:
+    """Record one connector operation: its count by status, its duration and, on failure, its error.
+
+    :param error_type: the error's class name for ``connector_errors_total``
+        when ``success`` is false (``unknown`` if not given).
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        bundle = CONNECTOR_OPS.get(connector_type, operation, tenant_or_current(tenant_id))
+        ms = _values.duration(duration_ms)
+        if success:
+            bundle.success(ms, 0)
+        else:
+            bundle.failure(ms, _error_type(error_type), 0)
+    except Exception:
+        _log.internal_error("record_connector_operation")
+
+
+def record_connector_sync(
+    connector_type: str,
+    resource_type: str,
+    record_count: int,
+    tenant_id: str | None = None,
+    *,
+    success: bool = True,
+) -> None:
+    """Record one sync operation of ``resource_type`` and the records it synced.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        SYNCS.get(connector_type, resource_type, tenant_or_current(tenant_id)).count(
+            "success" if success else "error", _values.amount(record_count, "record_count")
+        )
+    except Exception:
+        _log.internal_error("record_connector_sync")
+
+
+def record_workflow_execution(
+    workflow_id: str,
+    duration_ms: float,
+    success: bool,
+    tenant_id: str | None = None,
+    *,
+    error_type: str | None = None,
+) -> None:
+    """Record one workflow execution: its count by status, its duration and, on failure, the failure.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        bundle = WORKFLOWS.get(workflow_id, tenant_or_current(tenant_id))
+        ms = _values.duration(duration_ms)
+        if success:
+            bundle.success(ms, 0)
+        else:
+            bundle.failure(ms, _error_type(error_type), 0)
+    except Exception:
+        _log.internal_error("record_workflow_execution")
+
+
+def record_workflow_step(step: str, duration_ms: float, workflow_id: str | None = None) -> None:
+    """Record the duration of one workflow step.
+
+    ``workflow_id`` defaults to the one set by ``workflow_context`` (and so by
+    an enclosing ``instrument_workflow``), else ``unknown``.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        if workflow_id is None:
+            workflow_id = _WORKFLOW.get()  # type: ignore[assignment]
+            if workflow_id is None:
+                workflow_id = UNKNOWN
+        STEPS.get(workflow_id, step).success(_values.duration(duration_ms), 0)
+    except Exception:
+        _log.internal_error("record_workflow_step")
+
+
+def record_agent_invocation(
+    agent_id: str,
+    duration_ms: float,
+    tokens_used: int,
+    success: bool,
+    tenant_id: str | None = None,
+    *,
+    error_type: str | None = None,
+) -> None:
+    """Record one AI agent invocation: its count by status, duration and the tokens it used.
+
+    Tokens are counted whether or not the call succeeded: a failed call still costs them.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        bundle = AGENTS.get(agent_id, tenant_or_current(tenant_id))
+        ms = _values.duration(duration_ms)
+        tokens = _values.amount(tokens_used, "tokens_used")
+        if success:
+            bundle.success(ms, tokens)
+        else:
+            bundle.failure(ms, _error_type(error_type), tokens)
+    except Exception:
+        _log.internal_error("record_agent_invocation")
+
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+
+
+def status_class(status_code: object) -> str:
+    """Return the HTTP status class (``2xx`` ...) of a status code, or ``unknown``."""
+    try:
+        code = int(status_code)  # type: ignore[call-overload]
+    except Exception:
+        code = 0
+    if isinstance(status_code, bool) or not 100 <= code <= 599:
+        _log.warn("status_code", "bizmetrics: %r is not an HTTP status code; status 'unknown'", status_code)
+        return UNKNOWN
+    return f"{code // 100}xx"
+
+
+def record_api_request(
+    method: str,
+    endpoint: str,
+    status_code: int,
+    duration_ms: float,
+    tenant_id: str | None = None,
+) -> None:
+    """Record one API request: its count by status class, its duration and, for 4xx/5xx, an error.
+
+    ``method`` is upper-cased; a method outside the HTTP standard ones is
+    recorded as ``OTHER``.  ``endpoint`` should be the route template
+    (``/users/{id}``), not the raw path, to keep the series bounded.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        if type(method) is str and method not in _METHODS:
+            upper = method.upper()
+            if upper in _METHODS:
+                method = upper
+            else:
+                _log.warn("method", "bizmetrics: %r is not an HTTP method; recorded as 'OTHER'", method[:32])
+                method = "OTHER"
+        APIS.get(method, endpoint, tenant_or_current(tenant_id)).record(
+            _values.duration(duration_ms), status_class(status_code)
+        )
+    except Exception:
+        _log.internal_error("record_api_request")
+
+
+def record_db_query(operation: str, duration_ms: float) -> None:
+    """Record the duration of one database query.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        DB_QUERIES.get(operation).success(_values.duration(duration_ms), 0)
+    except Exception:
+        _log.internal_error("record_db_query")
+
+
+def set_db_pool_size(pool: str, size: float) -> None:
+    """Set the size of connection pool ``pool``.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        value = _values.level(size, "pool size")
+        if value is not None:
+            POOLS.get(pool).set(value)
+    except Exception:
+        _log.internal_error("set_db_pool_size")
+
+
+def inc_db_pool_size(pool: str, amount: float = 1) -> None:
+    """Grow the size of connection pool ``pool`` by ``amount``.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        value = _values.level(amount, "pool size change")
+        if value is not None:
+            POOLS.get(pool).inc(value)
+    except Exception:
+        _log.internal_error("inc_db_pool_size")
+
+
+def dec_db_pool_size(pool: str, amount: float = 1) -> None:
+    """Shrink the size of connection pool ``pool`` by ``amount``.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        value = _values.level(amount, "pool size change")
+        if value is not None:
+            POOLS.get(pool).dec(value)
+    except Exception:
+        _log.internal_error("dec_db_pool_size")
+
+
+def record_cache_hit(cache: str, count: int = 1) -> None:
+    """Count ``count`` hits of cache ``cache``.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        value = _values.amount(count, "cache hits")
+        if value:
+            CACHES.get(cache).hits.inc(value)
+    except Exception:
+        _log.internal_error("record_cache_hit")
+
+
+def record_cache_miss(cache: str, count: int = 1) -> None:
+    """Count ``count`` misses of cache ``cache``.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        value = _values.amount(count, "cache misses")
+        if value:
+            CACHES.get(cache).misses.inc(value)
+    except Exception:
+        _log.internal_error("record_cache_miss")
