@@ -12,6 +12,7 @@ import asyncio
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -41,7 +42,22 @@ class RateLimitError(Exception):
     """The remote API said: slow down."""
 
 
-def _maybe_fail(rate: float) -> None:
+class WorkflowError(Exception):
+    """A workflow could not finish."""
+
+
+_calls: Counter[str] = Counter()
+
+
+def _maybe_fail(rate: float, every: int = 0, site: str = "") -> None:
+    """Fail at random with probability ``rate``, and also on every ``every``-th call of ``site``.
+
+    The fixed failures make sure every error series shows up within the first seconds.
+    """
+    if every:
+        _calls[site] += 1
+        if _calls[site] % every == 1:
+            raise (WorkflowError if site == "workflow" else ConnectorError)(f"{site} failed on purpose")
     roll = _rng.random()
     if roll < rate / 2:
         raise ConnectorError("remote API answered 502")
@@ -98,7 +114,7 @@ class HubSpotConnector:
     @instrument_connector_operation("create_deal")
     def create_deal(self, name: str) -> str:
         time.sleep(_rng.uniform(0.002, 0.02))
-        _maybe_fail(0.1)
+        _maybe_fail(0.1, every=6, site="deal")
         return name
 
 
@@ -117,7 +133,7 @@ class Reply:
 @instrument_agent("support_agent")
 async def support_agent(question: str, tenant_id: str) -> Reply:
     await _work(100, 600)
-    _maybe_fail(0.05)
+    _maybe_fail(0.05, every=7, site="agent")
     return Reply("answer", Usage(_rng.randint(50, 400), _rng.randint(20, 300)))
 
 
@@ -144,7 +160,7 @@ def transform_step(posts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @instrument_workflow("campaign_sync")
 async def campaign_sync(tenant_id: str) -> int:
     posts = await fetch_step(WordPressConnector(tenant_id))
-    _maybe_fail(0.05)
+    _maybe_fail(0.05, every=5, site="workflow")
     return len(transform_step(posts))
 
 

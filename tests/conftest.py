@@ -1,0 +1,29 @@
+"""Shared fixtures: the hypothesis profile, registry reads and an injectable clock."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import bizmetrics._instrument
+from helpers import TICK_NS
+
+settings.register_profile(
+    "default",
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=150)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[itertools.count[int]]:
+    """Make every clock read in the decorators advance exactly one tick."""
+    ticks = itertools.count(TICK_NS, TICK_NS)
+    monkeypatch.setattr(bizmetrics._instrument, "perf_counter_ns", lambda: next(ticks))
+    yield ticks

@@ -1,0 +1,25 @@
+"""Reading the default registry in tests."""
+
+from __future__ import annotations
+
+import uuid
+
+from prometheus_client import REGISTRY
+
+#: What one tick of the fake clock is worth, in ns: 1 ms, so sums are whole milliseconds.
+TICK_NS = 1_000_000
+
+
+def value(name: str, **labels: str) -> float:
+    """Return a sample of the default registry, 0 when the series does not exist."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def exists(name: str, **labels: str) -> bool:
+    """Return whether the default registry exposes this series."""
+    return REGISTRY.get_sample_value(name, labels) is not None
+
+
+def unique(prefix: str = "t") -> str:
+    """A label value no other test uses, so deltas start at 0."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,53 @@
+"""Hypothesis strategies for the things applications pass to bizmetrics."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+#: Anything an application might pass as a label value, good or bad.
+label_values = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=300),
+    st.text(alphabet="\n\r\t\x00\x1b\x7f\x85\"\\{}=,", max_size=10),
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.binary(max_size=8),
+    st.lists(st.integers(), max_size=3),
+)
+
+#: Clean label values: what a well-behaved application passes.
+clean_labels = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=20)
+
+#: Anything an application might pass as a duration or a count.
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.decimals(allow_nan=True),
+)
+
+#: Return values a sync operation might produce, with the record count bizmetrics must find.
+payloads = st.one_of(
+    st.lists(st.integers(), max_size=30).map(lambda xs: (xs, len(xs))),
+    st.tuples(st.integers()).map(lambda t: (t, 1)),
+    st.integers(min_value=0, max_value=10_000).map(lambda n: (n, n)),
+    st.lists(st.integers(), max_size=30).map(lambda xs: ({"records": xs}, len(xs))),
+    st.lists(st.integers(), max_size=30).map(lambda xs: ({"items": xs, "total": 999}, len(xs))),
+    st.integers(min_value=0, max_value=500).map(lambda n: ({"count": n}, n)),
+    st.just((None, 0)),
+    st.just(("a string is not records", 0)),
+    st.just((True, 0)),
+)
+
+#: What one call does: return normally, or raise one of these exceptions.
+outcomes = st.one_of(
+    st.just(None),
+    st.sampled_from([ValueError, KeyError, TimeoutError, ConnectionError, RuntimeError]),
+)
+
+#: The four kinds of callable the decorators handle.
+kinds = st.sampled_from(["sync", "coroutine", "generator", "async generator"])

@@ -1,0 +1,142 @@
+"""Bad input never raises, gets its documented treatment, is logged, and keeps the exposition valid."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+from helpers import unique, value
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from strategies import label_values, numbers
+
+import bizmetrics
+from bizmetrics import _log, _values
+
+HELPERS = [
+    lambda v, n: bizmetrics.record_connector_operation(v, v, n, True, v),
+    lambda v, n: bizmetrics.record_connector_operation(v, "op", n, False, v, error_type=v),
+    lambda v, n: bizmetrics.record_connector_sync(v, v, n, v),
+    lambda v, n: bizmetrics.record_workflow_execution(v, n, False, v, error_type=v),
+    lambda v, n: bizmetrics.record_workflow_step(v, n, workflow_id=v),
+    lambda v, n: bizmetrics.record_agent_invocation(v, n, n, True, v),
+    lambda v, n: bizmetrics.record_api_request(v, v, n, n, v),
+    lambda v, n: bizmetrics.record_db_query(v, n),
+    lambda v, n: bizmetrics.set_db_pool_size(v, n),
+    lambda v, n: bizmetrics.inc_db_pool_size(v, n),
+    lambda v, n: bizmetrics.dec_db_pool_size(v, n),
+    lambda v, n: bizmetrics.record_cache_hit(v, n),
+    lambda v, n: bizmetrics.record_cache_miss(v, n),
+]
+
+
+def _parse_exposition() -> None:
+    text = generate_latest().decode("utf-8")
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert isinstance(sample.value, float)
+
+
+@given(label=label_values, number=numbers, helper=st.sampled_from(HELPERS))
+def test_helpers_never_raise_and_exposition_stays_parseable(label, number, helper):
+    """Any label value and any number, into any helper: no exception, and /metrics still parses."""
+    helper(label, number)
+    _parse_exposition()
+
+
+@given(label=label_values)
+def test_label_cleaning_rules(label):
+    """Clean labels are str, non-empty, at most MAX_LABEL_LENGTH, with no control characters, valid UTF-8."""
+    clean = _values.label(label, "x")
+    assert type(clean) is str and clean
+    assert len(clean) <= _values.MAX_LABEL_LENGTH
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in clean)
+    clean.encode("utf-8")
+    if isinstance(label, str) and label and label == clean:
+        assert len(label) <= _values.MAX_LABEL_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        (None, "unknown"),
+        ("", "unknown"),
+        (123, "123"),
+        ("a\nb", "a_b"),
+        ("tab\there", "tab_here"),
+        ("x" * 500, "x" * 128),
+        ("\udc80bad", "?bad"),
+        ("ünïcødé ✓", "ünïcødé ✓"),
+    ],
+)
+def test_label_cleaning_examples(raw, clean):
+    """The documented examples of label cleaning."""
+    assert _values.label(raw, "x") == clean
+
+
+def test_none_label_becomes_unknown_in_the_registry():
+    """A None connector_type is recorded as connector_type="unknown"."""
+    t = unique()
+    bizmetrics.record_connector_operation(None, "op", 1, True, t)  # type: ignore[arg-type]
+    assert value("connector_operations_total", connector_type="unknown", operation="op", status="success", tenant_id=t) == 1
+
+
+def test_str_and_int_labels_do_not_collide():
+    """tenant 1, True and "1" are cleaned separately, never served from one another's cache entry."""
+    op = unique("op")
+    for tenant in (1, True, "1"):
+        bizmetrics.record_connector_operation("wp", op, 1, True, tenant)  # type: ignore[arg-type]
+    labels = {"connector_type": "wp", "operation": op, "status": "success"}
+    assert value("connector_operations_total", **labels, tenant_id="1") == 2
+    assert value("connector_operations_total", **labels, tenant_id="True") == 1
+
+
+@pytest.mark.parametrize(
+    ("duration", "observed", "total"),
+    [(-5, 1, 0.0), (math.nan, 0, 0.0), (math.inf, 0, 0.0), ("12", 1, 12.0), ("abc", 0, 0.0), (None, 0, 0.0)],
+)
+def test_duration_rules(duration, observed, total):
+    """Negative durations clamp to 0; NaN, inf and non-numbers drop the observation but still count the call."""
+    op = unique("op")
+    t = unique()
+    bizmetrics.record_connector_operation("wp", op, duration, True, t)
+    assert value("connector_operations_total", connector_type="wp", operation=op, status="success", tenant_id=t) == 1
+    assert value("connector_operation_duration_count", connector_type="wp", operation=op) == observed
+    assert value("connector_operation_duration_sum", connector_type="wp", operation=op) == total
+
+
+@pytest.mark.parametrize("count", [-3, math.nan, math.inf, True, "many", None])
+def test_bad_record_counts_add_nothing(count):
+    """Negative, NaN, infinite, boolean and non-numeric record counts add 0 records; the sync still counts."""
+    t = unique()
+    bizmetrics.record_connector_sync("wp", "posts", count, t)
+    labels = {"connector_type": "wp", "resource_type": "posts", "tenant_id": t}
+    assert value("connector_sync_operations_total", **labels, status="success") == 1
+    assert value("connector_sync_records_total", **labels) == 0
+
+
+def test_bad_input_is_logged_and_rate_limited(caplog):
+    """Bad input logs one warning on the bizmetrics logger, then stays quiet for LOG_INTERVAL."""
+    _log.reset()
+    with caplog.at_level(logging.WARNING, logger="bizmetrics"):
+        for _ in range(100):
+            bizmetrics.record_connector_operation("wp", "op", -1, True, unique())
+    records = [r for r in caplog.records if r.name == "bizmetrics" and "negative" in r.getMessage()]
+    assert len(records) == 1
+
+
+def test_broken_registry_never_reaches_the_caller(monkeypatch, caplog):
+    """A failure inside prometheus_client is caught and logged; the helper returns normally."""
+    from prometheus_client import Counter
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("registry on fire")
+
+    monkeypatch.setattr(Counter, "inc", explode)
+    _log.reset()
+    with caplog.at_level(logging.ERROR, logger="bizmetrics"):
+        bizmetrics.record_connector_operation("wp", "op", 1, True, "t")
+    assert any("record_connector_operation" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,149 @@
+"""Multiprocess mode: a real gunicorn with several workers, and the import-order trap."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+APP = '''
+import os
+
+import bizmetrics
+from bizmetrics import multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/metrics":
+        data = generate_latest(multiprocess.registry())
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+        return [data]
+    bizmetrics.record_api_request("GET", "/work", 200, 1.5, tenant_id="t1")
+    bizmetrics.record_connector_sync("wordpress", "posts", 3, "t1")
+    bizmetrics.set_db_pool_size("primary", 5)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Pid", str(os.getpid()))])
+    return [b"ok"]
+'''
+
+CONF = '''
+from bizmetrics.multiprocess import child_exit  # noqa: F401  (gunicorn reads it by name)
+
+workers = {workers}
+bind = "127.0.0.1:{port}"
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_sum_exactly(tmp_path: Path):
+    """N requests spread over 2 gunicorn workers are exposed as exactly N by one endpoint."""
+    workers, n = 2, 300
+    port = _free_port()
+    mp_dir = tmp_path / "mp"
+    mp_dir.mkdir()
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "gunicorn.conf.py").write_text(CONF.format(workers=workers, port=port))
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(mp_dir))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _get(port, "/metrics")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: _get(port, "/work"), range(n)))
+        assert all(status == 200 for status, _, _ in answers)
+        pids = {headers["X-Pid"] for _, headers, _ in answers}
+        assert len(pids) >= 2, "the requests should have reached more than one worker"
+
+        status, _, body = _get(port, "/metrics")
+        samples = _samples(body.decode())
+        key = lambda name, **labels: (name, tuple(sorted(labels.items())))  # noqa: E731
+        api = {"method": "GET", "endpoint": "/work", "tenant_id": "t1"}
+        assert samples[key("api_requests_total", status="2xx", **api)] == n
+        assert samples[key("api_requests_total", status="5xx", **api)] == 0
+        assert samples[key("api_request_duration_count", method="GET", endpoint="/work")] == n
+        assert samples[key("api_request_duration_sum", method="GET", endpoint="/work")] == 1.5 * n
+        sync = {"connector_type": "wordpress", "resource_type": "posts", "tenant_id": "t1"}
+        assert samples[key("connector_sync_records_total", **sync)] == 3 * n
+        assert samples[key("connector_sync_operations_total", status="success", **sync)] == n
+        # livesum: each worker that served a request holds a pool of 5.
+        assert samples[key("db_connection_pool_size", pool="primary")] == 5 * len(pids)
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, out.decode(errors="replace")
+
+
+def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, check=True
+    )
+
+
+def test_import_order_trap_is_warned_about(tmp_path: Path):
+    """prometheus_client imported before PROMETHEUS_MULTIPROC_DIR is set: bizmetrics warns."""
+    env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
+    code = f"""
+        import os
+        import prometheus_client
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = {str(tmp_path)!r}
+        import bizmetrics
+        from bizmetrics import multiprocess
+        print(multiprocess.enabled(), multiprocess.check_import_order())
+    """
+    done = _run(code, env)
+    assert done.stdout.split() == ["False", "False"]
+    assert "imported before" in done.stderr
+
+
+def test_right_import_order_is_silent(tmp_path: Path):
+    """With the variable set first, multiprocess mode is on and nothing is logged."""
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    done = _run("import bizmetrics.multiprocess as m; print(m.enabled(), m.check_import_order())", env)
+    assert done.stdout.split() == ["True", "True"]
+    assert done.stderr == ""
