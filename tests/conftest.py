@@ -7,10 +7,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from helpers import TICK_NS
 from hypothesis import HealthCheck, settings
 
 import bizmetrics._instrument
-from helpers import TICK_NS
 
 settings.register_profile(
     "default",
@@ -20,6 +20,7 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=150)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[itertools.count[int]]:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 label_values = st.one_of(
     st.text(max_size=40),
     st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=300),
-    st.text(alphabet="\n\r\t\x00\x1b\x7f\x85\"\\{}=,", max_size=10),
+    st.text(alphabet='\n\r\t\x00\x1b\x7f\x85"\\{}=,', max_size=10),
     st.none(),
     st.integers(),
     st.floats(allow_nan=True),

@@ -81,7 +81,10 @@ def test_none_label_becomes_unknown_in_the_registry():
     """A None connector_type is recorded as connector_type="unknown"."""
     t = unique()
     bizmetrics.record_connector_operation(None, "op", 1, True, t)  # type: ignore[arg-type]
-    assert value("connector_operations_total", connector_type="unknown", operation="op", status="success", tenant_id=t) == 1
+    assert (
+        value("connector_operations_total", connector_type="unknown", operation="op", status="success", tenant_id=t)
+        == 1
+    )
 
 
 def test_str_and_int_labels_do_not_collide():

@@ -133,7 +133,10 @@ def test_error_sibling_exists_at_zero_before_any_failure():
     base = {"tenant_id": t}
     for name, labels in [
         ("connector_operations_total", {"connector_type": "hubspot", "operation": "sync", "status": "error"}),
-        ("connector_sync_operations_total", {"connector_type": "hubspot", "resource_type": "contacts", "status": "error"}),
+        (
+            "connector_sync_operations_total",
+            {"connector_type": "hubspot", "resource_type": "contacts", "status": "error"},
+        ),
         ("workflow_executions_total", {"workflow_id": "wf", "status": "error"}),
         ("agent_invocations_total", {"agent_id": "agent", "status": "error"}),
         ("api_requests_total", {"method": "GET", "endpoint": "/x", "status": "5xx"}),

@@ -21,9 +21,7 @@ def test_record_connector_operation(ct, op, ms, ok):
     labels = {"connector_type": ct, "operation": op}
     count0 = value("connector_operation_duration_count", **labels)
     sum0 = value("connector_operation_duration_sum", **labels)
-    bizmetrics.record_connector_operation(
-        connector_type=ct, operation=op, duration_ms=ms, success=ok, tenant_id=t
-    )
+    bizmetrics.record_connector_operation(connector_type=ct, operation=op, duration_ms=ms, success=ok, tenant_id=t)
     status = "success" if ok else "error"
     assert value("connector_operations_total", **labels, status=status, tenant_id=t) == 1
     assert value("connector_operation_duration_count", **labels) == count0 + 1
@@ -35,7 +33,10 @@ def test_record_connector_operation_error_type():
     """error_type names the error class on connector_errors_total."""
     t = unique()
     bizmetrics.record_connector_operation("wp", "op", 1, False, t, error_type="TimeoutError")
-    assert value("connector_errors_total", connector_type="wp", operation="op", error_type="TimeoutError", tenant_id=t) == 1
+    assert (
+        value("connector_errors_total", connector_type="wp", operation="op", error_type="TimeoutError", tenant_id=t)
+        == 1
+    )
 
 
 @given(count=st.integers(0, 10**6))
@@ -142,6 +143,13 @@ def test_tenant_defaults_to_context_then_default_tenant():
         bizmetrics.record_connector_operation("wp", op, 1, True)
     bizmetrics.record_connector_operation("wp", op, 1, True)
     assert value("connector_operations_total", connector_type="wp", operation=op, status="success", tenant_id=t) == 1
-    assert value(
-        "connector_operations_total", connector_type="wp", operation=op, status="success", tenant_id="default_tenant"
-    ) >= 1
+    assert (
+        value(
+            "connector_operations_total",
+            connector_type="wp",
+            operation=op,
+            status="success",
+            tenant_id="default_tenant",
+        )
+        >= 1
+    )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-APP = '''
+APP = """
 import os
 
 import bizmetrics
@@ -33,14 +33,14 @@ def app(environ, start_response):
     bizmetrics.set_db_pool_size("primary", 5)
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-Pid", str(os.getpid()))])
     return [b"ok"]
-'''
+"""
 
-CONF = '''
+CONF = """
 from bizmetrics.multiprocess import child_exit  # noqa: F401  (gunicorn reads it by name)
 
 workers = {workers}
 bind = "127.0.0.1:{port}"
-'''
+"""
 
 
 def _free_port() -> int:
@@ -101,6 +101,7 @@ def test_gunicorn_workers_sum_exactly(tmp_path: Path):
         assert len(pids) >= 2, "the requests should have reached more than one worker"
 
         status, _, body = _get(port, "/metrics")
+        assert status == 200
         samples = _samples(body.decode())
         key = lambda name, **labels: (name, tuple(sorted(labels.items())))  # noqa: E731
         api = {"method": "GET", "endpoint": "/work", "tenant_id": "t1"}
