@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
+
+import pytest
 
 import bizmetrics
 
@@ -23,3 +26,11 @@ def test_all_is_sorted_and_importable():
     assert bizmetrics.__all__ == sorted(bizmetrics.__all__)
     for name in bizmetrics.__all__:
         assert hasattr(bizmetrics, name)
+
+
+@pytest.mark.skipif(not os.environ.get("BIZMETRICS_EXPECT_INSTALLED"), reason="only CI promises an installed package")
+def test_tests_run_against_the_installed_package():
+    """In CI the tests import bizmetrics from site-packages, not from the checkout."""
+    package = Path(bizmetrics.__file__).resolve().parent
+    assert package != Path(__file__).resolve().parents[1] / "bizmetrics"
+    assert package.parent.name == "site-packages"
