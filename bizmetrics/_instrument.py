@@ -16,7 +16,8 @@ import inspect
 from asyncio import CancelledError
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from contextvars import ContextVar
-from time import perf_counter_ns  # tests patch this name to get exact durations
+from time import perf_counter_ns
+from types import MethodType  # tests patch this name to get exact durations
 from typing import Any
 
 import wrapt
@@ -72,6 +73,10 @@ class Target:
             # does not bind (Python 3.13): the first argument is self or cls.
             return args[0]
         return None
+
+    def has_param(self, name: str) -> bool:
+        """Return whether the callable takes a positional parameter ``name``."""
+        return name in self._positions
 
     def arg_reader(self, name: str) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
         """Return a reader of argument ``name`` of a call, by keyword or position."""
@@ -164,10 +169,14 @@ def _measure(extract: Callable[[Any], float], value: Any) -> float:
 
 
 # --- The four wrapper bodies ---------------------------------------------------
+#
+# Each takes wrapt's (wrapped, instance, args, kwargs).  Labels are resolved
+# at call time (so a coroutine or generator carries its caller's tenant);
+# the clock runs while the body runs.
 
 
 def _sync_body(site: Site) -> Callable[..., Any]:
-    resolve, extract, var = site.resolve, site.extract, site.scope_var
+    resolve, extract = site.resolve, site.extract
 
     def body(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
@@ -175,58 +184,52 @@ def _sync_body(site: Site) -> Callable[..., Any]:
         except Exception:
             _log.internal_error("resolving labels")
             return wrapped(*args, **kwargs)
-        token = var.set(bundle.scope) if var is not None else None
         start = perf_counter_ns()
         try:
             result = wrapped(*args, **kwargs)
-            end = perf_counter_ns()
         except Exception as exc:
             _failure(bundle, perf_counter_ns() - start, exc, 0)
             raise
         except CancelledError:
             _cancelled(bundle, perf_counter_ns() - start, 0)
             raise
-        finally:
-            if token is not None:
-                var.reset(token)  # type: ignore[union-attr]
-        _success(bundle, end - start, _measure(extract, result) if extract is not None else 0)
+        end = perf_counter_ns()
+        # _success inlined: this is the hottest path of all.
+        try:
+            bundle.success((end - start) / 1e6, 0 if extract is None else _measure(extract, result))
+        except Exception:
+            _log.internal_error("success")
         return result
 
     return body
 
 
-async def _timed_coroutine(coro: Coroutine[Any, Any, Any], bundle: Any, site: Site) -> Any:
-    var = site.scope_var
-    token = var.set(bundle.scope) if var is not None else None
+async def _timed_coroutine(coro: Coroutine[Any, Any, Any], bundle: Any, extract: Any) -> Any:
     start = perf_counter_ns()
     try:
         result = await coro
-        end = perf_counter_ns()
     except Exception as exc:
         _failure(bundle, perf_counter_ns() - start, exc, 0)
         raise
     except CancelledError:
         _cancelled(bundle, perf_counter_ns() - start, 0)
         raise
-    finally:
-        if token is not None:
-            var.reset(token)  # type: ignore[union-attr]
-    extract = site.extract
-    _success(bundle, end - start, _measure(extract, result) if extract is not None else 0)
+    end = perf_counter_ns()
+    try:
+        bundle.success((end - start) / 1e6, 0 if extract is None else _measure(extract, result))
+    except Exception:
+        _log.internal_error("success")
     return result
 
 
-def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, site: Site) -> Generator[Any, Any, Any]:
+def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, per_item: Any) -> Generator[Any, Any, Any]:
     # A hand-expanded ``yield from`` that times each resume of the body, so
     # the consumer's time between items is never counted.
-    per_item, var = site.extract_item, site.scope_var
-    scope = bundle.scope if var is not None else None
     elapsed = 0
     amount: float = 0
     send = action = gen.send
     arg: Any = None
     while True:
-        token = var.set(scope) if var is not None else None
         start = perf_counter_ns()
         try:
             item = action(arg)
@@ -239,9 +242,6 @@ def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, site: Site) -> 
         except CancelledError:
             _cancelled(bundle, elapsed + perf_counter_ns() - start, amount)
             raise
-        finally:
-            if token is not None:
-                var.reset(token)  # type: ignore[union-attr]
         elapsed += perf_counter_ns() - start
         amount += 1 if per_item is None else _measure(per_item, item)
         try:
@@ -262,15 +262,14 @@ def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, site: Site) -> 
             action = send
 
 
-async def _timed_async_generator(agen: AsyncGenerator[Any, Any], bundle: Any, site: Site) -> AsyncGenerator[Any, Any]:
-    per_item, var = site.extract_item, site.scope_var
-    scope = bundle.scope if var is not None else None
+async def _timed_async_generator(
+    agen: AsyncGenerator[Any, Any], bundle: Any, per_item: Any
+) -> AsyncGenerator[Any, Any]:
     elapsed = 0
     amount: float = 0
     asend = action = agen.asend
     arg: Any = None
     while True:
-        token = var.set(scope) if var is not None else None
         start = perf_counter_ns()
         try:
             item = await action(arg)
@@ -283,9 +282,6 @@ async def _timed_async_generator(agen: AsyncGenerator[Any, Any], bundle: Any, si
         except CancelledError:
             _cancelled(bundle, elapsed + perf_counter_ns() - start, amount)
             raise
-        finally:
-            if token is not None:
-                var.reset(token)  # type: ignore[union-attr]
         elapsed += perf_counter_ns() - start
         amount += 1 if per_item is None else _measure(per_item, item)
         try:
@@ -305,27 +301,122 @@ async def _timed_async_generator(agen: AsyncGenerator[Any, Any], bundle: Any, si
             action = asend
 
 
-def _deferred_body(site: Site, timed: Callable[[Any, Any, Site], Any]) -> Callable[..., Any]:
+def _deferred_body(timed: Callable[[Any, Any, Any], Any], extra: str) -> Callable[[Site], Callable[..., Any]]:
     """Body for callables whose work runs later: resolve labels now, time the work when it runs."""
-    resolve = site.resolve
 
-    def body(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        try:
-            bundle = resolve(instance, args, kwargs)
-        except Exception:
-            _log.internal_error("resolving labels")
-            return wrapped(*args, **kwargs)
-        return timed(wrapped(*args, **kwargs), bundle, site)
+    def make(site: Site) -> Callable[..., Any]:
+        resolve, param = site.resolve, getattr(site, extra)
 
-    return body
+        def body(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            try:
+                bundle = resolve(instance, args, kwargs)
+            except Exception:
+                _log.internal_error("resolving labels")
+                return wrapped(*args, **kwargs)
+            return timed(wrapped(*args, **kwargs), bundle, param)
+
+        return body
+
+    return make
 
 
 _BODIES: dict[str, Callable[[Site], Callable[..., Any]]] = {
     SYNC: _sync_body,
-    COROUTINE: lambda site: _deferred_body(site, _timed_coroutine),
-    GENERATOR: lambda site: _deferred_body(site, _timed_generator),
-    ASYNC_GENERATOR: lambda site: _deferred_body(site, _timed_async_generator),
+    COROUTINE: _deferred_body(_timed_coroutine, "extract"),
+    GENERATOR: _deferred_body(_timed_generator, "extract_item"),
+    ASYNC_GENERATOR: _deferred_body(_timed_async_generator, "extract_item"),
 }
+
+
+# --- Scope: a context variable set while the body runs (workflows) ---------------
+
+
+async def _scoped_coroutine(coro: Coroutine[Any, Any, Any], var: ContextVar[Any], value: Any) -> Any:
+    token = var.set(value)
+    try:
+        return await coro
+    finally:
+        var.reset(token)
+
+
+def _scoped_generator(gen: Generator[Any, Any, Any], var: ContextVar[Any], value: Any) -> Generator[Any, Any, Any]:
+    # Set around each resume only: between items the consumer runs, in its own context.
+    send = action = gen.send
+    arg: Any = None
+    while True:
+        token = var.set(value)
+        try:
+            item = action(arg)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            var.reset(token)
+        try:
+            arg = yield item
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as exc:
+            action, arg = gen.throw, exc
+        else:
+            action = send
+
+
+async def _scoped_async_generator(
+    agen: AsyncGenerator[Any, Any], var: ContextVar[Any], value: Any
+) -> AsyncGenerator[Any, Any]:
+    asend = action = agen.asend
+    arg: Any = None
+    while True:
+        token = var.set(value)
+        try:
+            item = await action(arg)
+        except StopAsyncIteration:
+            return
+        finally:
+            var.reset(token)
+        try:
+            arg = yield item
+        except GeneratorExit:
+            await agen.aclose()
+            raise
+        except BaseException as exc:
+            action, arg = agen.athrow, exc
+        else:
+            action = asend
+
+
+_SCOPED: dict[str, Callable[..., Any]] = {
+    COROUTINE: _scoped_coroutine,
+    GENERATOR: _scoped_generator,
+    ASYNC_GENERATOR: _scoped_async_generator,
+}
+
+
+def _scoped_body(site: Site, kind: str, plain: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``plain`` so that ``site.scope_var`` holds the bundle's scope while the body runs."""
+    resolve, var = site.resolve, site.scope_var
+    assert var is not None
+    adapter = _SCOPED.get(kind)
+
+    def body(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            value = resolve(instance, args, kwargs).scope
+        except Exception:
+            return plain(wrapped, instance, args, kwargs)
+        if adapter is None:
+            token = var.set(value)
+            try:
+                return plain(wrapped, instance, args, kwargs)
+            finally:
+                var.reset(token)
+
+        def scoped(*args: Any, **kwargs: Any) -> Any:
+            return adapter(wrapped(*args, **kwargs), var, value)
+
+        return plain(scoped, instance, args, kwargs)
+
+    return body
 
 
 # --- wrapt proxies that pickle -------------------------------------------------
@@ -365,7 +456,7 @@ class _Wrapper(_FunctionBase):  # type: ignore[misc]
 
 
 class _FunctionWrapper(_Wrapper):
-    """For plain functions and static or class methods, called unbound.
+    """For static or class methods, and plain functions, called unbound.
 
     wrapt looks up ``__self__`` on the wrapped function at every unbound call,
     which raises and catches an AttributeError for a plain function; such a
@@ -378,10 +469,57 @@ class _FunctionWrapper(_Wrapper):
         return self._self_wrapper(self.__wrapped__, None, args, kwargs)
 
 
+class _MethodWrapper(_FunctionWrapper):
+    """For plain functions, which become instance methods when they sit in a class.
+
+    wrapt binds by building a ``BoundFunctionWrapper`` proxy at every attribute
+    access, which costs more than the rest of a call's recording.  A bound
+    ``MethodType`` over this wrapper is what Python itself builds for a
+    function, keeps ``inspect`` and pickling right, and calls ``__call__``
+    with the instance first, exactly like ``Class.method(instance, ...)``:
+    the body reads labels from ``args[0]`` (``Target.source``).
+    """
+
+    __slots__ = ()
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        return MethodType(self, instance)
+
+    def __set_name__(self, owner: Any, name: str) -> None:
+        # Assigned in a class body: it is a method even if its first
+        # parameter is not called self.
+        target = getattr(self._self_wrapper, "target", None)
+        if target is not None:
+            target.self_like = True
+        super().__set_name__(owner, name)
+
+
+def _direct_class(body: Callable[..., Any], func: Any) -> type[_MethodWrapper]:
+    """A ``_MethodWrapper`` subclass whose ``__call__`` goes straight to ``body``.
+
+    One class per decorated function: its ``__call__`` closes over the body
+    and the function, which saves the generic ``__call__``'s attribute
+    lookups and one call (about 180 ns of a ~2.4 µs recorded call).
+    """
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return body(func, None, args, kwargs)
+
+    return type("_MethodWrapper", (_MethodWrapper,), {"__slots__": (), "__call__": __call__})
+
+
 def wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
     """Wrap ``wrapped`` (function, method, classmethod or staticmethod) with the body its kind needs."""
     target = Target(wrapped)
-    body = _BODIES[target.kind](make_site(target))
-    if inspect.isfunction(wrapped) or isinstance(wrapped, (classmethod, staticmethod)):
+    site = make_site(target)
+    body = _BODIES[target.kind](site)
+    if site.scope_var is not None:
+        body = _scoped_body(site, target.kind, body)
+    body.target = target  # type: ignore[attr-defined]
+    if isinstance(wrapped, (classmethod, staticmethod)):
         return _FunctionWrapper(wrapped, body)
+    if inspect.isfunction(wrapped):
+        return _direct_class(body, wrapped)(wrapped, body)
     return _Wrapper(wrapped, body)

@@ -13,8 +13,8 @@ from typing import Any, Protocol, TypeVar, cast, overload
 
 from . import _extract
 from ._instrument import Site, Target, _attr, wrap
-from ._values import UNKNOWN
-from .context import _WORKFLOW
+from ._values import DEFAULT_TENANT, UNKNOWN
+from .context import _TENANT, _WORKFLOW
 from .metrics import AGENTS, CACHES, CONNECTOR_OPS, DB_QUERIES, STEPS, SYNCS, WORKFLOWS, _Family
 
 __all__ = [
@@ -91,13 +91,44 @@ def _connector_type(source: Any) -> Any:
 
 def _connector_site(target: Target, family: Any, *static: Any, connector_type: Any) -> Callable[..., Any]:
     """``resolve`` for the connector families: (connector_type, *static, tenant)."""
-    tenant = target.tenant_reader()
-    get = family.get
+    safe_tenant = target.tenant_reader()
+    read_arg = target.arg_reader("tenant_id") if target.has_param("tenant_id") else None
+    get, cache = family.get, family.cache
 
-    def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def safe(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         source = target.source(instance, args)
         ct = connector_type if connector_type is not None else _connector_type(source)
-        return get(ct, *static, tenant(source, instance, args, kwargs))
+        return get(ct, *static, safe_tenant(source, instance, args, kwargs))
+
+    def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # The same rules as ``safe``, inlined for the hot path; an attribute
+        # that raises sends the call down the safe path.
+        try:
+            if instance is not None:
+                source = instance
+            else:
+                source = args[0] if args and target.self_like else None
+            tenant = read_arg(instance, args, kwargs) if read_arg is not None else kwargs.get("tenant_id")
+            if tenant is None:
+                if source is not None:
+                    tenant = getattr(source, "tenant_id", None)
+                if tenant is None:
+                    tenant = _TENANT.get()
+                    if tenant is None:
+                        tenant = DEFAULT_TENANT
+            ct = connector_type
+            if ct is None:
+                if source is not None:
+                    ct = getattr(getattr(source, "config", None), "id", None)
+                    if ct is None:
+                        ct = getattr(source, "connector_type", None)
+                if ct is None:
+                    ct = UNKNOWN
+        except Exception:
+            return safe(instance, args, kwargs)
+        key = (ct, *static, tenant)
+        bundle = cache.get(key)
+        return bundle if bundle is not None else get(*key)
 
     return resolve
 

@@ -269,17 +269,18 @@ B = TypeVar("B")
 class _Family(Generic[B]):
     """Bundles of one family, cached by raw label values."""
 
-    __slots__ = ("_cache", "_defaults", "_make", "_names")
+    __slots__ = ("_defaults", "_make", "_names", "cache")
 
     def __init__(self, make: Callable[..., B], names: tuple[str, ...], defaults: tuple[str, ...]) -> None:
-        self._cache = _cache.Cache()
+        #: Bundles by label values; the decorators' hot path reads it directly.
+        self.cache = _cache.Cache()
         self._make = make
         self._names = names
         self._defaults = defaults
 
     def get(self, *raw: Any) -> B:
         """Return the bundle for these label values (cleaning them on first use)."""
-        bundle: B | None = self._cache.get(raw)
+        bundle: B | None = self.cache.get(raw)
         if bundle is None:
             # Only clean str keys are cached; anything else is cleaned (and
             # logged) on every call, so 1, True and "1" can never collide.
@@ -287,9 +288,9 @@ class _Family(Generic[B]):
                 _values.label(value, name, default)
                 for value, name, default in zip(raw, self._names, self._defaults, strict=True)
             )
-            bundle = self._cache.get(clean)
+            bundle = self.cache.get(clean)
             if bundle is None:
-                bundle = self._cache[clean] = self._make(*clean)
+                bundle = self.cache[clean] = self._make(*clean)
         return bundle
 
 
