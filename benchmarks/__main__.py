@@ -29,7 +29,7 @@ TARGETS = {
     "coroutine method, error / hand-written": 0.55,
     "generator ns per item": 300.0,
     "async generator ns per item": 300.0,
-    f"generator of 10, success / hand-written": 1.0,
+    "generator of 10, success / hand-written": 1.0,
 }
 
 
@@ -89,13 +89,11 @@ def summarize(cases: list[Case], per_round: dict[int, list[float]]) -> tuple[lis
         return next(
             r["ratio_to_hand"]
             for r in rows
-            if r["group"] == "bizmetrics" and r["kind"] == kind and r["path"] == path and r["case"] == "bizmetrics method"
+            if r["case"] == "bizmetrics method" and r["kind"] == kind and r["path"] == path
         )
 
     def per_item(kind: str) -> tuple[float, float]:
-        idx = {
-            (c.group, c.items): i for i, c in enumerate(cases) if c.kind == kind and c.items in (0, 100)
-        }
+        idx = {(c.group, c.items): i for i, c in enumerate(cases) if c.kind == kind and c.items in (0, 100)}
         deco0, deco100 = per_round[idx["bizmetrics", 0]], per_round[idx["bizmetrics", 100]]
         bare0, bare100 = per_round[idx["bare", 0]], per_round[idx["bare", 100]]
         slope = statistics.median(
@@ -216,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows, "measured": measured, "targets": TARGETS, "scrape": scrape}, f, indent=1)
+            report = {"meta": meta, "rows": rows, "measured": measured, "targets": TARGETS, "scrape": scrape}
+            json.dump(report, f, indent=1)
     if args.plot:
         plot(rows, args.plot)
     return 0

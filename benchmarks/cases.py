@@ -17,7 +17,6 @@ from typing import Any
 
 import wrapt
 
-import bizmetrics
 from bizmetrics import instrument_connector_operation, tenant_context
 from bizmetrics.metrics import CONNECTOR_OPERATION_DURATION as DURATION
 from bizmetrics.metrics import CONNECTOR_OPERATIONS as OPERATIONS
@@ -309,63 +308,141 @@ def agen_loop(make: Callable[[], Any], fail: bool) -> Callable[[int], int]:
     return lambda n: _loop.run_until_complete(body(n))
 
 
+def _path_cases(path: str) -> list[Case]:
+    """The cases of one path (success or error), each kind against its bare and hand-written twins."""
+    fail = path == "error"
+    c = Connector(fail)
+    plain = _plain_fail if fail else _plain
+    cases = [
+        Case("bare method", "sync", path, "bare", sync_loop(lambda: c.bare(), fail), "the undecorated method"),
+        Case("hand-written", "sync", path, "hand", sync_loop(lambda: c.hand(), fail), "the spec's pattern"),
+        Case(
+            "floor: closure",
+            "sync",
+            path,
+            "floor",
+            sync_loop(floor_closure(plain), fail),
+            "children bound once, perf_counter_ns, plain closure",
+        ),
+        Case(
+            "floor: wrapt.decorator",
+            "sync",
+            path,
+            "floor",
+            sync_loop(floor_wrapt(plain), fail),
+            "the same floor on wrapt.decorator",
+        ),
+        Case(
+            "bizmetrics method",
+            "sync",
+            path,
+            "bizmetrics",
+            sync_loop(lambda: c.deco(), fail),
+            "instrument_connector_operation on a method, labels from self",
+        ),
+        Case("bare method", "coroutine", path, "bare", async_loop(lambda: c.abare(), fail), "awaited in a loop"),
+        Case("hand-written", "coroutine", path, "hand", async_loop(lambda: c.ahand(), fail), "the spec's pattern"),
+        Case(
+            "bizmetrics method",
+            "coroutine",
+            path,
+            "bizmetrics",
+            async_loop(lambda: c.adeco(), fail),
+            "instrument_connector_operation on an async method",
+        ),
+        Case("bare method", "generator", path, "bare", gen_loop(lambda: c.gbare(), fail), f"{ITEMS} items", ITEMS),
+        Case(
+            "hand-written",
+            "generator",
+            path,
+            "hand",
+            gen_loop(lambda: c.ghand(), fail),
+            f"the spec's pattern around the loop, wall clock, {ITEMS} items",
+            ITEMS,
+        ),
+        Case(
+            "bizmetrics method",
+            "generator",
+            path,
+            "bizmetrics",
+            gen_loop(lambda: c.gdeco(), fail),
+            f"timed per resume, {ITEMS} items",
+            ITEMS,
+        ),
+        Case(
+            "bare method",
+            "async generator",
+            path,
+            "bare",
+            agen_loop(lambda: c.agbare(), fail),
+            f"{ITEMS} items",
+            ITEMS,
+        ),
+        Case(
+            "hand-written",
+            "async generator",
+            path,
+            "hand",
+            agen_loop(lambda: c.aghand(), fail),
+            f"the spec's pattern around the loop, wall clock, {ITEMS} items",
+            ITEMS,
+        ),
+        Case(
+            "bizmetrics method",
+            "async generator",
+            path,
+            "bizmetrics",
+            agen_loop(lambda: c.agdeco(), fail),
+            f"timed per resume, {ITEMS} items",
+            ITEMS,
+        ),
+    ]
+    if not fail:
+        ctx_run = sync_loop(with_context, fail)
+
+        def in_context(n: int) -> int:
+            with tenant_context(TENANT):
+                return ctx_run(n)
+
+        cases[2:2] = [
+            Case(
+                "prometheus_client stacked",
+                "sync",
+                path,
+                "prometheus_client",
+                sync_loop(stacked, fail),
+                "time() over count_exceptions(); records less (no tenant, no status), wrong for async",
+            )
+        ]
+        cases[6:6] = [
+            Case(
+                "bizmetrics function, tenant_context",
+                "sync",
+                path,
+                "bizmetrics",
+                in_context,
+                "instrument_connector_operation on a function, tenant from tenant_context",
+            )
+        ]
+    return cases
+
+
+def _slope_cases(n_items: int) -> list[Case]:
+    """Generators of ``n_items`` items, bare and decorated, for the per-item slope."""
+    c = Connector()
+    doc = "for the per-item slope"
+    return [
+        Case(f"bare method, {n_items} items", "generator", "success", "bare",
+             gen_loop(lambda: c.gbare(n_items), False), doc, n_items),
+        Case(f"bizmetrics method, {n_items} items", "generator", "success", "bizmetrics",
+             gen_loop(lambda: c.gdeco(n_items), False), doc, n_items),
+        Case(f"bare method, {n_items} items", "async generator", "success", "bare",
+             agen_loop(lambda: c.agbare(n_items), False), doc, n_items),
+        Case(f"bizmetrics method, {n_items} items", "async generator", "success", "bizmetrics",
+             agen_loop(lambda: c.agdeco(n_items), False), doc, n_items),
+    ]  # fmt: skip
+
+
 def all_cases() -> list[Case]:
     """Every case, in the order one round runs them."""
-    cases: list[Case] = []
-    for path in ("success", "error"):
-        fail = path == "error"
-        c = Connector(fail)
-        add = cases.append
-        # sync
-        add(Case("bare method", "sync", path, "bare", sync_loop(lambda: c.bare(), fail), "the undecorated method"))
-        add(Case("hand-written", "sync", path, "hand", sync_loop(lambda: c.hand(), fail), "the spec's pattern"))
-        if not fail:
-            add(Case("prometheus_client stacked", "sync", path, "prometheus_client", sync_loop(stacked, fail),
-                     "time() over count_exceptions(); records less (no tenant, no status), wrong for async"))
-        plain = _plain_fail if fail else _plain
-        add(Case("floor: closure", "sync", path, "floor", sync_loop(floor_closure(plain), fail),
-                 "children bound once, perf_counter_ns, plain closure"))
-        add(Case("floor: wrapt.decorator", "sync", path, "floor", sync_loop(floor_wrapt(plain), fail),
-                 "the same floor on wrapt.decorator"))
-        add(Case("bizmetrics method", "sync", path, "bizmetrics", sync_loop(lambda: c.deco(), fail),
-                 "instrument_connector_operation on a method, labels from self"))
-        if not fail:
-            ctx_run = sync_loop(with_context, fail)
-
-            def in_context(n: int, ctx_run: Callable[[int], int] = ctx_run) -> int:
-                with tenant_context(TENANT):
-                    return ctx_run(n)
-
-            add(Case("bizmetrics function, tenant_context", "sync", path, "bizmetrics", in_context,
-                     "instrument_connector_operation on a function, tenant from tenant_context"))
-        # coroutine
-        add(Case("bare method", "coroutine", path, "bare", async_loop(lambda: c.abare(), fail), "awaited in a loop"))
-        add(Case("hand-written", "coroutine", path, "hand", async_loop(lambda: c.ahand(), fail), "the spec's pattern"))
-        add(Case("bizmetrics method", "coroutine", path, "bizmetrics", async_loop(lambda: c.adeco(), fail),
-                 "instrument_connector_operation on an async method"))
-        # generators of ITEMS items
-        add(Case("bare method", "generator", path, "bare", gen_loop(lambda: c.gbare(), fail),
-                 f"{ITEMS} items", ITEMS))
-        add(Case("hand-written", "generator", path, "hand", gen_loop(lambda: c.ghand(), fail),
-                 f"the spec's pattern around yield from, wall clock, {ITEMS} items", ITEMS))
-        add(Case("bizmetrics method", "generator", path, "bizmetrics", gen_loop(lambda: c.gdeco(), fail),
-                 f"timed per resume, {ITEMS} items", ITEMS))
-        add(Case("bare method", "async generator", path, "bare", agen_loop(lambda: c.agbare(), fail),
-                 f"{ITEMS} items", ITEMS))
-        add(Case("hand-written", "async generator", path, "hand", agen_loop(lambda: c.aghand(), fail),
-                 f"the spec's pattern around async for, wall clock, {ITEMS} items", ITEMS))
-        add(Case("bizmetrics method", "async generator", path, "bizmetrics", agen_loop(lambda: c.agdeco(), fail),
-                 f"timed per resume, {ITEMS} items", ITEMS))
-    # Per-item cost of generators: the same generators with 0 and 100 items.
-    c = Connector()
-    for n_items in (0, 100):
-        add(Case(f"bare method, {n_items} items", "generator", "success", "bare",
-                 gen_loop(lambda n_items=n_items: c.gbare(n_items), False), "for the per-item slope", n_items))
-        add(Case(f"bizmetrics method, {n_items} items", "generator", "success", "bizmetrics",
-                 gen_loop(lambda n_items=n_items: c.gdeco(n_items), False), "for the per-item slope", n_items))
-        add(Case(f"bare method, {n_items} items", "async generator", "success", "bare",
-                 agen_loop(lambda n_items=n_items: c.agbare(n_items), False), "for the per-item slope", n_items))
-        add(Case(f"bizmetrics method, {n_items} items", "async generator", "success", "bizmetrics",
-                 agen_loop(lambda n_items=n_items: c.agdeco(n_items), False), "for the per-item slope", n_items))
-    assert bizmetrics.__version__
-    return cases
+    return _path_cases("success") + _path_cases("error") + _slope_cases(0) + _slope_cases(100)

@@ -66,12 +66,12 @@ def _decorator(make_site: Callable[[Target], Site]) -> Decorator:
     return lambda wrapped: wrap(wrapped, make_site)
 
 
-def _from_call_or_self(target: Target, name: str) -> Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]:
+def _from_call_or_self(target: Target, name: str) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
     """Return a reader of label ``name``: the call's argument of that name, else ``self.<name>``."""
     read_arg = target.arg_reader(name)
 
-    def read(source: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        value = read_arg(instance, args, kwargs)
+    def read(source: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        value = read_arg(args, kwargs)
         if value is None and source is not None:
             value = _attr(source, name)
         return value
@@ -94,21 +94,22 @@ def _connector_site(target: Target, family: Any, *static: Any, connector_type: A
     safe_tenant = target.tenant_reader()
     read_arg = target.arg_reader("tenant_id") if target.has_param("tenant_id") else None
     get, cache = family.get, family.cache
+    first, second = static if len(static) == 2 else (static[0], None)
 
-    def safe(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        source = target.source(instance, args)
+    def safe(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        source = target.source(args)
         ct = connector_type if connector_type is not None else _connector_type(source)
-        return get(ct, *static, safe_tenant(source, instance, args, kwargs))
+        return get(ct, *static, safe_tenant(source, args, kwargs))
 
-    def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # The same rules as ``safe``, inlined for the hot path; an attribute
         # that raises sends the call down the safe path.
         try:
-            if instance is not None:
-                source = instance
+            source = args[0] if args and target.self_like else None
+            if read_arg is not None:
+                tenant = read_arg(args, kwargs)
             else:
-                source = args[0] if args and target.self_like else None
-            tenant = read_arg(instance, args, kwargs) if read_arg is not None else kwargs.get("tenant_id")
+                tenant = kwargs.get("tenant_id") if kwargs else None
             if tenant is None:
                 if source is not None:
                     tenant = getattr(source, "tenant_id", None)
@@ -125,8 +126,8 @@ def _connector_site(target: Target, family: Any, *static: Any, connector_type: A
                 if ct is None:
                     ct = UNKNOWN
         except Exception:
-            return safe(instance, args, kwargs)
-        key = (ct, *static, tenant)
+            return safe(args, kwargs)
+        key = (ct, first, tenant) if second is None else (ct, first, second, tenant)
         bundle = cache.get(key)
         return bundle if bundle is not None else get(*key)
 
@@ -232,14 +233,14 @@ def instrument_workflow(workflow_id: str | None = None) -> Decorator:
         read_id = _from_call_or_self(target, "workflow_id")
         get = WORKFLOWS.get
 
-        def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            source = target.source(instance, args)
+        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            source = target.source(args)
             wf: object = workflow_id
             if wf is None:
-                wf = read_id(source, instance, args, kwargs)
+                wf = read_id(source, args, kwargs)
                 if wf is None:
                     wf = target.name
-            return get(wf, tenant(source, instance, args, kwargs))
+            return get(wf, tenant(source, args, kwargs))
 
         return Site(resolve, scope_var=_WORKFLOW)
 
@@ -264,10 +265,10 @@ def instrument_workflow_step(step: str | None = None, *, workflow_id: str | None
         read_id = _from_call_or_self(target, "workflow_id")
         get = STEPS.get
 
-        def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             wf: object = workflow_id
             if wf is None:
-                wf = read_id(target.source(instance, args), instance, args, kwargs)
+                wf = read_id(target.source(args), args, kwargs)
                 if wf is None:
                     wf = _WORKFLOW.get()
                     if wf is None:
@@ -300,14 +301,14 @@ def instrument_agent(agent_id: str | None = None, *, tokens: Callable[[Any], Any
         counter = _extract.tokens_counter(tokens)
         get = AGENTS.get
 
-        def resolve(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            source = target.source(instance, args)
+        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            source = target.source(args)
             agent: object = agent_id
             if agent is None:
-                agent = read_id(source, instance, args, kwargs)
+                agent = read_id(source, args, kwargs)
                 if agent is None:
                     agent = target.name
-            return get(agent, tenant(source, instance, args, kwargs))
+            return get(agent, tenant(source, args, kwargs))
 
         return Site(resolve, extract=counter, extract_item=counter)
 
@@ -316,7 +317,7 @@ def instrument_agent(agent_id: str | None = None, *, tokens: Callable[[Any], Any
 
 def _static_site(family: Any, label: str | None, target: Target, **extra: Any) -> Site:
     bundle = family.get(label or target.name)
-    return Site(lambda instance, args, kwargs: bundle, **extra)
+    return Site(lambda args, kwargs: bundle, **extra)
 
 
 def instrument_db_query(operation: str | None = None) -> Decorator:

@@ -133,12 +133,12 @@ def test_bad_input_is_logged_and_rate_limited(caplog):
 
 def test_broken_registry_never_reaches_the_caller(monkeypatch, caplog):
     """A failure inside prometheus_client is caught and logged; the helper returns normally."""
-    from prometheus_client import Counter
+    from prometheus_client.values import MutexValue
 
     def explode(*args, **kwargs):
         raise RuntimeError("registry on fire")
 
-    monkeypatch.setattr(Counter, "inc", explode)
+    monkeypatch.setattr(MutexValue, "inc", explode)
     _log.reset()
     with caplog.at_level(logging.ERROR, logger="bizmetrics"):
         bizmetrics.record_connector_operation("wp", "op", 1, True, "t")

@@ -340,3 +340,45 @@ def test_classmethod_over_the_decorator_finds_cls():
 
     assert C.ping() is C
     assert _ops("py313", op, "success", "t313") == 1
+
+
+def test_stacked_decorators_each_record():
+    """Two bizmetrics decorators on one async method both record, with labels from self."""
+    t = unique()
+
+    class Flow:
+        tenant_id = t
+        workflow_id = unique("wf")
+        config = Config("stacked")
+
+        @instrument_sync_operation("rows")
+        @instrument_connector_operation("inner")
+        async def go(self, x):
+            return [x]
+
+    assert asyncio.run(Flow().go(3)) == [3]
+    assert _ops("stacked", "inner", "success", t) == 1
+    assert _ops("stacked", "go", "success", t) == 1
+
+
+def test_bound_methods_and_callable_objects_can_be_wrapped():
+    """Decorating an already bound method reads labels from its instance; callable objects work too."""
+    t = unique()
+
+    class Conn:
+        tenant_id = t
+        config = Config("bound")
+
+        def fetch(self):
+            return "ok"
+
+    class Job:
+        def __call__(self, tenant_id):
+            return "done"
+
+    fetch = instrument_connector_operation("bound_op")(Conn().fetch)
+    job = instrument_connector_operation("job_op", connector_type="callable")(Job())
+    assert fetch() == "ok"
+    assert job(tenant_id=t) == "done"
+    assert _ops("bound", "bound_op", "success", t) == 1
+    assert _ops("callable", "job_op", "success", t) == 1
