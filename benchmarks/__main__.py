@@ -149,14 +149,18 @@ def print_report(rows: list[dict[str, Any]], measured: dict[str, float], scrape:
     for name, got in measured.items():
         target = TARGETS.get(name)
         verdict = "" if target is None else ("  ok" if got <= target else "  MISSED")
-        print(f"  {name:<48} {got:>9.2f}" + ("" if target is None else f" / {target:g}{verdict}"))
+        print(f"  {name:<48} {got:>9.3f}" + ("" if target is None else f" / {target:g}{verdict}"))
     if scrape:
         print()
-        print(f"{'tenants':>8} {'_created':>8} {'series':>8} {'scrape ms':>10} {'us/series':>10} {'B/series':>9}")
+        print(
+            f"{'tenants':>8} {'_created':>8} {'series':>8} {'lines':>8} {'scrape ms':>10} {'us/series':>10} "
+            f"{'RSS B/series':>12} {'text B/series':>13}"
+        )
         for s in scrape:
             print(
-                f"{s['tenants']:>8} {'yes' if s['created'] else 'no':>8} {s['series']:>8} {s['scrape_ms']:>10.1f} "
-                f"{s['scrape_us_per_series']:>10.2f} {s['memory_bytes_per_series']:>9.0f}"
+                f"{s['tenants']:>8} {'yes' if s['created'] else 'no':>8} {s['series']:>8} {s['lines']:>8} "
+                f"{s['scrape_ms']:>10.1f} {s['scrape_us_per_series']:>10.2f} {s['memory_bytes_per_series']:>12.0f} "
+                f"{s['exposition_bytes_per_series']:>13.0f}"
             )
 
 

@@ -221,7 +221,11 @@ async def _timed_coroutine(coro: Coroutine[Any, Any, Any], bundle: Any, extract:
     try:
         result = await coro
     except Exception as exc:
-        _failure(bundle, perf_counter_ns() - start, exc, 0)
+        end = perf_counter_ns()
+        try:
+            bundle.failure((end - start) / 1e6, type(exc).__name__, 0)
+        except Exception:
+            _log.internal_error("failure")
         raise
     except CancelledError:
         _cancelled(bundle, perf_counter_ns() - start, 0)
