@@ -18,7 +18,27 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--addr", default="127.0.0.1", help="address to bind (default: loopback only)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--seed", type=int, default=None, help="seed the random traffic")
+    export = commands.add_parser(
+        "export-assets", help="write the Prometheus rules and Grafana dashboards to a directory"
+    )
+    export.add_argument("directory", help="where to write prometheus/*.yml and grafana/*.json")
+    export.add_argument("--connector-objective", type=float, default=None, help="connector success SLO (0.995)")
+    export.add_argument("--api-objective", type=float, default=None, help="API non-5xx SLO (0.999)")
     args = parser.parse_args(argv)
+
+    if args.command == "export-assets":
+        from .assets import export as export_assets
+
+        try:
+            paths = export_assets(
+                args.directory, connector_objective=args.connector_objective, api_objective=args.api_objective
+            )
+        except (OSError, ValueError) as exc:
+            print(f"bizmetrics export-assets: {exc}", file=sys.stderr)
+            return 1
+        for path in paths:
+            print(path)
+        return 0
 
     from . import demo as demo_module
 

@@ -35,6 +35,7 @@ __all__ = [
     "API_REQUEST_DURATION",
     "CACHE_HITS",
     "CACHE_MISSES",
+    "CATALOGUE",
     "CONNECTOR_BUCKETS",
     "CONNECTOR_ERRORS",
     "CONNECTOR_OPERATIONS",
@@ -253,6 +254,31 @@ DB_CONNECTION_POOL_SIZE = _declare(
 # Caches
 CACHE_HITS = _declare(_Counter, "cache_hits_total", "Total number of cache hits", ("cache",))
 CACHE_MISSES = _declare(_Counter, "cache_misses_total", "Total number of cache misses", ("cache",))
+
+
+#: Every metric of the catalogue, in the order of the spec.
+CATALOGUE = (
+    CONNECTOR_OPERATIONS,
+    CONNECTOR_OPERATION_DURATION,
+    CONNECTOR_ERRORS,
+    CONNECTOR_SYNC_OPERATIONS,
+    CONNECTOR_SYNC_RECORDS,
+    WORKFLOW_EXECUTIONS,
+    WORKFLOW_EXECUTION_DURATION,
+    WORKFLOW_STEP_DURATION,
+    WORKFLOW_FAILURES,
+    AGENT_INVOCATIONS,
+    AGENT_RESPONSE_DURATION,
+    AGENT_TOKENS_USED,
+    AGENT_ERRORS,
+    API_REQUESTS,
+    API_REQUEST_DURATION,
+    API_ERRORS,
+    DB_QUERY_DURATION,
+    DB_CONNECTION_POOL_SIZE,
+    CACHE_HITS,
+    CACHE_MISSES,
+)
 
 
 # --- Fast, exact recording ------------------------------------------------------
