@@ -793,17 +793,21 @@ def record_db_query(operation: str, duration_ms: float) -> None:
         _log.internal_error("record_db_query")
 
 
+def _pool_change(pool: str, value: object, what: str, apply: Callable[[Any, float], None], where: str) -> None:
+    try:
+        number = _values.level(value, what)
+        if number is not None:
+            apply(POOLS.get(pool), number)
+    except Exception:
+        _log.internal_error(where)
+
+
 def set_db_pool_size(pool: str, size: float) -> None:
     """Set the size of connection pool ``pool``.
 
     .. versionadded:: 0.1.0
     """
-    try:
-        value = _values.level(size, "pool size")
-        if value is not None:
-            POOLS.get(pool).set(value)
-    except Exception:
-        _log.internal_error("set_db_pool_size")
+    _pool_change(pool, size, "pool size", Gauge.set, "set_db_pool_size")
 
 
 def inc_db_pool_size(pool: str, amount: float = 1) -> None:
@@ -811,12 +815,7 @@ def inc_db_pool_size(pool: str, amount: float = 1) -> None:
 
     .. versionadded:: 0.1.0
     """
-    try:
-        value = _values.level(amount, "pool size change")
-        if value is not None:
-            POOLS.get(pool).inc(value)
-    except Exception:
-        _log.internal_error("inc_db_pool_size")
+    _pool_change(pool, amount, "pool size change", Gauge.inc, "inc_db_pool_size")
 
 
 def dec_db_pool_size(pool: str, amount: float = 1) -> None:
@@ -824,12 +823,7 @@ def dec_db_pool_size(pool: str, amount: float = 1) -> None:
 
     .. versionadded:: 0.1.0
     """
-    try:
-        value = _values.level(amount, "pool size change")
-        if value is not None:
-            POOLS.get(pool).dec(value)
-    except Exception:
-        _log.internal_error("dec_db_pool_size")
+    _pool_change(pool, amount, "pool size change", Gauge.dec, "dec_db_pool_size")
 
 
 def record_cache_hit(cache: str, count: int = 1) -> None:
