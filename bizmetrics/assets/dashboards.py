@@ -99,9 +99,38 @@ def _dashboard(
     }
 
 
+def _outcome_panels(
+    noun: str, counter: str, key: str, errors: str, selector: str, *, ratio: str = "error", errors_noun: str = "Errors"
+) -> list[Panel]:
+    """Count by status, error (or success) ratio, and errors by type: the three panels every family opens with."""
+    ratio_selector = selector.replace("{", f'{{status="{ratio}", ', 1)
+    return [
+        (
+            f"{noun} per second by status",
+            "ops",
+            [(f"sum by ({key}, status) (rate({counter}{selector}[5m]))", f"{{{{{key}}}}} {{{{status}}}}")],
+        ),
+        (
+            f"{ratio.capitalize()} ratio",
+            "percentunit",
+            [
+                (
+                    f"sum by ({key}) (rate({counter}{ratio_selector}[5m]))"
+                    f" / sum by ({key}) (rate({counter}{selector}[5m]))",
+                    f"{{{{{key}}}}}",
+                )
+            ],
+        ),
+        (
+            f"{errors_noun} per second by error type",
+            "ops",
+            [(f"sum by ({key}, error_type) (rate({errors}{selector}[5m]))", f"{{{{{key}}}}} {{{{error_type}}}}")],
+        ),
+    ]
+
+
 def connector_health() -> dict[str, Any]:
     t = '{tenant_id=~"$tenant", connector_type=~"$connector_type"}'
-    te = '{status="error", tenant_id=~"$tenant", connector_type=~"$connector_type"}'
     h = '{connector_type=~"$connector_type"}'
     return _dashboard(
         "bizmetrics-connector-health",
@@ -112,37 +141,7 @@ def connector_health() -> dict[str, Any]:
             _variable("connector_type", "Connector", "label_values(connector_operations_total, connector_type)"),
         ],
         [
-            (
-                "Operations per second by status",
-                "ops",
-                [
-                    (
-                        f"sum by (connector_type, status) (rate(connector_operations_total{t}[5m]))",
-                        "{{connector_type}} {{status}}",
-                    )
-                ],
-            ),
-            (
-                "Error ratio",
-                "percentunit",
-                [
-                    (
-                        f"sum by (connector_type) (rate(connector_operations_total{te}[5m]))"
-                        f" / sum by (connector_type) (rate(connector_operations_total{t}[5m]))",
-                        "{{connector_type}}",
-                    )
-                ],
-            ),
-            (
-                "Errors per second by error type",
-                "ops",
-                [
-                    (
-                        f"sum by (connector_type, error_type) (rate(connector_errors_total{t}[5m]))",
-                        "{{connector_type}} {{error_type}}",
-                    )
-                ],
-            ),
+            *_outcome_panels("Operations", "connector_operations_total", "connector_type", "connector_errors_total", t),
             ("Operation latency", "ms", _quantiles("connector_operation_duration", "connector_type", h)),
             (
                 "Average operation duration",
@@ -186,7 +185,6 @@ def connector_health() -> dict[str, Any]:
 
 def workflow_performance() -> dict[str, Any]:
     t = '{tenant_id=~"$tenant", workflow_id=~"$workflow"}'
-    ts = '{status="success", tenant_id=~"$tenant", workflow_id=~"$workflow"}'
     h = '{workflow_id=~"$workflow"}'
     return _dashboard(
         "bizmetrics-workflow-performance",
@@ -197,36 +195,14 @@ def workflow_performance() -> dict[str, Any]:
             _variable("workflow", "Workflow", "label_values(workflow_executions_total, workflow_id)"),
         ],
         [
-            (
-                "Executions per second by status",
-                "ops",
-                [
-                    (
-                        f"sum by (workflow_id, status) (rate(workflow_executions_total{t}[5m]))",
-                        "{{workflow_id}} {{status}}",
-                    )
-                ],
-            ),
-            (
-                "Success ratio",
-                "percentunit",
-                [
-                    (
-                        f"sum by (workflow_id) (rate(workflow_executions_total{ts}[5m]))"
-                        f" / sum by (workflow_id) (rate(workflow_executions_total{t}[5m]))",
-                        "{{workflow_id}}",
-                    )
-                ],
-            ),
-            (
-                "Failures per second by error type",
-                "ops",
-                [
-                    (
-                        f"sum by (workflow_id, error_type) (rate(workflow_failures_total{t}[5m]))",
-                        "{{workflow_id}} {{error_type}}",
-                    )
-                ],
+            *_outcome_panels(
+                "Executions",
+                "workflow_executions_total",
+                "workflow_id",
+                "workflow_failures_total",
+                t,
+                ratio="success",
+                errors_noun="Failures",
             ),
             ("Execution duration", "ms", _quantiles("workflow_execution_duration", "workflow_id", h)),
             (
@@ -257,7 +233,6 @@ def workflow_performance() -> dict[str, Any]:
 
 def ai_agent_analytics() -> dict[str, Any]:
     t = '{tenant_id=~"$tenant", agent_id=~"$agent"}'
-    te = '{status="error", tenant_id=~"$tenant", agent_id=~"$agent"}'
     h = '{agent_id=~"$agent"}'
     return _dashboard(
         "bizmetrics-ai-agent-analytics",
@@ -268,27 +243,7 @@ def ai_agent_analytics() -> dict[str, Any]:
             _variable("agent", "Agent", "label_values(agent_invocations_total, agent_id)"),
         ],
         [
-            (
-                "Invocations per second by status",
-                "ops",
-                [(f"sum by (agent_id, status) (rate(agent_invocations_total{t}[5m]))", "{{agent_id}} {{status}}")],
-            ),
-            (
-                "Error ratio",
-                "percentunit",
-                [
-                    (
-                        f"sum by (agent_id) (rate(agent_invocations_total{te}[5m]))"
-                        f" / sum by (agent_id) (rate(agent_invocations_total{t}[5m]))",
-                        "{{agent_id}}",
-                    )
-                ],
-            ),
-            (
-                "Errors per second by error type",
-                "ops",
-                [(f"sum by (agent_id, error_type) (rate(agent_errors_total{t}[5m]))", "{{agent_id}} {{error_type}}")],
-            ),
+            *_outcome_panels("Invocations", "agent_invocations_total", "agent_id", "agent_errors_total", t),
             ("Response time", "ms", _quantiles("agent_response_duration", "agent_id", h)),
             (
                 "Tokens per minute by agent",
