@@ -78,6 +78,21 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     assert names - fired == set(), "alerts never shown firing"
     assert names - resolved == set(), "alerts never shown resolved"
 
+    done = _promtool_unit_tests(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_unit_tests_catch_a_broken_alert(tmp_path):
+    """The unit tests can fail: with the connector threshold at 50% instead of 5%, promtool reports it."""
+    done = _promtool_unit_tests(tmp_path, break_rule=("BizmetricsConnectorErrorRatioHigh", "> 0.05", "> 0.5"))
+    assert done.returncode != 0
+    assert "BizmetricsConnectorErrorRatioHigh" in done.stdout + done.stderr
+
+
+def _promtool_unit_tests(
+    directory: Path, break_rule: tuple[str, str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run tests/promtool/alerts_test.yml against the shipped rules (optionally with one rule altered)."""
     for name in assets.RULE_FILES:
         rules = _rules(name)
         # Annotation templates are not what these tests are about (promtool check rules
@@ -85,12 +100,13 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
         for group in rules["groups"]:
             for rule in group["rules"]:
                 rule.pop("annotations", None)
-        (tmp_path / name).write_text(yaml.safe_dump(rules))
-    shutil.copy(HERE / "promtool" / "alerts_test.yml", tmp_path)
-    done = subprocess.run(
-        [_binary("promtool"), "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True
+                if break_rule and rule.get("alert") == break_rule[0]:
+                    rule["expr"] = rule["expr"].replace(break_rule[1], break_rule[2])
+        (directory / name).write_text(yaml.safe_dump(rules))
+    shutil.copy(HERE / "promtool" / "alerts_test.yml", directory)
+    return subprocess.run(
+        [_binary("promtool"), "test", "rules", "alerts_test.yml"], cwd=directory, capture_output=True, text=True
     )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_alert_has_severity_summary_and_runbook():
