@@ -692,11 +692,11 @@ def record_workflow_execution(
         _log.internal_error("record_workflow_execution")
 
 
-def record_workflow_step(step: str, duration_ms: float, workflow_id: str | None = None) -> None:
-    """Record the duration of one workflow step.
+def record_workflow_step(workflow_id: str | None, step: str, duration_ms: float) -> None:
+    """Record the duration of one step of workflow ``workflow_id``.
 
-    ``workflow_id`` defaults to the one set by ``workflow_context`` (and so by
-    an enclosing ``instrument_workflow``), else ``unknown``.
+    A ``workflow_id`` of ``None`` means the one set by ``workflow_context``
+    (and so by an enclosing ``instrument_workflow``), else ``unknown``.
 
     .. versionadded:: 0.1.0
     """

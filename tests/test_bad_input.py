@@ -21,7 +21,7 @@ HELPERS = [
     lambda v, n: bizmetrics.record_connector_operation(v, "op", n, False, v, error_type=v),
     lambda v, n: bizmetrics.record_connector_sync(v, v, n, v),
     lambda v, n: bizmetrics.record_workflow_execution(v, n, False, v, error_type=v),
-    lambda v, n: bizmetrics.record_workflow_step(v, n, workflow_id=v),
+    lambda v, n: bizmetrics.record_workflow_step(v, v, n),
     lambda v, n: bizmetrics.record_agent_invocation(v, n, n, True, v),
     lambda v, n: bizmetrics.record_api_request(v, v, n, n, v),
     lambda v, n: bizmetrics.record_db_query(v, n),

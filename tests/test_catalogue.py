@@ -45,7 +45,7 @@ def _touch_everything() -> None:
     bizmetrics.record_connector_operation("wordpress", "get_posts", 42.0, False, t, error_type="Timeout")
     bizmetrics.record_connector_sync("wordpress", "posts", 3, t)
     bizmetrics.record_workflow_execution("campaign_sync", 1500.0, False, t, error_type="Boom")
-    bizmetrics.record_workflow_step("fetch", 12.0, workflow_id="campaign_sync")
+    bizmetrics.record_workflow_step("campaign_sync", "fetch", 12.0)
     bizmetrics.record_agent_invocation("support_agent", 800.0, 120, False, t, error_type="RateLimit")
     bizmetrics.record_api_request("GET", "/api/posts", 503, 12.0, t)
     bizmetrics.record_db_query("select_posts", 3.0)

@@ -62,12 +62,12 @@ def test_record_workflow_execution():
 
 
 def test_record_workflow_step_uses_the_workflow_context():
-    """A step without workflow_id takes the one set by workflow_context, else 'unknown'."""
+    """A step with workflow_id None takes the one set by workflow_context, else 'unknown'."""
     wf, step = unique("wf"), unique("step")
     with workflow_context(wf):
-        bizmetrics.record_workflow_step(step, 20)
-    bizmetrics.record_workflow_step(step, 30)
-    bizmetrics.record_workflow_step(step, 40, workflow_id="explicit")
+        bizmetrics.record_workflow_step(None, step, 20)
+    bizmetrics.record_workflow_step(None, step, 30)
+    bizmetrics.record_workflow_step(workflow_id="explicit", step=step, duration_ms=40)
     assert value("workflow_step_duration_sum", workflow_id=wf, step=step) == 20
     assert value("workflow_step_duration_sum", workflow_id="unknown", step=step) == 30
     assert value("workflow_step_duration_sum", workflow_id="explicit", step=step) == 40
