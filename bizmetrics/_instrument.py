@@ -3,10 +3,11 @@
 A decorator describes *what* to record (a ``Site``: how to find the label
 bundle for a call, and what to count in a result); this module decides *how*
 to time it.  The kind of callable (plain, coroutine, generator, async
-generator) is decided once, when decorating, and wrapt is handed one of four
-wrapper bodies.  Those bodies are the hot path: everything that can be
-resolved at decoration time is, and every failure inside recording is
-caught and logged so the application's result or exception is untouched.
+generator) is decided once, when decorating, and one of four bodies becomes
+the ``__call__`` of a wrapt ``FunctionWrapper`` subclass.  Those bodies are
+the hot path: everything that can be resolved at decoration time is, and
+every failure inside recording is caught and logged so the application's
+result or exception is untouched.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import inspect
 from asyncio import CancelledError
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from contextvars import ContextVar
-from time import perf_counter_ns
-from types import MethodType  # tests patch this name to get exact durations
+from time import perf_counter_ns  # tests patch this name to get exact durations
+from types import MethodType
 from typing import Any
 
 import wrapt
@@ -183,7 +184,7 @@ def _measure(extract: Callable[[Any], float], value: Any) -> float:
 
 
 def _sync_body(site: Site, func: Any) -> Callable[..., Any]:
-    resolve, extract = site.resolve, site.extract
+    resolve, extract, var = site.resolve, site.extract, site.scope_var
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -193,7 +194,14 @@ def _sync_body(site: Site, func: Any) -> Callable[..., Any]:
             return func(*args, **kwargs)
         start = perf_counter_ns()
         try:
-            result = func(*args, **kwargs)
+            if var is None:
+                result = func(*args, **kwargs)
+            else:
+                token = var.set(bundle.scope)
+                try:
+                    result = func(*args, **kwargs)
+                finally:
+                    var.reset(token)
         except Exception as exc:
             end = perf_counter_ns()
             # _failure inlined: the error path is hot when a remote service is down.
@@ -405,29 +413,9 @@ _SCOPED: dict[Any, Callable[..., Any]] = {
 }
 
 
-def _scoped_sync_body(site: Site, func: Any) -> Callable[..., Any]:
-    """``_sync_body`` with ``site.scope_var`` set to the bundle's scope while it runs."""
-    plain = _sync_body(site, func)
-    resolve, var = site.resolve, site.scope_var
-    assert var is not None
-
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            value = resolve(args, kwargs).scope
-        except Exception:
-            return plain(self, *args, **kwargs)
-        token = var.set(value)
-        try:
-            return plain(self, *args, **kwargs)
-        finally:
-            var.reset(token)
-
-    return call
-
-
 def _body(site: Site, kind: str, func: Any) -> Callable[..., Any]:
     if kind == SYNC:
-        return (_sync_body if site.scope_var is None else _scoped_sync_body)(site, func)
+        return _sync_body(site, func)
     return _DEFERRED[kind](site, func)
 
 
@@ -517,12 +505,15 @@ def wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
     call = _body(make_site(target), target.kind, target.func)
 
     # For wrapt's own binding (classmethod, staticmethod) and anything else
-    # that calls the wrapper the wrapt way.
+    # that calls the wrapper the wrapt way: the body wants ``cls`` in args.
     def adapter(bound: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if isinstance(wrapped, classmethod):
-            return call(None, instance, *args, **kwargs)
         return call(None, *args, **kwargs)
 
+    def classmethod_adapter(bound: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return call(None, instance, *args, **kwargs)
+
+    if isinstance(wrapped, classmethod):
+        adapter = classmethod_adapter
     adapter.target = target  # type: ignore[attr-defined]
     if isinstance(wrapped, (classmethod, staticmethod)):
         return _Wrapper(wrapped, adapter)
