@@ -24,8 +24,7 @@ from typing import Any
 import wrapt
 
 from . import _log
-from ._values import DEFAULT_TENANT
-from .context import _TENANT
+from .context import tenant_or_current
 
 SYNC, COROUTINE, GENERATOR, ASYNC_GENERATOR = "sync", "coroutine", "generator", "async generator"
 
@@ -107,11 +106,7 @@ class Target:
             if value is None:
                 if source is not None:
                     value = _attr(source, "tenant_id")
-                if value is None:
-                    value = _TENANT.get()
-                    if value is None:
-                        return DEFAULT_TENANT
-            return value
+            return tenant_or_current(value)
 
         return tenant
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from ._values import DEFAULT_TENANT, UNKNOWN
+
 _TENANT: ContextVar[object] = ContextVar("bizmetrics_tenant", default=None)
 _WORKFLOW: ContextVar[object] = ContextVar("bizmetrics_workflow", default=None)
 
@@ -53,3 +55,21 @@ def current_tenant() -> object:
 def current_workflow() -> object:
     """Return the workflow set by the innermost ``workflow_context``, or ``None``."""
     return _WORKFLOW.get()
+
+
+def tenant_or_current(tenant_id: object) -> object:
+    """Return ``tenant_id``, else the ``tenant_context`` tenant, else ``default_tenant``."""
+    if tenant_id is None:
+        tenant_id = _TENANT.get()
+        if tenant_id is None:
+            return DEFAULT_TENANT
+    return tenant_id
+
+
+def workflow_or_current(workflow_id: object) -> object:
+    """Return ``workflow_id``, else the ``workflow_context`` workflow, else ``unknown``."""
+    if workflow_id is None:
+        workflow_id = _WORKFLOW.get()
+        if workflow_id is None:
+            return UNKNOWN
+    return workflow_id

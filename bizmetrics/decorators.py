@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar, cast, overload
 from . import _extract
 from ._instrument import Site, Target, _attr, wrap
 from ._values import DEFAULT_TENANT, UNKNOWN
-from .context import _TENANT, _WORKFLOW
+from .context import _TENANT, _WORKFLOW, workflow_or_current
 from .metrics import AGENTS, CACHES, CONNECTOR_OPS, DB_QUERIES, STEPS, SYNCS, WORKFLOWS, _Family
 
 __all__ = [
@@ -214,6 +214,28 @@ def instrument_sync_operation(
     return _decorator(make_site)
 
 
+def _named_site(target: Target, family: Any, name: str, given: object) -> Callable[..., Any]:
+    """``resolve`` for the (id, tenant) families.
+
+    The id is ``given``, else the call's argument ``name``, else ``self.<name>``,
+    else the function's name.
+    """
+    tenant = target.tenant_reader()
+    read_id = _from_call_or_self(target, name)
+    get = family.get
+
+    def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        source = target.source(args)
+        ident = given
+        if ident is None:
+            ident = read_id(source, args, kwargs)
+            if ident is None:
+                ident = target.name
+        return get(ident, tenant(source, args, kwargs))
+
+    return resolve
+
+
 def instrument_workflow(workflow_id: str | None = None) -> Decorator:
     """Record each call as a workflow execution: count by status, duration, failures by class.
 
@@ -228,20 +250,7 @@ def instrument_workflow(workflow_id: str | None = None) -> Decorator:
         return _bare(instrument_workflow, workflow_id)
 
     def make_site(target: Target) -> Site:
-        tenant = target.tenant_reader()
-        read_id = _from_call_or_self(target, "workflow_id")
-        get = WORKFLOWS.get
-
-        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            source = target.source(args)
-            wf: object = workflow_id
-            if wf is None:
-                wf = read_id(source, args, kwargs)
-                if wf is None:
-                    wf = target.name
-            return get(wf, tenant(source, args, kwargs))
-
-        return Site(resolve, scope_var=_WORKFLOW)
+        return Site(_named_site(target, WORKFLOWS, "workflow_id", workflow_id), scope_var=_WORKFLOW)
 
     return _decorator(make_site)
 
@@ -268,11 +277,7 @@ def instrument_workflow_step(step: str | None = None, *, workflow_id: str | None
             wf: object = workflow_id
             if wf is None:
                 wf = read_id(target.source(args), args, kwargs)
-                if wf is None:
-                    wf = _WORKFLOW.get()
-                    if wf is None:
-                        wf = UNKNOWN
-            return get(wf, name)
+            return get(workflow_or_current(wf), name)
 
         return Site(resolve)
 
@@ -295,21 +300,8 @@ def instrument_agent(agent_id: str | None = None, *, tokens: Callable[[Any], Any
         return _bare(instrument_agent, agent_id)
 
     def make_site(target: Target) -> Site:
-        tenant = target.tenant_reader()
-        read_id = _from_call_or_self(target, "agent_id")
         counter = _extract.tokens_counter(tokens)
-        get = AGENTS.get
-
-        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            source = target.source(args)
-            agent: object = agent_id
-            if agent is None:
-                agent = read_id(source, args, kwargs)
-                if agent is None:
-                    agent = target.name
-            return get(agent, tenant(source, args, kwargs))
-
-        return Site(resolve, extract=counter, extract_item=counter)
+        return Site(_named_site(target, AGENTS, "agent_id", agent_id), extract=counter, extract_item=counter)
 
     return _decorator(make_site)
 

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from . import _cache, _log, _values
 from ._values import DEFAULT_TENANT, UNKNOWN
-from .context import _TENANT, _WORKFLOW
+from .context import tenant_or_current, workflow_or_current
 from .multiprocess import check_import_order, enabled
 
 __all__ = [
@@ -606,15 +606,6 @@ APIS: _Family[_Api] = _Family(_Api, ("method", "endpoint", "tenant_id"), _T)
 POOLS: _Family[Any] = _Family(DB_CONNECTION_POOL_SIZE.labels, ("pool",), _T[:1])
 
 
-def tenant_or_current(tenant_id: object) -> object:
-    """Return ``tenant_id``, else the ``tenant_context`` tenant, else the default."""
-    if tenant_id is None:
-        tenant_id = _TENANT.get()
-        if tenant_id is None:
-            return DEFAULT_TENANT
-    return tenant_id
-
-
 def _error_type(error_type: object) -> str:
     return UNKNOWN if error_type is None else _values.label(error_type, "error_type")
 
@@ -701,11 +692,7 @@ def record_workflow_step(workflow_id: str | None, step: str, duration_ms: float)
     .. versionadded:: 0.1.0
     """
     try:
-        if workflow_id is None:
-            workflow_id = _WORKFLOW.get()  # type: ignore[assignment]
-            if workflow_id is None:
-                workflow_id = UNKNOWN
-        STEPS.get(workflow_id, step).success(_values.duration(duration_ms), 0)
+        STEPS.get(workflow_or_current(workflow_id), step).success(_values.duration(duration_ms), 0)
     except Exception:
         _log.internal_error("record_workflow_step")
 
