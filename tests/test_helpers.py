@@ -151,5 +151,5 @@ def test_tenant_defaults_to_context_then_default_tenant():
             status="success",
             tenant_id="default_tenant",
         )
-        >= 1
+        == 1
     )
