@@ -31,27 +31,30 @@ def _collection_size(value: Any) -> int | None:
     return None
 
 
-def _int_count(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _number(value: Any) -> float | None:
+    """A number (see ``_values.number``) that is not a collection, or ``None``."""
+    if type(value) is int:
         return value
-    return None
+    if isinstance(value, (Sized, Mapping)) and not isinstance(value, str):
+        return None
+    return _values.number(value)
 
 
 def count_records(result: Any, resource_type: str) -> float:
     """Return how many records ``result`` holds (see README, "Counting records")."""
-    number = _int_count(result)
-    if number is not None:
-        return _values.amount(number, "record count")
     size = _collection_size(result)
     if size is not None:
         return size
+    number = _number(result)
+    if number is not None:
+        return _values.amount(number, "record count")
     if result is not None and not isinstance(result, (str, bytes, bool)):
         for name in (*RECORD_LISTS, resource_type):
             size = _collection_size(_field(result, name))
             if size is not None:
                 return size
         for name in COUNT_KEYS:
-            number = _int_count(_field(result, name))
+            number = _number(_field(result, name))
             if number is not None:
                 return _values.amount(number, "record count")
     _log.debug("bizmetrics: cannot count records in a %s; counted 0", type(result).__name__)
@@ -76,24 +79,25 @@ def _as_count(value: Any, what: str) -> float:
     size = _collection_size(value)
     if size is not None:
         return size
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _values.amount(value, what)
+    number = _number(value)
+    if number is not None:
+        return _values.amount(number, what)
     _log.debug("bizmetrics: %s gave a %s, not a count; counted 0", what, type(value).__name__)
     return 0
 
 
 def count_tokens(result: Any) -> float:
     """Return the tokens a model response used (see README, "Counting tokens")."""
-    number = _int_count(result)
+    number = _number(result)
     if number is not None:
         return _values.amount(number, "tokens")
     usage = _field(result, "usage") if result is not None else None
     if usage is not None:
-        total = _int_count(_field(usage, "total_tokens"))
+        total = _number(_field(usage, "total_tokens"))
         if total is not None:
             return _values.amount(total, "tokens")
         for first, second in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
-            a, b = _int_count(_field(usage, first)), _int_count(_field(usage, second))
+            a, b = _number(_field(usage, first)), _number(_field(usage, second))
             if a is not None or b is not None:
                 return _values.amount((a or 0) + (b or 0), "tokens")
     _log.debug("bizmetrics: cannot find token usage in a %s; counted 0", type(result).__name__)

@@ -32,7 +32,16 @@ def _limited(level: int, key: str, msg: str, *args: object, exc_info: bool = Fal
     if suppressed:
         msg += " (%d similar messages suppressed)"
         args += (suppressed,)
-    logger.log(level, msg, *args, exc_info=exc_info)
+    _emit(level, msg, *args, exc_info=exc_info)
+
+
+def _emit(level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+    # A handler or filter that raises (a broken log sink) must not turn a
+    # log line into an exception in the application.
+    try:
+        logger.log(level, msg, *args, exc_info=exc_info)
+    except Exception:
+        pass
 
 
 def warn(key: str, msg: str, *args: object) -> None:
@@ -54,7 +63,7 @@ def internal_error(where: str) -> None:
 def debug(msg: str, *args: object) -> None:
     """Log a debug line (cheap when debug logging is off)."""
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug(msg, *args)
+        _emit(logging.DEBUG, msg, *args)
 
 
 def reset() -> None:

@@ -8,7 +8,9 @@ logger.
 from __future__ import annotations
 
 import math
+import operator
 import re
+from enum import Enum
 from typing import Any
 
 from . import _log
@@ -28,26 +30,36 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 def label(value: object, name: str, default: str = UNKNOWN) -> str:
     """Return ``value`` as a clean label value for label ``name``.
 
-    ``None`` and empty values become ``default``; other types go through
-    ``str()``; control characters (newlines included) become ``_``; lone
-    surrogates become U+FFFD; values longer than ``MAX_LABEL_LENGTH`` are cut.
+    ``None`` and empty values become ``default``; an ``Enum`` member is its
+    ``.value``; a ``str`` subclass is its characters (whatever its
+    ``__str__`` says, so it lands with the equal plain string); other types
+    go through ``str()``; control characters (newlines included) become
+    ``_``; lone surrogates become U+FFFD; values longer than
+    ``MAX_LABEL_LENGTH`` are cut.
     """
     if type(value) is not str:
-        if value is None:
+        if isinstance(value, Enum):
+            value = value.value
+        if isinstance(value, str):
+            value = str.__str__(value)
+        elif value is None:
             _log.warn("none:" + name, "bizmetrics: label %s is None; using %r", name, default)
             return default
-        try:
-            text = str(value)
-        except Exception:
-            _log.warn("str:" + name, "bizmetrics: label %s could not be turned into text; using %r", name, default)
-            return default
-        _log.warn(
-            "type:" + name,
-            "bizmetrics: label %s got a %s, not a str; using str() of it",
-            name,
-            type(value).__name__,
-        )
-        value = text
+        else:
+            try:
+                text = str(value)
+            except Exception:
+                _log.warn("str:" + name, "bizmetrics: label %s could not be turned into text; using %r", name, default)
+                return default
+            _log.warn(
+                "type:" + name,
+                "bizmetrics: label %s got a %s, not a str; using str() of it",
+                name,
+                type(value).__name__,
+            )
+            value = text
+        if type(value) is not str:  # a str() that returned a str subclass
+            value = str.__str__(value)
     if not value:
         _log.warn("empty:" + name, "bizmetrics: label %s is empty; using %r", name, default)
         return default
@@ -71,17 +83,43 @@ def label(value: object, name: str, default: str = UNKNOWN) -> str:
     return value
 
 
-def _real(value: Any, what: str) -> float | None:
-    if type(value) is int or type(value) is float:
-        return float(value)
-    if isinstance(value, bool) or value is None:
-        _log.warn("type:" + what, "bizmetrics: %s is %r, not a number; dropped", what, value)
-        return None
+def number(value: Any) -> float | None:
+    """Return ``value`` as a float if it is a number, else ``None``; never logs.
+
+    Numbers are ``int`` and ``float`` and anything that behaves as one:
+    ``__index__`` (numpy integers), ``__float__`` (numpy floats, ``Decimal``,
+    ``Fraction``) and numeric strings.  ``bool`` is not a number.  A number
+    too large for a float is ``None``.
+    """
+    cls = type(value)
     try:
-        return float(value)
-    except Exception:
-        _log.warn("type:" + what, "bizmetrics: %s of type %s is not a number; dropped", what, type(value).__name__)
-        return None
+        if cls is float:
+            return value  # type: ignore[no-any-return]
+        if cls is int:
+            return float(value)
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, str):
+            return float(value)
+        if hasattr(cls, "__index__"):
+            return float(operator.index(value))
+        if hasattr(cls, "__float__"):
+            return float(value)
+    except (TypeError, ValueError, OverflowError, ArithmeticError):
+        pass
+    return None
+
+
+def _real(value: Any, what: str) -> float | None:
+    result = number(value)
+    if result is None:
+        _log.warn(
+            "type:" + what,
+            "bizmetrics: %s of type %s is not a number a float can hold; dropped",
+            what,
+            type(value).__name__,
+        )
+    return result
 
 
 def duration(value: Any, what: str = "duration_ms") -> float | None:

@@ -383,7 +383,10 @@ class _Family(Generic[B]):
 
     def get(self, *raw: Any) -> B:
         """Return the bundle for these label values (cleaning them on first use)."""
-        bundle: B | None = self.cache.get(raw)
+        try:
+            bundle: B | None = self.cache.get(raw)
+        except TypeError:  # an unhashable label value: cleaned below, as str() of it
+            bundle = None
         if bundle is None:
             # Only clean str keys are cached; anything else is cleaned (and
             # logged) on every call, so 1, True and "1" can never collide.
@@ -393,15 +396,23 @@ class _Family(Generic[B]):
             )
             bundle = self.cache.get(clean)
             if bundle is None:
-                bundle = self.cache[clean] = self._make(*clean)
+                seen = _cache.generation()
+                bundle = self._make(*clean)
+                _cache.store(self.cache, clean, bundle, seen)
         return bundle
 
 
 def _by_error_type(children: dict[str, Any], metric: Counter, error_type: str, *labels: str) -> Any:
+    """Return the adder of ``metric``'s child for ``labels``, kept in ``children`` under ``error_type``."""
     child = children.get(error_type)
     if child is None:
         child = children[error_type] = _adder(metric.labels(*labels))
     return child
+
+
+def _error_label(error_type: str) -> str:
+    # Exception class names are cleaned like any label (control characters, length).
+    return _values.label(error_type, "error_type")
 
 
 class _ConnectorOp:
@@ -425,7 +436,7 @@ class _ConnectorOp:
         add = self.errors.get(error_type)
         if add is None:
             ct, op, tenant = self.labels
-            add = _by_error_type(self.errors, CONNECTOR_ERRORS, error_type, ct, op, error_type, tenant)
+            add = _by_error_type(self.errors, CONNECTOR_ERRORS, error_type, ct, op, _error_label(error_type), tenant)
         add(1)
         if ms is not None:
             self.duration(ms)
@@ -479,7 +490,7 @@ class _Workflow:
         add = self.errors.get(error_type)
         if add is None:
             wf, tenant = self.labels
-            add = _by_error_type(self.errors, WORKFLOW_FAILURES, error_type, wf, error_type, tenant)
+            add = _by_error_type(self.errors, WORKFLOW_FAILURES, error_type, wf, _error_label(error_type), tenant)
         add(1)
         if ms is not None:
             self.duration(ms)
@@ -515,7 +526,7 @@ class _Agent:
         add = self.errors.get(error_type)
         if add is None:
             agent, tenant = self.labels
-            add = _by_error_type(self.errors, AGENT_ERRORS, error_type, agent, error_type, tenant)
+            add = _by_error_type(self.errors, AGENT_ERRORS, error_type, agent, _error_label(error_type), tenant)
         add(1)
         if ms is not None:
             self.duration(ms)
@@ -739,8 +750,23 @@ def status_class(status_code: object) -> str:
     return f"{code // 100}xx"
 
 
+def http_method(method: object) -> str:
+    """Return ``method`` as a standard upper-case HTTP method, or ``OTHER``.
+
+    ``bytes`` (as ASGI servers may hand them out) are decoded as Latin-1.
+    """
+    if isinstance(method, (bytes, bytearray)):
+        method = bytes(method).decode("latin-1")
+    if isinstance(method, str):
+        upper = method.upper()
+        if upper in _METHODS:
+            return str.__str__(upper)
+    _log.warn("method", "bizmetrics: %r is not an HTTP method; recorded as 'OTHER'", repr(method)[:40])
+    return "OTHER"
+
+
 def record_api_request(
-    method: str,
+    method: str | bytes,
     endpoint: str,
     status_code: int,
     duration_ms: float,
@@ -748,20 +774,15 @@ def record_api_request(
 ) -> None:
     """Record one API request: its count by status class, its duration and, for 4xx/5xx, an error.
 
-    ``method`` is upper-cased; a method outside the HTTP standard ones is
-    recorded as ``OTHER``.  ``endpoint`` should be the route template
+    ``method`` (``str`` or ``bytes``) is upper-cased; a method outside the
+    HTTP standard ones is recorded as ``OTHER``.  ``endpoint`` should be the route template
     (``/users/{id}``), not the raw path, to keep the series bounded.
 
     .. versionadded:: 0.1.0
     """
     try:
-        if type(method) is str and method not in _METHODS:
-            upper = method.upper()
-            if upper in _METHODS:
-                method = upper
-            else:
-                _log.warn("method", "bizmetrics: %r is not an HTTP method; recorded as 'OTHER'", method[:32])
-                method = "OTHER"
+        if type(method) is not str or method not in _METHODS:
+            method = http_method(method)
         APIS.get(method, endpoint, tenant_or_current(tenant_id)).record(
             _values.duration(duration_ms), status_class(status_code)
         )
