@@ -3,19 +3,23 @@
 A decorator describes *what* to record (a ``Site``: how to find the label
 bundle for a call, and what to count in a result); this module decides *how*
 to time it.  The kind of callable (plain, coroutine, generator, async
-generator) is decided once, when decorating, and one of four bodies becomes
-the ``__call__`` of a wrapt ``FunctionWrapper`` subclass.  Those bodies are
-the hot path: everything that can be resolved at decoration time is, and
-every failure inside recording is caught and logged so the application's
-result or exception is untouched.
+generator) is decided once, when decorating, and one of the bodies below
+becomes the ``__call__`` of a wrapt ``FunctionWrapper`` subclass.  Those
+bodies are the hot path: everything that can be resolved at decoration time
+is, and every failure inside recording is caught and logged so the
+application's result or exception is untouched.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import pickle
+import sys
+import types
 from asyncio import CancelledError
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextvars import ContextVar
 from time import perf_counter_ns  # tests patch this name to get exact durations
 from types import MethodType
@@ -27,6 +31,8 @@ from . import _log
 from .context import tenant_or_current
 
 SYNC, COROUTINE, GENERATOR, ASYNC_GENERATOR = "sync", "coroutine", "generator", "async generator"
+#: A sync callable whose code is a coroutine function behind ``functools.wraps``: it may return an awaitable.
+MAYBE_AWAITABLE = "maybe awaitable"
 
 _SELF_NAMES = ("self", "cls")
 
@@ -39,6 +45,47 @@ def _attr(obj: Any, name: str) -> Any:
         return None
 
 
+def _code_of(func: Any) -> Any:
+    """Return the function whose code runs when ``func`` is called: through partials and ``__call__``."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if not (inspect.isfunction(func) or inspect.ismethod(func) or inspect.isbuiltin(func) or isinstance(func, type)):
+        call = type(func).__dict__.get("__call__") or getattr(type(func), "__call__", None)  # noqa: B004
+        if inspect.isfunction(call):
+            return call
+    return func
+
+
+def _kind_of(func: Any) -> str:
+    code = _code_of(func)
+    if inspect.isasyncgenfunction(code):
+        return ASYNC_GENERATOR
+    if inspect.iscoroutinefunction(code) or inspect.iscoroutinefunction(func):
+        return COROUTINE
+    if inspect.isgeneratorfunction(code):
+        return GENERATOR
+    try:
+        unwrapped = inspect.unwrap(func)
+    except ValueError:
+        return SYNC
+    if unwrapped is not func and inspect.iscoroutinefunction(_code_of(unwrapped)):
+        return MAYBE_AWAITABLE
+    return SYNC
+
+
+def _fixed_arguments(func: Any, params: list[inspect.Parameter]) -> dict[str, Any]:
+    """Arguments a call gets without passing them: parameter defaults and ``functools.partial`` bindings."""
+    fixed = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    if isinstance(func, functools.partial):
+        try:
+            bound = inspect.signature(func.func).bind_partial(*func.args, **func.keywords).arguments
+        except (TypeError, ValueError):
+            bound = {}
+        for name, value in bound.items():
+            fixed.setdefault(name, value)
+    return fixed
+
+
 class Target:
     """What decorating learned about the wrapped callable.
 
@@ -47,7 +94,7 @@ class Target:
     ``func`` is called with.
     """
 
-    __slots__ = ("_positions", "func", "kind", "name", "self_like")
+    __slots__ = ("_fixed", "_positions", "func", "kind", "name", "qualname", "self_like")
 
     def __init__(self, wrapped: Any) -> None:
         if isinstance(wrapped, (classmethod, staticmethod)) or inspect.ismethod(wrapped):
@@ -55,15 +102,14 @@ class Target:
         else:
             func = wrapped
         self.func = func
-        if inspect.isasyncgenfunction(func):
-            self.kind = ASYNC_GENERATOR
-        elif inspect.iscoroutinefunction(func):
-            self.kind = COROUTINE
-        elif inspect.isgeneratorfunction(func):
-            self.kind = GENERATOR
-        else:
-            self.kind = SYNC
-        self.name: str = getattr(func, "__name__", None) or type(func).__name__
+        self.kind = _kind_of(func)
+        code = _code_of(func)
+        self.name: str = getattr(func, "__name__", None) or getattr(code, "__name__", None) or type(func).__name__
+        #: The name and qualified name the coroutine or generator objects of the undecorated function carry.
+        self.qualname: tuple[str, str] = (
+            getattr(code, "__name__", None) or self.name,
+            getattr(code, "__qualname__", None) or self.name,
+        )
         try:
             params = list(inspect.signature(func).parameters.values())
         except (TypeError, ValueError):
@@ -75,25 +121,27 @@ class Target:
             or (not isinstance(wrapped, staticmethod) and bool(params) and params[0].name in _SELF_NAMES)
         )
         self._positions = {p.name: i for i, p in enumerate(params) if p.kind in kinds}
+        self._fixed = _fixed_arguments(func, params)
 
     def source(self, args: tuple[Any, ...]) -> Any:
         """Return the object labels are read from: ``self``, ``cls`` or ``None``."""
         return args[0] if args and self.self_like else None
 
     def has_param(self, name: str) -> bool:
-        """Return whether the callable takes a positional parameter ``name``."""
-        return name in self._positions
+        """Return whether a call can get ``name`` other than by keyword: a position, a default, a partial."""
+        return name in self._positions or name in self._fixed
 
     def arg_reader(self, name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
-        """Return a reader of argument ``name`` of a call, by keyword or position."""
+        """Return a reader of argument ``name`` of a call: by keyword, position, else its default or binding."""
         pos = self._positions.get(name)
+        fixed = self._fixed.get(name)
         if pos is None:
-            return lambda args, kwargs: kwargs.get(name)
+            return lambda args, kwargs: kwargs.get(name, fixed)
 
         def read(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if name in kwargs:
                 return kwargs[name]
-            return args[pos] if pos < len(args) else None
+            return args[pos] if pos < len(args) else fixed
 
         return read
 
@@ -160,6 +208,18 @@ def _cancelled(bundle: Any, ns: int, amount: float) -> None:
         _log.internal_error("cancelled")
 
 
+def _ended(bundle: Any, ns: int | None, exc: BaseException, amount: float) -> None:
+    """Record a call that ended with ``exc``: an error, a cancellation, or (anything else) nothing."""
+    ms = None if ns is None else ns / 1e6
+    try:
+        if isinstance(exc, Exception):
+            bundle.failure(ms, type(exc).__name__, amount)
+        elif isinstance(exc, CancelledError):
+            bundle.cancelled(ms, amount)
+    except Exception:
+        _log.internal_error("recording an outcome")
+
+
 def _measure(extract: Callable[[Any], float], value: Any) -> float:
     try:
         return extract(value)
@@ -168,7 +228,7 @@ def _measure(extract: Callable[[Any], float], value: Any) -> float:
         return 0
 
 
-# --- The four wrapper bodies ---------------------------------------------------
+# --- The wrapper bodies ----------------------------------------------------------
 #
 # A body is ``call(self, *args, **kwargs)``: it becomes the ``__call__`` of the
 # wrapper itself, so a decorated call is one Python frame (an exception
@@ -219,7 +279,44 @@ def _sync_body(site: Site, func: Any) -> Callable[..., Any]:
     return call
 
 
-async def _timed_coroutine(coro: Coroutine[Any, Any, Any], bundle: Any, extract: Any) -> Any:
+def _close(work: Any) -> None:
+    close = _attr(work, "close")
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            _log.internal_error("closing an awaitable")
+
+
+class _Pending:
+    """The user's awaitable, held until the timed coroutine starts awaiting it.
+
+    A decorated coroutine that never starts (a task cancelled before its
+    first step, a coroutine closed or dropped un-awaited) never runs the
+    timed body; this holder's finaliser then closes the user's coroutine, so
+    it cannot warn "never awaited" a second time (the timed coroutine, named
+    after the user's function, warns if it was dropped, as an undecorated
+    one would), and counts the call as cancelled, with no duration.
+    """
+
+    __slots__ = ("bundle", "work")
+    bundle: Any
+    work: Any
+
+    def __del__(self) -> None:
+        work = self.work
+        if work is not None:
+            _close(work)
+            try:
+                self.bundle.cancelled(None, 0)
+            except Exception:
+                _log.internal_error("cancelled")
+
+
+async def _timed_coroutine(pending: _Pending, extract: Any, var: ContextVar[Any] | None) -> Any:
+    coro, bundle = pending.work, pending.bundle
+    pending.work = None
+    token = None if var is None else var.set(bundle.scope)
     start = perf_counter_ns()
     try:
         result = await coro
@@ -233,6 +330,9 @@ async def _timed_coroutine(coro: Coroutine[Any, Any, Any], bundle: Any, extract:
     except CancelledError:
         _cancelled(bundle, perf_counter_ns() - start, 0)
         raise
+    finally:
+        if token is not None:
+            var.reset(token)  # type: ignore[union-attr]
     end = perf_counter_ns()
     try:
         bundle.success((end - start) / 1e6, 0 if extract is None else _measure(extract, result))
@@ -255,11 +355,8 @@ def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, per_item: Any) 
         except StopIteration as stop:
             _success(bundle, elapsed + perf_counter_ns() - start, amount)
             return stop.value
-        except Exception as exc:
-            _failure(bundle, elapsed + perf_counter_ns() - start, exc, amount)
-            raise
-        except CancelledError:
-            _cancelled(bundle, elapsed + perf_counter_ns() - start, amount)
+        except BaseException as exc:
+            _ended(bundle, elapsed + perf_counter_ns() - start, exc, amount)
             raise
         elapsed += perf_counter_ns() - start
         amount += 1 if per_item is None else _measure(per_item, item)
@@ -281,25 +378,39 @@ def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, per_item: Any) 
             action = send
 
 
+def _first_asend(agen: AsyncGenerator[Any, Any]) -> Awaitable[Any]:
+    """Return ``agen.asend(None)``, made with the event loop's async generator hooks off.
+
+    The wrapper that iterates ``agen`` closes it; registered with the loop
+    too, ``agen`` would be closed twice at once when the loop finalises an
+    abandoned stream ("aclose(): asynchronous generator is already running").
+    """
+    hooks = sys.get_asyncgen_hooks()
+    if hooks[0] is None and hooks[1] is None:
+        return agen.asend(None)
+    sys.set_asyncgen_hooks(None, None)
+    try:
+        return agen.asend(None)
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+
+
 async def _timed_async_generator(
     agen: AsyncGenerator[Any, Any], bundle: Any, per_item: Any
 ) -> AsyncGenerator[Any, Any]:
     elapsed = 0
     amount: float = 0
-    asend = action = agen.asend
-    arg: Any = None
+    asend = agen.asend
+    step = _first_asend(agen)
     while True:
         start = perf_counter_ns()
         try:
-            item = await action(arg)
+            item = await step
         except StopAsyncIteration:
             _success(bundle, elapsed + perf_counter_ns() - start, amount)
             return
-        except Exception as exc:
-            _failure(bundle, elapsed + perf_counter_ns() - start, exc, amount)
-            raise
-        except CancelledError:
-            _cancelled(bundle, elapsed + perf_counter_ns() - start, amount)
+        except BaseException as exc:
+            _ended(bundle, elapsed + perf_counter_ns() - start, exc, amount)
             raise
         elapsed += perf_counter_ns() - start
         amount += 1 if per_item is None else _measure(per_item, item)
@@ -315,43 +426,12 @@ async def _timed_async_generator(
             _success(bundle, elapsed + perf_counter_ns() - start, amount)
             raise
         except BaseException as exc:
-            action, arg = agen.athrow, exc
+            step = agen.athrow(exc)
         else:
-            action = asend
+            step = asend(arg)
 
 
-def _deferred_body(timed: Callable[[Any, Any, Any], Any], extra: str) -> Callable[[Site, Any], Callable[..., Any]]:
-    """Body for callables whose work runs later: resolve labels now, time the work when it runs."""
-
-    def make(site: Site, func: Any) -> Callable[..., Any]:
-        resolve, param, var = site.resolve, getattr(site, extra), site.scope_var
-        scoped = _SCOPED[timed]
-
-        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                bundle = resolve(args, kwargs)
-            except Exception:
-                _log.internal_error("resolving labels")
-                return func(*args, **kwargs)
-            work = func(*args, **kwargs)
-            if var is not None:
-                work = scoped(work, var, bundle.scope)
-            return timed(work, bundle, param)
-
-        return call
-
-    return make
-
-
-# --- Scope: a context variable set while the body runs (workflows) ---------------
-
-
-async def _scoped_coroutine(coro: Coroutine[Any, Any, Any], var: ContextVar[Any], value: Any) -> Any:
-    token = var.set(value)
-    try:
-        return await coro
-    finally:
-        var.reset(token)
+# --- Scope: a context variable set while a generator's body runs (workflows) -------
 
 
 def _scoped_generator(gen: Generator[Any, Any, Any], var: ContextVar[Any], value: Any) -> Generator[Any, Any, Any]:
@@ -369,7 +449,12 @@ def _scoped_generator(gen: Generator[Any, Any, Any], var: ContextVar[Any], value
         try:
             arg = yield item
         except GeneratorExit:
-            gen.close()
+            # Closed early or collected: the body's finally blocks run in its scope too.
+            token = var.set(value)
+            try:
+                gen.close()
+            finally:
+                var.reset(token)
             raise
         except BaseException as exc:
             action, arg = gen.throw, exc
@@ -380,12 +465,12 @@ def _scoped_generator(gen: Generator[Any, Any, Any], var: ContextVar[Any], value
 async def _scoped_async_generator(
     agen: AsyncGenerator[Any, Any], var: ContextVar[Any], value: Any
 ) -> AsyncGenerator[Any, Any]:
-    asend = action = agen.asend
-    arg: Any = None
+    asend = agen.asend
+    step = _first_asend(agen)
     while True:
         token = var.set(value)
         try:
-            item = await action(arg)
+            item = await step
         except StopAsyncIteration:
             return
         finally:
@@ -393,32 +478,101 @@ async def _scoped_async_generator(
         try:
             arg = yield item
         except GeneratorExit:
-            await agen.aclose()
+            token = var.set(value)
+            try:
+                await agen.aclose()
+            finally:
+                var.reset(token)
             raise
         except BaseException as exc:
-            action, arg = agen.athrow, exc
+            step = agen.athrow(exc)
         else:
-            action = asend
+            step = asend(arg)
 
 
-_SCOPED: dict[Any, Callable[..., Any]] = {
-    _timed_coroutine: _scoped_coroutine,
-    _timed_generator: _scoped_generator,
-    _timed_async_generator: _scoped_async_generator,
-}
+def _named(relay: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    """Return a copy of ``relay`` whose coroutine or generator objects carry the wrapped function's names.
+
+    Warnings, task reprs and tracebacks then name the user's function, at no cost per call.
+    """
+    name, qualname = target.qualname
+    clone = types.FunctionType(relay.__code__, relay.__globals__, name, relay.__defaults__, relay.__closure__)
+    clone.__qualname__ = qualname
+    return clone
 
 
-def _body(site: Site, kind: str, func: Any) -> Callable[..., Any]:
+def _coroutine_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callable[..., Any]:
+    resolve, extract, var = site.resolve, site.extract, site.scope_var
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bundle = resolve(args, kwargs)
+        except Exception:
+            _log.internal_error("resolving labels")
+            return func(*args, **kwargs)
+        work = func(*args, **kwargs)  # bad arguments raise here, at the call, as undecorated
+        pending = _Pending()
+        pending.work, pending.bundle = work, bundle
+        return timed(pending, extract, var)
+
+    return call
+
+
+def _maybe_awaitable_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callable[..., Any]:
+    """Body for a sync callable that may return an awaitable (a ``functools.wraps`` wrapper of a coroutine)."""
+    resolve, extract, var = site.resolve, site.extract, site.scope_var
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bundle = resolve(args, kwargs)
+        except Exception:
+            _log.internal_error("resolving labels")
+            return func(*args, **kwargs)
+        start = perf_counter_ns()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            _ended(bundle, perf_counter_ns() - start, exc, 0)
+            raise
+        if inspect.isawaitable(result):
+            pending = _Pending()
+            pending.work, pending.bundle = result, bundle
+            return timed(pending, extract, var)
+        _success(bundle, perf_counter_ns() - start, 0 if extract is None else _measure(extract, result))
+        return result
+
+    return call
+
+
+def _generator_body(site: Site, func: Any, timed: Callable[..., Any], scoped: Callable[..., Any]) -> Callable[..., Any]:
+    resolve, per_item, var = site.resolve, site.extract_item, site.scope_var
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bundle = resolve(args, kwargs)
+        except Exception:
+            _log.internal_error("resolving labels")
+            return func(*args, **kwargs)
+        work = func(*args, **kwargs)
+        if var is not None:
+            work = scoped(work, var, bundle.scope)
+        return timed(work, bundle, per_item)
+
+    return call
+
+
+def _body(site: Site, target: Target) -> Callable[..., Any]:
+    """Return the body for the wrapped callable's kind."""
+    kind, func = target.kind, target.func
     if kind == SYNC:
         return _sync_body(site, func)
-    return _DEFERRED[kind](site, func)
-
-
-_DEFERRED = {
-    COROUTINE: _deferred_body(_timed_coroutine, "extract"),
-    GENERATOR: _deferred_body(_timed_generator, "extract_item"),
-    ASYNC_GENERATOR: _deferred_body(_timed_async_generator, "extract_item"),
-}
+    if kind == COROUTINE:
+        return _coroutine_body(site, func, _named(_timed_coroutine, target))
+    if kind == MAYBE_AWAITABLE:
+        return _maybe_awaitable_body(site, func, _named(_timed_coroutine, target))
+    if kind == GENERATOR:
+        return _generator_body(site, func, _named(_timed_generator, target), _scoped_generator)
+    return _generator_body(site, func, _named(_timed_async_generator, target), _scoped_async_generator)
 
 
 # --- wrapt proxies that pickle -------------------------------------------------
@@ -437,24 +591,52 @@ def _resolve_qualname(module: str, qualname: str) -> Any:
     return obj
 
 
-class _BoundWrapper(_BoundBase):  # type: ignore[misc]
+def _by_reference(proxy: Any, protocol: Any) -> Any:
+    """Reduce ``proxy`` to its module and qualified name, as pickle does for functions.
+
+    A function that cannot be found by that name (a local function) fails
+    with the error pickle gives for the undecorated function, instead of
+    making a pickle that cannot be loaded.
+    """
+    module, qualname = proxy.__module__, proxy.__qualname__
+    try:
+        _resolve_qualname(module, qualname)
+    except Exception:
+        pickle.dumps(proxy.__wrapped__, protocol)
+        raise pickle.PicklingError(f"Can't pickle {qualname!r}: it is not found as {module}.{qualname}") from None
+    return _resolve_qualname, (module, qualname)
+
+
+class _Copyable:
+    """Functions are immutable to ``copy``: a copy of a decorated function is the function itself."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self
+
+
+class _BoundWrapper(_Copyable, _BoundBase):  # type: ignore[misc]
     __slots__ = ()
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         instance = self._self_instance
         if instance is not None:
             return getattr, (instance, self.__name__)
-        return _resolve_qualname, (self.__module__, self.__qualname__)
+        return _by_reference(self, protocol)
 
 
-class _Wrapper(_FunctionBase):  # type: ignore[misc]
-    """wrapt's ``FunctionWrapper``, pickled by reference like the function it wraps."""
+class _Wrapper(_Copyable, _FunctionBase):  # type: ignore[misc]
+    """wrapt's ``FunctionWrapper``, pickled by reference and copied as the function it wraps."""
 
     __slots__ = ()
     __bound_function_wrapper__ = _BoundWrapper
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        return _resolve_qualname, (self.__module__, self.__qualname__)
+        return _by_reference(self, protocol)
 
 
 class _Direct(_Wrapper):
@@ -495,9 +677,21 @@ def _direct(base: type[_Direct], call: Callable[..., Any]) -> type[_Direct]:
 
 
 def wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
-    """Wrap ``wrapped`` (function, method, classmethod or staticmethod) with the body its kind needs."""
+    """Wrap ``wrapped`` (function, method, classmethod or staticmethod) with the body its kind needs.
+
+    Decorating never raises because of bizmetrics: if building the wrapper
+    fails, the failure is logged and ``wrapped`` is returned undecorated.
+    """
+    try:
+        return _wrap(wrapped, make_site)
+    except Exception:
+        _log.internal_error("decorating")
+        return wrapped
+
+
+def _wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
     target = Target(wrapped)
-    call = _body(make_site(target), target.kind, target.func)
+    call = _body(make_site(target), target)
 
     # For wrapt's own binding (classmethod, staticmethod) and anything else
     # that calls the wrapper the wrapt way: the body wants ``cls`` in args.

@@ -7,44 +7,97 @@ created.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import functools
+import inspect
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, TypeVar
 
 from ._values import DEFAULT_TENANT, UNKNOWN
 
 _TENANT: ContextVar[object] = ContextVar("bizmetrics_tenant", default=None)
 _WORKFLOW: ContextVar[object] = ContextVar("bizmetrics_workflow", default=None)
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-@contextmanager
-def tenant_context(tenant_id: object) -> Iterator[None]:
-    """Make ``tenant_id`` the tenant of every metric recorded inside the block.
+
+class ContextValue:
+    """Sets a context variable inside a ``with`` block, or while a decorated function runs.
+
+    As a decorator it takes sync and ``async def`` functions (for the latter
+    the value is set while the coroutine runs, across its awaits); generator
+    functions are refused, since their body runs after the call returns.
+    Reusable and re-entrant.
+    """
+
+    __slots__ = ("_tokens", "_value", "_var")
+
+    def __init__(self, var: ContextVar[object], value: object) -> None:
+        self._var = var
+        self._value = value
+        self._tokens: list[Token[object]] = []
+
+    def __enter__(self) -> None:
+        self._tokens.append(self._var.set(self._value))
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._var.reset(self._tokens.pop())
+
+    def __call__(self, func: F) -> F:
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"{self._var.name}: cannot decorate generator function {func.__qualname__!r}; "
+                "use a `with` block inside it instead"
+            )
+        var, value = self._var, self._value
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                token = var.set(value)
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    var.reset(token)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            token = var.set(value)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                var.reset(token)
+
+        return run  # type: ignore[return-value]
+
+
+def tenant_context(tenant_id: object) -> ContextValue:
+    """Make ``tenant_id`` the tenant of every metric recorded inside the block or decorated function.
 
     An explicit ``tenant_id`` argument or ``self.tenant_id`` still wins.
+    Use it as ``with tenant_context("acme"):`` or as ``@tenant_context("acme")``
+    on a sync or async function.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 Works as a decorator of ``async def`` functions.
     """
-    token = _TENANT.set(tenant_id)
-    try:
-        yield
-    finally:
-        _TENANT.reset(token)
+    return ContextValue(_TENANT, tenant_id)
 
 
-@contextmanager
-def workflow_context(workflow_id: object) -> Iterator[None]:
-    """Make ``workflow_id`` the workflow of every step recorded inside the block.
+def workflow_context(workflow_id: object) -> ContextValue:
+    """Make ``workflow_id`` the workflow of every step recorded inside the block or decorated function.
 
     ``instrument_workflow`` sets it for the body of the workflow it wraps.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 Works as a decorator of ``async def`` functions.
     """
-    token = _WORKFLOW.set(workflow_id)
-    try:
-        yield
-    finally:
-        _WORKFLOW.reset(token)
+    return ContextValue(_WORKFLOW, workflow_id)
 
 
 def current_tenant() -> object:

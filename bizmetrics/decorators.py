@@ -8,10 +8,10 @@ README ("Decorators") for the label, counting and outcome rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar, cast, overload
 
-from . import _extract
+from . import _extract, _values
 from ._instrument import Site, Target, _attr, wrap
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .context import _TENANT, _WORKFLOW, workflow_or_current
@@ -78,11 +78,22 @@ def _from_call_or_self(target: Target, name: str) -> Callable[[Any, tuple[Any, .
     return read
 
 
+def _config_id(config: Any) -> Any:
+    """``config.id``, or ``config["id"]`` for a mapping config; ``None`` if neither."""
+    value = _attr(config, "id")
+    if value is None and isinstance(config, Mapping):
+        try:
+            value = config.get("id")
+        except Exception:
+            value = None
+    return value
+
+
 def _connector_type(source: Any) -> Any:
-    # The spec's connectors carry their type as self.config.id.
+    # The spec's connectors carry their type as self.config.id (or self.config["id"]).
     if source is None:
         return UNKNOWN
-    value = _attr(_attr(source, "config"), "id")
+    value = _config_id(_attr(source, "config"))
     if value is None:
         value = _attr(source, "connector_type")
     return UNKNOWN if value is None else value
@@ -119,15 +130,22 @@ def _connector_site(target: Target, family: Any, *static: Any, connector_type: A
             ct = connector_type
             if ct is None:
                 if source is not None:
-                    ct = getattr(getattr(source, "config", None), "id", None)
+                    config = getattr(source, "config", None)
+                    ct = getattr(config, "id", None)
                     if ct is None:
-                        ct = getattr(source, "connector_type", None)
+                        if type(config) is dict:
+                            ct = config.get("id")
+                        if ct is None:
+                            ct = getattr(source, "connector_type", None)
+                            if ct is None and config is not None:
+                                ct = _connector_type(source)
                 if ct is None:
                     ct = UNKNOWN
+            key = (ct, first, tenant) if second is None else (ct, first, second, tenant)
+            bundle = cache.get(key)
         except Exception:
+            # An attribute that raises, or an unhashable label value.
             return safe(args, kwargs)
-        key = (ct, first, tenant) if second is None else (ct, first, second, tenant)
-        bundle = cache.get(key)
         return bundle if bundle is not None else get(*key)
 
     return resolve
@@ -201,6 +219,11 @@ def instrument_sync_operation(
 
     .. versionadded:: 0.1.0
     """
+    if _is_target(resource_type):
+        raise TypeError(
+            "instrument_sync_operation needs the resource_type it syncs: "
+            "use @instrument_sync_operation('contacts'), not @instrument_sync_operation"
+        )
 
     def make_site(target: Target) -> Site:
         operation = operation_name or target.name
@@ -306,9 +329,22 @@ def instrument_agent(agent_id: str | None = None, *, tokens: Callable[[Any], Any
     return _decorator(make_site)
 
 
-def _static_site(family: Any, label: str | None, target: Target, **extra: Any) -> Site:
-    bundle = family.get(label or target.name)
-    return Site(lambda args, kwargs: bundle, **extra)
+def _static_site(family: Any, label: str | None, name: str, target: Target, **extra: Any) -> Site:
+    """A site whose labels are fixed when decorating; its bundle is looked up per call.
+
+    Looking it up (a dict read) instead of keeping it means a ``clear()`` or
+    ``remove()`` of the metric never leaves the decorator writing into a
+    series the registry no longer exposes, and a broken registry fails the
+    call's recording, not the decoration.
+    """
+    key = (_values.label(label or target.name, name),)
+    cache, get = family.cache, family.get
+
+    def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        bundle = cache.get(key)
+        return bundle if bundle is not None else get(*key)
+
+    return Site(resolve, **extra)
 
 
 def instrument_db_query(operation: str | None = None) -> Decorator:
@@ -320,7 +356,7 @@ def instrument_db_query(operation: str | None = None) -> Decorator:
     """
     if _is_target(operation):
         return _bare(instrument_db_query, operation)
-    return _decorator(lambda target: _static_site(DB_QUERIES, operation, target))
+    return _decorator(lambda target: _static_site(DB_QUERIES, operation, "operation", target))
 
 
 def instrument_cache_lookup(cache: str | None = None, *, miss: Any = None) -> Decorator:
@@ -351,4 +387,4 @@ def instrument_cache_lookup(cache: str | None = None, *, miss: Any = None) -> De
         def hit(result: Any) -> float:
             return 0 if result is miss else 1
 
-    return _decorator(lambda target: _static_site(CACHES, cache, target, extract=hit))
+    return _decorator(lambda target: _static_site(CACHES, cache, "cache", target, extract=hit))
