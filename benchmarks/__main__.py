@@ -120,11 +120,12 @@ def summarize(cases: list[Case], per_round: dict[int, list[float]]) -> tuple[lis
 
 
 def scrape_costs(sizes: list[int]) -> list[dict[str, Any]]:
-    """Run the scrape benchmark in fresh processes, with and without ``_created`` series."""
+    """Run the scrape benchmark in fresh processes: with and without ``_created`` series, without
+    a tenant cap, and with the default cap (2000 tenants)."""
     results = []
     for tenants in sizes:
-        for created in (True, False):
-            cmd = [sys.executable, "-m", "benchmarks.scrape", "--tenants", str(tenants)]
+        for created, cap in ((True, "none"), (False, "none"), (True, "2000")):
+            cmd = [sys.executable, "-m", "benchmarks.scrape", "--tenants", str(tenants), "--cap", cap]
             if not created:
                 cmd.append("--no-created")
             env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_DISABLE_CREATED_SERIES"}
@@ -153,12 +154,13 @@ def print_report(rows: list[dict[str, Any]], measured: dict[str, float], scrape:
     if scrape:
         print()
         print(
-            f"{'tenants':>8} {'_created':>8} {'series':>8} {'lines':>8} {'scrape ms':>10} {'us/series':>10} "
+            f"{'tenants':>8} {'cap':>5} {'_created':>8} {'series':>8} {'lines':>8} {'scrape ms':>10} {'us/series':>10} "
             f"{'RSS B/series':>12} {'text B/series':>13}"
         )
         for s in scrape:
             print(
-                f"{s['tenants']:>8} {'yes' if s['created'] else 'no':>8} {s['series']:>8} {s['lines']:>8} "
+                f"{s['tenants']:>8} {s.get('cap', 'none'):>5} {'yes' if s['created'] else 'no':>8} "
+                f"{s['series']:>8} {s['lines']:>8} "
                 f"{s['scrape_ms']:>10.1f} {s['scrape_us_per_series']:>10.2f} {s['memory_bytes_per_series']:>12.0f} "
                 f"{s['exposition_bytes_per_series']:>13.0f}"
             )

@@ -1,8 +1,8 @@
 """Scrape cost: ``generate_latest()`` time and memory per series, for many tenants.
 
-Run as ``python -m benchmarks.scrape --tenants N [--no-created]`` in a fresh
-process (prometheus_client reads ``PROMETHEUS_DISABLE_CREATED_SERIES`` at
-import); prints one JSON object.
+Run as ``python -m benchmarks.scrape --tenants N [--no-created] [--cap N|none]``
+in a fresh process (prometheus_client reads ``PROMETHEUS_DISABLE_CREATED_SERIES``
+and bizmetrics ``BIZMETRICS_MAX_TENANTS`` at import); prints one JSON object.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 
 def _rss_bytes() -> int:
@@ -21,10 +22,11 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(tenants: int, created: bool, repeats: int) -> dict[str, float]:
+def measure(tenants: int, created: bool, repeats: int, cap: str = "none") -> dict[str, Any]:
     """Populate the catalogue for ``tenants`` tenants, then time ``generate_latest``."""
     if not created:
         os.environ["PROMETHEUS_DISABLE_CREATED_SERIES"] = "True"
+    os.environ["BIZMETRICS_MAX_TENANTS"] = cap
     from prometheus_client import REGISTRY, generate_latest
 
     import bizmetrics
@@ -55,6 +57,7 @@ def measure(tenants: int, created: bool, repeats: int) -> dict[str, float]:
     seconds = statistics.median(times)
     return {
         "tenants": tenants,
+        "cap": cap,
         "created": created,
         "series": series,
         "lines": len(lines),
@@ -71,8 +74,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, required=True)
     parser.add_argument("--no-created", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cap", default="none", help="BIZMETRICS_MAX_TENANTS for the run (default: none, no cap)")
     args = parser.parse_args()
-    json.dump(measure(args.tenants, not args.no_created, args.repeats), sys.stdout)
+    json.dump(measure(args.tenants, not args.no_created, args.repeats, args.cap), sys.stdout)
 
 
 if __name__ == "__main__":

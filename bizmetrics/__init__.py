@@ -6,6 +6,7 @@ record with the ``record_*`` helpers or the ``instrument_*`` decorators.
 
 from __future__ import annotations
 
+from ._tenants import OVERFLOW_TENANT, limit_tenants
 from .context import current_tenant, current_workflow, tenant_context, workflow_context
 from .decorators import (
     MISS,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MISS",
+    "OVERFLOW_TENANT",
     "__version__",
     "current_tenant",
     "current_workflow",
@@ -48,6 +50,7 @@ __all__ = [
     "instrument_sync_operation",
     "instrument_workflow",
     "instrument_workflow_step",
+    "limit_tenants",
     "record_agent_invocation",
     "record_api_request",
     "record_cache_hit",

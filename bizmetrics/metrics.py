@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from . import _cache, _log, _values
+from . import _cache, _log, _settings, _tenants, _values
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .context import tenant_or_current, workflow_or_current
 from .multiprocess import check_import_order, enabled
@@ -67,13 +67,50 @@ __all__ = [
 
 check_import_order()
 
-# Bucket bounds, in milliseconds, sized to what each family measures.
-CONNECTOR_BUCKETS = (10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0)
-WORKFLOW_BUCKETS = (100.0, 500.0, 1000.0, 5000.0, 10000.0, 30000.0, 60000.0, 120000.0, 300000.0, 600000.0)
-WORKFLOW_STEP_BUCKETS = (10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0)
-AGENT_BUCKETS = (100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 30000.0, 60000.0, 120000.0, 300000.0)
-API_BUCKETS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
-DB_BUCKETS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0)
+# Bucket bounds, in milliseconds, sized to what each family measures: each
+# starts low enough to resolve the family's fast cases (a 17 ms workflow must
+# not read as a 95 ms p95).  ``BIZMETRICS_BUCKETS_<FAMILY>`` replaces them.
+CONNECTOR_BUCKETS = _settings.buckets(
+    "CONNECTOR",
+    (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0),
+)
+WORKFLOW_BUCKETS = _settings.buckets(
+    "WORKFLOW",
+    (
+        10.0,
+        25.0,
+        50.0,
+        100.0,
+        250.0,
+        500.0,
+        1000.0,
+        2500.0,
+        5000.0,
+        10000.0,
+        30000.0,
+        60000.0,
+        120000.0,
+        300000.0,
+        600000.0,
+    ),
+)
+WORKFLOW_STEP_BUCKETS = _settings.buckets(
+    "WORKFLOW_STEP",
+    (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0),
+)
+AGENT_BUCKETS = _settings.buckets(
+    "AGENT",
+    (25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 30000.0, 60000.0, 120000.0, 300000.0),
+)
+API_BUCKETS = _settings.buckets(
+    "API", (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
+)
+DB_BUCKETS = _settings.buckets(
+    "DB", (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0)
+)
+
+#: The prefix of every catalogue metric (``BIZMETRICS_NAMESPACE``), or ``""``.
+NAMESPACE = _settings.namespace()
 
 
 class _Invalidating:
@@ -112,16 +149,25 @@ def _declare(cls: type[M], name: str, documentation: str, labelnames: Sequence[s
 
     Re-importing or reloading this module must not raise "Duplicated
     timeseries", so an existing collector of the same kind and labels is
-    reused (its children, and counts, stay).
+    reused (its children, and counts, stay).  A different metric of the same
+    name (the application's own ``cache_hits``, say) is a clash: the error
+    names the metric and the remedy.
     """
     try:
-        return cls(name, documentation, labelnames, **kwargs)
-    except ValueError:
-        existing = getattr(REGISTRY, "_names_to_collectors", {}).get(name)
+        return cls(name, documentation, labelnames, namespace=NAMESPACE, **kwargs)
+    except ValueError as exc:
+        full = f"{NAMESPACE}_{name}" if NAMESPACE else name
+        existing = getattr(REGISTRY, "_names_to_collectors", {}).get(full)
         base = next(k for k in cls.__mro__ if k in (Counter, Gauge, Histogram))
         if isinstance(existing, base) and tuple(getattr(existing, "_labelnames", ())) == tuple(labelnames):
             return existing  # type: ignore[return-value]
-        raise
+        raise ValueError(
+            f"bizmetrics: cannot register its metric {full!r}: the default registry already has a metric of that "
+            f"name with another definition ({type(existing).__name__ if existing is not None else 'a collector'} "
+            f"with labels {tuple(getattr(existing, '_labelnames', ()))}). Set the environment variable "
+            f"BIZMETRICS_NAMESPACE (for example BIZMETRICS_NAMESPACE=myservice) before importing bizmetrics to "
+            f"prefix every bizmetrics metric, or rename your own metric."
+        ) from exc
 
 
 # Connectors
@@ -372,7 +418,7 @@ B = TypeVar("B")
 class _Family(Generic[B]):
     """Bundles of one family, cached by raw label values."""
 
-    __slots__ = ("_defaults", "_make", "_names", "cache")
+    __slots__ = ("_defaults", "_make", "_names", "_tenant", "cache")
 
     def __init__(self, make: Callable[..., B], names: tuple[str, ...], defaults: tuple[str, ...]) -> None:
         #: Bundles by label values; the decorators' hot path reads it directly.
@@ -380,6 +426,8 @@ class _Family(Generic[B]):
         self._make = make
         self._names = names
         self._defaults = defaults
+        #: Where ``tenant_id`` is among the labels: it goes through the tenant cap.
+        self._tenant = names.index("tenant_id") if "tenant_id" in names else None
 
     def get(self, *raw: Any) -> B:
         """Return the bundle for these label values (cleaning them on first use)."""
@@ -394,6 +442,13 @@ class _Family(Generic[B]):
                 _values.label(value, name, default)
                 for value, name, default in zip(raw, self._names, self._defaults, strict=True)
             )
+            at = self._tenant
+            if at is not None:
+                tenant = clean[at]
+                admitted = _tenants.ADMISSION.admit(tenant)
+                if admitted is not tenant:
+                    # Over the cap: never cached under this tenant, so each of its records is counted.
+                    clean = (*clean[:at], admitted, *clean[at + 1 :])
             bundle = self.cache.get(clean)
             if bundle is None:
                 seen = _cache.generation()

@@ -12,6 +12,10 @@ from hypothesis import HealthCheck, settings
 
 import bizmetrics._instrument
 
+# Tests give every test fresh tenants: thousands over a session. The cap's own
+# tests set it explicitly (and see README, "Tenant cap", for the default).
+bizmetrics.limit_tenants(None)
+
 settings.register_profile(
     "default",
     max_examples=60,
