@@ -86,29 +86,192 @@ def _as_count(value: Any, what: str) -> float:
     return 0
 
 
-def count_tokens(result: Any) -> float:
-    """Return the tokens a model response used (see README, "Counting tokens")."""
+#: The token types of ``agent_token_usage_total``: ``input`` and ``output`` are all tokens sent and
+#: received; ``cache_read`` and ``cache_write`` are subsets of ``input``, ``reasoning`` of ``output``.
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+class Usage:
+    """The tokens of one model response, or of a stream so far, by type.
+
+    ``untyped`` holds tokens whose split is unknown (a bare count);
+    ``replace`` marks a cumulative report (Anthropic stream events, OpenAI's
+    ``response.completed``, Gemini chunks): added to an earlier one, its
+    counts replace the earlier counts of the same types instead of adding.
+    ``0 + usage`` is ``usage``, so the engine can sum stream items as numbers.
+    """
+
+    __slots__ = ("model", "replace", "tokens", "untyped")
+
+    def __init__(
+        self, tokens: dict[str, float], model: Any = None, *, untyped: float = 0, replace: bool = False
+    ) -> None:
+        self.tokens = tokens
+        self.model = model
+        self.untyped = untyped
+        self.replace = replace
+
+    @property
+    def total(self) -> float:
+        """Input plus output tokens, plus the untyped ones: what ``agent_tokens_used_total`` counts."""
+        return self.tokens.get("input", 0) + self.tokens.get("output", 0) + self.untyped
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens) or bool(self.untyped) or self.model is not None
+
+    def __add__(self, other: Any) -> Usage:
+        if not isinstance(other, Usage):
+            if not other:
+                return self
+            other = Usage({}, untyped=float(other))
+        tokens = dict(self.tokens)
+        for kind, count in other.tokens.items():
+            tokens[kind] = count if other.replace else tokens.get(kind, 0) + count
+        return Usage(
+            tokens, self.model if self.model is not None else other.model, untyped=self.untyped + other.untyped
+        )
+
+    def __radd__(self, other: Any) -> Usage:
+        if not other:
+            return self
+        return Usage({}, untyped=float(other)) + self
+
+    def __repr__(self) -> str:
+        return f"Usage({self.tokens!r}, model={self.model!r}, untyped={self.untyped!r})"
+
+
+def _num(value: Any, *path: str) -> float | None:
+    for name in path:
+        if value is None:
+            return None
+        value = _field(value, name)
+    if value is None:
+        return None
+    number = _number(value)
+    return None if number is None else _values.amount(number, "tokens")
+
+
+def _put(tokens: dict[str, float], kind: str, count: float | None) -> None:
+    if count is not None:
+        tokens[kind] = count
+
+
+def _from_usage(usage: Any, model: Any, replace: bool = False) -> Usage | None:
+    """Read an OpenAI (Chat Completions or Responses) or Anthropic ``usage`` object or dict."""
+    tokens: dict[str, float] = {}
+    prompt, completion = _num(usage, "prompt_tokens"), _num(usage, "completion_tokens")
+    if prompt is not None or completion is not None:
+        # OpenAI Chat Completions: prompt_tokens include the cached ones.
+        _put(tokens, "input", prompt)
+        _put(tokens, "output", completion)
+        _put(tokens, "cache_read", _num(usage, "prompt_tokens_details", "cached_tokens"))
+        _put(tokens, "cache_write", _num(usage, "prompt_tokens_details", "cache_write_tokens"))
+        _put(tokens, "reasoning", _num(usage, "completion_tokens_details", "reasoning_tokens"))
+    else:
+        inp, out = _num(usage, "input_tokens"), _num(usage, "output_tokens")
+        cache_read, cache_write = _num(usage, "cache_read_input_tokens"), _num(usage, "cache_creation_input_tokens")
+        if cache_read is not None or cache_write is not None:
+            # Anthropic: input_tokens exclude the tokens read from or written to the cache.
+            if inp is not None or cache_read is not None or cache_write is not None:
+                tokens["input"] = (inp or 0) + (cache_read or 0) + (cache_write or 0)
+        else:
+            # OpenAI Responses: input_tokens include the cached ones.
+            _put(tokens, "input", inp)
+            cache_read = _num(usage, "input_tokens_details", "cached_tokens")
+            cache_write = _num(usage, "input_tokens_details", "cache_write_tokens")
+        _put(tokens, "output", out)
+        _put(tokens, "cache_read", cache_read)
+        _put(tokens, "cache_write", cache_write)
+        _put(tokens, "reasoning", _num(usage, "output_tokens_details", "reasoning_tokens"))
+    if not tokens:
+        total = _num(usage, "total_tokens")
+        if total is None:
+            return None
+        return Usage({}, model, untyped=total, replace=replace)
+    return Usage(tokens, model, replace=replace)
+
+
+def _from_metadata(meta: Any, model: Any) -> Usage | None:
+    """Read a LangChain ``usage_metadata`` (summed over chunks) or a Gemini one (cumulative)."""
+    tokens: dict[str, float] = {}
+    prompt = _num(meta, "prompt_token_count")
+    if prompt is not None or _num(meta, "candidates_token_count") is not None:
+        # Gemini: thoughts are output tokens counted apart from the candidates.
+        candidates, thoughts = _num(meta, "candidates_token_count"), _num(meta, "thoughts_token_count")
+        _put(tokens, "input", prompt)
+        if candidates is not None or thoughts is not None:
+            tokens["output"] = (candidates or 0) + (thoughts or 0)
+        _put(tokens, "cache_read", _num(meta, "cached_content_token_count"))
+        _put(tokens, "reasoning", thoughts)
+        return Usage(tokens, model, replace=True)
+    _put(tokens, "input", _num(meta, "input_tokens"))
+    _put(tokens, "output", _num(meta, "output_tokens"))
+    _put(tokens, "cache_read", _num(meta, "input_token_details", "cache_read"))
+    _put(tokens, "cache_write", _num(meta, "input_token_details", "cache_creation"))
+    _put(tokens, "reasoning", _num(meta, "output_token_details", "reasoning"))
+    if not tokens:
+        total = _num(meta, "total_tokens")
+        return None if total is None else Usage({}, model, untyped=total)
+    return Usage(tokens, model)
+
+
+def read_usage(result: Any) -> Usage | float:
+    """Return the token usage a model response (or one stream item) reports (README, "Counting tokens")."""
+    if result is None or isinstance(result, (str, bytes, bool)):
+        number = _number(result) if isinstance(result, str) else None
+        return 0 if number is None else _values.amount(number, "tokens")
     number = _number(result)
     if number is not None:
         return _values.amount(number, "tokens")
-    usage = _field(result, "usage") if result is not None else None
-    if usage is not None:
-        total = _number(_field(usage, "total_tokens"))
-        if total is not None:
-            return _values.amount(total, "tokens")
-        for first, second in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
-            a, b = _number(_field(usage, first)), _number(_field(usage, second))
-            if a is not None or b is not None:
-                return _values.amount((a or 0) + (b or 0), "tokens")
-    _log.debug("bizmetrics: cannot find token usage in a %s; counted 0", type(result).__name__)
-    return 0
+    kind = _field(result, "type")
+    if kind == "message_start":
+        message = _field(result, "message")
+        usage = _from_usage(_field(message, "usage"), _field(message, "model"), replace=True)
+    elif kind == "message_delta":
+        usage = _from_usage(_field(result, "usage"), None, replace=True)
+    elif kind == "response.completed":
+        response = _field(result, "response")
+        usage = _from_usage(_field(response, "usage"), _field(response, "model"), replace=True)
+    else:
+        model = _field(result, "model")
+        raw = _field(result, "usage")
+        if raw is not None:
+            usage = _from_usage(raw, model)
+        else:
+            meta = _field(result, "usage_metadata")
+            if meta is None:
+                meta = _field(_field(result, "response_metadata"), "usage_metadata")
+            usage = _from_metadata(meta, model) if meta is not None else None
+        if usage is None and isinstance(model, str):
+            # A stream chunk without usage still names the model.
+            return Usage({}, model)
+    if usage is None:
+        _log.debug("bizmetrics: cannot find token usage in a %s; counted 0", type(result).__name__)
+        return 0
+    return usage
 
 
-def tokens_counter(tokens: Callable[[Any], Any] | str | None) -> Callable[[Any], float]:
-    """Return the token counter for ``instrument_agent(tokens=...)``."""
+def count_tokens(result: Any) -> float:
+    """Return the input plus output tokens a model response used (see README, "Counting tokens")."""
+    usage = read_usage(result)
+    return usage.total if isinstance(usage, Usage) else usage
+
+
+def tokens_counter(tokens: Callable[[Any], Any] | str | None) -> Callable[[Any], Any]:
+    """Return the token reader for ``instrument_agent(tokens=...)``: a ``Usage`` or a number."""
     if tokens is None:
-        return count_tokens
+        return read_usage
     if callable(tokens):
-        return lambda result: _as_count(tokens(result), "tokens()")
+        return lambda result: _as_tokens(tokens(result), "tokens()")
     name = tokens
-    return lambda result: _as_count(_field(result, name), name)
+    return lambda result: _as_tokens(_field(result, name), name)
+
+
+def _as_tokens(value: Any, what: str) -> Usage | float:
+    """A ``tokens=`` result: a count, or a mapping of token types to counts."""
+    if isinstance(value, Mapping):
+        found = {kind: _num(value, kind) for kind in TOKEN_TYPES}
+        typed = {kind: count for kind, count in found.items() if count is not None}
+        if typed:
+            return Usage(typed, value.get("model"))
+    return _as_count(value, what)

@@ -166,22 +166,26 @@ class Site:
     ``extract(result)`` and ``extract_item(item)`` return what the family
     counts (records, tokens, cache hits) from a return value or from each
     yielded item (``None``: count the items); ``scope_var``, when set, is a
-    context variable set to ``bundle.scope`` while the body runs.
+    context variable set to ``bundle.scope`` while the body runs;
+    ``error_type``, when set, turns an exception into its ``error_type``
+    label (else the exception's class name).
     """
 
-    __slots__ = ("extract", "extract_item", "resolve", "scope_var")
+    __slots__ = ("error_type", "extract", "extract_item", "resolve", "scope_var")
 
     def __init__(
         self,
         resolve: Callable[[tuple[Any, ...], dict[str, Any]], Any],
-        extract: Callable[[Any], float] | None = None,
-        extract_item: Callable[[Any], float] | None = None,
+        extract: Callable[[Any], Any] | None = None,
+        extract_item: Callable[[Any], Any] | None = None,
         scope_var: ContextVar[Any] | None = None,
+        error_type: Callable[[BaseException], object] | None = None,
     ) -> None:
         self.resolve = resolve
         self.extract = extract
         self.extract_item = extract_item
         self.scope_var = scope_var
+        self.error_type = error_type
 
 
 # --- Recording, never raising --------------------------------------------------
@@ -194,9 +198,22 @@ def _success(bundle: Any, ns: int, amount: float) -> None:
         _log.internal_error("success")
 
 
-def _failure(bundle: Any, ns: int, exc: BaseException, amount: float) -> None:
+def _error_name(classify: Callable[[BaseException], object] | None, exc: BaseException) -> Any:
+    """The ``error_type`` label of ``exc``: the decorator's ``error_type=`` of it, else its class name."""
+    if classify is not None:
+        try:
+            name = classify(exc)
+        except Exception:
+            _log.internal_error("error_type=")
+        else:
+            if name is not None:
+                return name
+    return type(exc).__name__
+
+
+def _failure(bundle: Any, ns: int, exc: BaseException, amount: float, classify: Any = None) -> None:
     try:
-        bundle.failure(ns / 1e6, type(exc).__name__, amount)
+        bundle.failure(ns / 1e6, _error_name(classify, exc), amount)
     except Exception:
         _log.internal_error("failure")
 
@@ -208,12 +225,12 @@ def _cancelled(bundle: Any, ns: int, amount: float) -> None:
         _log.internal_error("cancelled")
 
 
-def _ended(bundle: Any, ns: int | None, exc: BaseException, amount: float) -> None:
+def _ended(bundle: Any, ns: int | None, exc: BaseException, amount: float, classify: Any = None) -> None:
     """Record a call that ended with ``exc``: an error, a cancellation, or (anything else) nothing."""
     ms = None if ns is None else ns / 1e6
     try:
         if isinstance(exc, Exception):
-            bundle.failure(ms, type(exc).__name__, amount)
+            bundle.failure(ms, _error_name(classify, exc), amount)
         elif isinstance(exc, CancelledError):
             bundle.cancelled(ms, amount)
     except Exception:
@@ -239,7 +256,7 @@ def _measure(extract: Callable[[Any], float], value: Any) -> float:
 
 
 def _sync_body(site: Site, func: Any) -> Callable[..., Any]:
-    resolve, extract, var = site.resolve, site.extract, site.scope_var
+    resolve, extract, var, classify = site.resolve, site.extract, site.scope_var, site.error_type
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -261,7 +278,9 @@ def _sync_body(site: Site, func: Any) -> Callable[..., Any]:
             end = perf_counter_ns()
             # _failure inlined: the error path is hot when a remote service is down.
             try:
-                bundle.failure((end - start) / 1e6, type(exc).__name__, 0)
+                bundle.failure(
+                    (end - start) / 1e6, type(exc).__name__ if classify is None else _error_name(classify, exc), 0
+                )
             except Exception:
                 _log.internal_error("failure")
             raise
@@ -313,7 +332,7 @@ class _Pending:
                 _log.internal_error("cancelled")
 
 
-async def _timed_coroutine(pending: _Pending, extract: Any, var: ContextVar[Any] | None) -> Any:
+async def _timed_coroutine(pending: _Pending, extract: Any, var: ContextVar[Any] | None, classify: Any) -> Any:
     coro, bundle = pending.work, pending.bundle
     pending.work = None
     token = None if var is None else var.set(bundle.scope)
@@ -323,7 +342,9 @@ async def _timed_coroutine(pending: _Pending, extract: Any, var: ContextVar[Any]
     except Exception as exc:
         end = perf_counter_ns()
         try:
-            bundle.failure((end - start) / 1e6, type(exc).__name__, 0)
+            bundle.failure(
+                (end - start) / 1e6, type(exc).__name__ if classify is None else _error_name(classify, exc), 0
+            )
         except Exception:
             _log.internal_error("failure")
         raise
@@ -341,11 +362,21 @@ async def _timed_coroutine(pending: _Pending, extract: Any, var: ContextVar[Any]
     return result
 
 
-def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, per_item: Any) -> Generator[Any, Any, Any]:
+def _first_item(first: Callable[[float], None], ns: int) -> None:
+    try:
+        first(ns / 1e6)
+    except Exception:
+        _log.internal_error("time to first item")
+
+
+def _timed_generator(
+    gen: Generator[Any, Any, Any], bundle: Any, per_item: Any, classify: Any
+) -> Generator[Any, Any, Any]:
     # A hand-expanded ``yield from`` that times each resume of the body, so
     # the consumer's time between items is never counted.
     elapsed = 0
-    amount: float = 0
+    amount: Any = 0
+    first = getattr(bundle, "first_item", None)
     send = action = gen.send
     arg: Any = None
     while True:
@@ -356,9 +387,12 @@ def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, per_item: Any) 
             _success(bundle, elapsed + perf_counter_ns() - start, amount)
             return stop.value
         except BaseException as exc:
-            _ended(bundle, elapsed + perf_counter_ns() - start, exc, amount)
+            _ended(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
             raise
         elapsed += perf_counter_ns() - start
+        if first is not None:
+            _first_item(first, elapsed)
+            first = None
         amount += 1 if per_item is None else _measure(per_item, item)
         try:
             arg = yield item
@@ -368,7 +402,7 @@ def _timed_generator(gen: Generator[Any, Any, Any], bundle: Any, per_item: Any) 
             try:
                 gen.close()
             except Exception as exc:
-                _failure(bundle, elapsed + perf_counter_ns() - start, exc, amount)
+                _failure(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
                 raise
             _success(bundle, elapsed + perf_counter_ns() - start, amount)
             raise
@@ -396,10 +430,11 @@ def _first_asend(agen: AsyncGenerator[Any, Any]) -> Awaitable[Any]:
 
 
 async def _timed_async_generator(
-    agen: AsyncGenerator[Any, Any], bundle: Any, per_item: Any
+    agen: AsyncGenerator[Any, Any], bundle: Any, per_item: Any, classify: Any
 ) -> AsyncGenerator[Any, Any]:
     elapsed = 0
-    amount: float = 0
+    amount: Any = 0
+    first = getattr(bundle, "first_item", None)
     asend = agen.asend
     step = _first_asend(agen)
     while True:
@@ -410,9 +445,12 @@ async def _timed_async_generator(
             _success(bundle, elapsed + perf_counter_ns() - start, amount)
             return
         except BaseException as exc:
-            _ended(bundle, elapsed + perf_counter_ns() - start, exc, amount)
+            _ended(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
             raise
         elapsed += perf_counter_ns() - start
+        if first is not None:
+            _first_item(first, elapsed)
+            first = None
         amount += 1 if per_item is None else _measure(per_item, item)
         try:
             arg = yield item
@@ -421,7 +459,7 @@ async def _timed_async_generator(
             try:
                 await agen.aclose()
             except Exception as exc:
-                _failure(bundle, elapsed + perf_counter_ns() - start, exc, amount)
+                _failure(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
                 raise
             _success(bundle, elapsed + perf_counter_ns() - start, amount)
             raise
@@ -502,7 +540,7 @@ def _named(relay: Callable[..., Any], target: Target) -> Callable[..., Any]:
 
 
 def _coroutine_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callable[..., Any]:
-    resolve, extract, var = site.resolve, site.extract, site.scope_var
+    resolve, extract, var, classify = site.resolve, site.extract, site.scope_var, site.error_type
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -513,14 +551,14 @@ def _coroutine_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callabl
         work = func(*args, **kwargs)  # bad arguments raise here, at the call, as undecorated
         pending = _Pending()
         pending.work, pending.bundle = work, bundle
-        return timed(pending, extract, var)
+        return timed(pending, extract, var, classify)
 
     return call
 
 
 def _maybe_awaitable_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callable[..., Any]:
     """Body for a sync callable that may return an awaitable (a ``functools.wraps`` wrapper of a coroutine)."""
-    resolve, extract, var = site.resolve, site.extract, site.scope_var
+    resolve, extract, var, classify = site.resolve, site.extract, site.scope_var, site.error_type
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -532,12 +570,12 @@ def _maybe_awaitable_body(site: Site, func: Any, timed: Callable[..., Any]) -> C
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            _ended(bundle, perf_counter_ns() - start, exc, 0)
+            _ended(bundle, perf_counter_ns() - start, exc, 0, classify)
             raise
         if inspect.isawaitable(result):
             pending = _Pending()
             pending.work, pending.bundle = result, bundle
-            return timed(pending, extract, var)
+            return timed(pending, extract, var, classify)
         _success(bundle, perf_counter_ns() - start, 0 if extract is None else _measure(extract, result))
         return result
 
@@ -545,7 +583,7 @@ def _maybe_awaitable_body(site: Site, func: Any, timed: Callable[..., Any]) -> C
 
 
 def _generator_body(site: Site, func: Any, timed: Callable[..., Any], scoped: Callable[..., Any]) -> Callable[..., Any]:
-    resolve, per_item, var = site.resolve, site.extract_item, site.scope_var
+    resolve, per_item, var, classify = site.resolve, site.extract_item, site.scope_var, site.error_type
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -556,7 +594,7 @@ def _generator_body(site: Site, func: Any, timed: Callable[..., Any], scoped: Ca
         work = func(*args, **kwargs)
         if var is not None:
             work = scoped(work, var, bundle.scope)
-        return timed(work, bundle, per_item)
+        return timed(work, bundle, per_item, classify)
 
     return call
 

@@ -18,6 +18,8 @@ from ._values import DEFAULT_TENANT, UNKNOWN
 
 _TENANT: ContextVar[object] = ContextVar("bizmetrics_tenant", default=None)
 _WORKFLOW: ContextVar[object] = ContextVar("bizmetrics_workflow", default=None)
+#: The agent of the enclosing ``instrument_agent`` call, for the tool calls inside it.
+_AGENT: ContextVar[object] = ContextVar("bizmetrics_agent", default=None)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -126,3 +128,12 @@ def workflow_or_current(workflow_id: object) -> object:
         if workflow_id is None:
             return UNKNOWN
     return workflow_id
+
+
+def agent_or_current(agent_id: object) -> object:
+    """Return ``agent_id``, else the agent of the enclosing ``instrument_agent`` call, else ``unknown``."""
+    if agent_id is None:
+        agent_id = _AGENT.get()
+        if agent_id is None:
+            return UNKNOWN
+    return agent_id

@@ -14,21 +14,26 @@ from typing import Any, Protocol, TypeVar, cast, overload
 from . import _extract, _values
 from ._instrument import Site, Target, _attr, wrap
 from ._values import DEFAULT_TENANT, UNKNOWN
-from .context import _TENANT, _WORKFLOW, workflow_or_current
-from .metrics import AGENTS, CACHES, CONNECTOR_OPS, DB_QUERIES, STEPS, SYNCS, WORKFLOWS, _Family
+from .context import _AGENT, _TENANT, _WORKFLOW, agent_or_current, workflow_or_current
+from .metrics import AGENTS, CACHES, CONNECTOR_OPS, DB_QUERIES, STEPS, SYNCS, TOOLS, WORKFLOWS, _Family
 
 __all__ = [
     "MISS",
+    "http_error_type",
     "instrument_agent",
     "instrument_cache_lookup",
     "instrument_connector_operation",
     "instrument_db_query",
     "instrument_sync_operation",
+    "instrument_tool",
     "instrument_workflow",
     "instrument_workflow_step",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``error_type=``: turns an exception into its ``error_type`` label.
+ErrorType = Callable[[BaseException], object]
 
 
 class Decorator(Protocol):
@@ -49,6 +54,27 @@ class _Miss:
 MISS: Any = _Miss()
 
 _CALLABLES = (classmethod, staticmethod)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    for holder, name in ((_attr(exc, "response"), "status_code"), (exc, "status_code"), (exc, "status")):
+        status = _attr(holder, name) if holder is not None else None
+        if type(status) is not bool and isinstance(status, int) and 100 <= status <= 599:
+            return int(status)
+    return None
+
+
+def http_error_type(exc: BaseException) -> str:
+    """Return ``http_<status>`` for an exception that carries an HTTP status, else its class name.
+
+    The status is read from ``exc.response.status_code`` (httpx, requests),
+    ``exc.status_code`` (the OpenAI and Anthropic SDKs) or ``exc.status``
+    (aiohttp).  Use it as ``error_type=http_error_type`` on any decorator.
+
+    .. versionadded:: 0.2.0
+    """
+    status = _http_status(exc)
+    return type(exc).__name__ if status is None else f"http_{status}"
 
 
 def _is_target(value: object) -> bool:
@@ -152,22 +178,27 @@ def _connector_site(target: Target, family: Any, *static: Any, connector_type: A
 
 
 def instrument_connector_operation(
-    operation_name: str | None = None, *, connector_type: str | None = None
+    operation_name: str | None = None, *, connector_type: str | None = None, error_type: ErrorType | None = None
 ) -> Decorator:
     """Record each call as a connector operation: count by status, duration, errors by class.
 
     :param operation_name: the ``operation`` label; the function's name if not given.
     :param connector_type: the ``connector_type`` label; else ``self.config.id``,
         else ``self.connector_type``, else ``unknown``.
+    :param error_type: turns an exception into its ``error_type`` label
+        (``bizmetrics.http_error_type`` gives ``http_503``); its class name if not given.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``error_type``.
     """
     if _is_target(operation_name):
         return _bare(instrument_connector_operation, operation_name)
 
     def make_site(target: Target) -> Site:
         operation = operation_name or target.name
-        return Site(_connector_site(target, CONNECTOR_OPS, operation, connector_type=connector_type))
+        return Site(
+            _connector_site(target, CONNECTOR_OPS, operation, connector_type=connector_type), error_type=error_type
+        )
 
     return _decorator(make_site)
 
@@ -207,6 +238,7 @@ def instrument_sync_operation(
     operation_name: str | None = None,
     count: Callable[[Any], Any] | str | None = None,
     connector_type: str | None = None,
+    error_type: ErrorType | None = None,
 ) -> Decorator:
     """Record each call as a connector operation and a sync of ``resource_type``, counting its records.
 
@@ -216,6 +248,7 @@ def instrument_sync_operation(
         of a key or attribute; by default the rules of README, "Counting records".
         For generators it is applied to each yielded item (default: 1 per item).
     :param connector_type: as for ``instrument_connector_operation``.
+    :param error_type: as for ``instrument_connector_operation``.
 
     .. versionadded:: 0.1.0
     """
@@ -232,16 +265,19 @@ def instrument_sync_operation(
             _connector_site(target, SYNC_CALLS, operation, resource_type, connector_type=connector_type),
             extract=counter,
             extract_item=None if count is None else counter,
+            error_type=error_type,
         )
 
     return _decorator(make_site)
 
 
-def _named_site(target: Target, family: Any, name: str, given: object) -> Callable[..., Any]:
-    """``resolve`` for the (id, tenant) families.
+def _named_site(
+    target: Target, family: Any, name: str, given: object, model: Callable[..., Any] | None = None
+) -> Callable[..., Any]:
+    """``resolve`` for the (id, tenant) families, and agents' (id, tenant, model).
 
     The id is ``given``, else the call's argument ``name``, else ``self.<name>``,
-    else the function's name.
+    else the function's name.  ``model(args, kwargs)`` gives the agents' model.
     """
     tenant = target.tenant_reader()
     read_id = _from_call_or_self(target, name)
@@ -254,12 +290,14 @@ def _named_site(target: Target, family: Any, name: str, given: object) -> Callab
             ident = read_id(source, args, kwargs)
             if ident is None:
                 ident = target.name
-        return get(ident, tenant(source, args, kwargs))
+        if model is None:
+            return get(ident, tenant(source, args, kwargs))
+        return get(ident, tenant(source, args, kwargs), model(args, kwargs))
 
     return resolve
 
 
-def instrument_workflow(workflow_id: str | None = None) -> Decorator:
+def instrument_workflow(workflow_id: str | None = None, *, error_type: ErrorType | None = None) -> Decorator:
     """Record each call as a workflow execution: count by status, duration, failures by class.
 
     :param workflow_id: the ``workflow_id`` label; else the call's ``workflow_id``
@@ -273,12 +311,16 @@ def instrument_workflow(workflow_id: str | None = None) -> Decorator:
         return _bare(instrument_workflow, workflow_id)
 
     def make_site(target: Target) -> Site:
-        return Site(_named_site(target, WORKFLOWS, "workflow_id", workflow_id), scope_var=_WORKFLOW)
+        return Site(
+            _named_site(target, WORKFLOWS, "workflow_id", workflow_id), scope_var=_WORKFLOW, error_type=error_type
+        )
 
     return _decorator(make_site)
 
 
-def instrument_workflow_step(step: str | None = None, *, workflow_id: str | None = None) -> Decorator:
+def instrument_workflow_step(
+    step: str | None = None, *, workflow_id: str | None = None, error_type: ErrorType | None = None
+) -> Decorator:
     """Record the duration of each call as a step of a workflow.
 
     :param step: the ``step`` label; the function's name if not given.
@@ -302,29 +344,94 @@ def instrument_workflow_step(step: str | None = None, *, workflow_id: str | None
                 wf = read_id(target.source(args), args, kwargs)
             return get(workflow_or_current(wf), name)
 
-        return Site(resolve)
+        return Site(resolve, error_type=error_type)
 
     return _decorator(make_site)
 
 
-def instrument_agent(agent_id: str | None = None, *, tokens: Callable[[Any], Any] | str | None = None) -> Decorator:
-    """Record each call as an AI agent invocation: count by status, duration, tokens, errors by class.
+def instrument_agent(
+    agent_id: str | None = None,
+    *,
+    tokens: Callable[[Any], Any] | str | None = None,
+    model: str | None = None,
+    error_type: ErrorType | None = None,
+) -> Decorator:
+    """Record each call as an AI agent invocation: count by status, duration, tokens by type and model, errors.
 
     :param agent_id: the ``agent_id`` label; else the call's ``agent_id``
         argument, else ``self.agent_id``, else the function's name.
     :param tokens: how to read the tokens used from the result: a callable, or
-        the name of a key or attribute; by default the rules of README,
-        "Counting tokens".  For generators (streaming) it is applied to each
-        yielded chunk and summed.
+        the name of a key or attribute, giving a count or a mapping of token
+        types (``input``, ``output``, ``cache_read``, ``cache_write``,
+        ``reasoning``); by default the rules of README, "Counting tokens".
+        For generators (streaming) it is applied to each yielded chunk.
+    :param model: the ``model`` label of ``agent_token_usage_total``; else the
+        call's ``model`` argument, else the response's ``model``, else ``unknown``.
+    :param error_type: as for ``instrument_connector_operation``.
+
+    While the body runs, the agent is current: tool calls inside it (``instrument_tool``) take its id.
+    A generator or async generator (a stream) also records the time to its first item.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``model``, ``error_type``, tokens by type, time to first token.
     """
     if _is_target(agent_id):
         return _bare(instrument_agent, agent_id)
 
     def make_site(target: Target) -> Site:
         counter = _extract.tokens_counter(tokens)
-        return Site(_named_site(target, AGENTS, "agent_id", agent_id), extract=counter, extract_item=counter)
+        if model is not None:
+            fixed = model
+
+            def read_model(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                return fixed
+        elif target.has_param("model"):
+            read_arg = target.arg_reader("model")
+
+            def read_model(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                given = read_arg(args, kwargs)
+                return "" if given is None else given
+        else:
+
+            def read_model(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                given = kwargs.get("model") if kwargs else None
+                return "" if given is None else given
+
+        return Site(
+            _named_site(target, AGENTS, "agent_id", agent_id, read_model),
+            extract=counter,
+            extract_item=counter,
+            scope_var=_AGENT,
+            error_type=error_type,
+        )
+
+    return _decorator(make_site)
+
+
+def instrument_tool(
+    tool: str | None = None, *, agent_id: str | None = None, error_type: ErrorType | None = None
+) -> Decorator:
+    """Record each call as a tool call of an AI agent: count by status, duration, errors by type.
+
+    :param tool: the ``tool`` label; the function's name if not given.
+    :param agent_id: the ``agent_id`` label; else the enclosing ``instrument_agent``
+        call's agent, else ``unknown``.
+    :param error_type: as for ``instrument_connector_operation``.
+
+    .. versionadded:: 0.2.0
+    """
+    if _is_target(tool):
+        return _bare(instrument_tool, tool)
+
+    def make_site(target: Target) -> Site:
+        name = tool or target.name
+        tenant = target.tenant_reader()
+        get = TOOLS.get
+
+        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return get(agent_or_current(agent_id), name, tenant(target.source(args), args, kwargs))
+
+        return Site(resolve, error_type=error_type)
 
     return _decorator(make_site)
 
@@ -347,7 +454,7 @@ def _static_site(family: Any, label: str | None, name: str, target: Target, **ex
     return Site(resolve, **extra)
 
 
-def instrument_db_query(operation: str | None = None) -> Decorator:
+def instrument_db_query(operation: str | None = None, *, error_type: ErrorType | None = None) -> Decorator:
     """Record the duration of each call as a database query.
 
     :param operation: the ``operation`` label (``select_user``...); the function's name if not given.
@@ -356,10 +463,12 @@ def instrument_db_query(operation: str | None = None) -> Decorator:
     """
     if _is_target(operation):
         return _bare(instrument_db_query, operation)
-    return _decorator(lambda target: _static_site(DB_QUERIES, operation, "operation", target))
+    return _decorator(lambda target: _static_site(DB_QUERIES, operation, "operation", target, error_type=error_type))
 
 
-def instrument_cache_lookup(cache: str | None = None, *, miss: Any = None) -> Decorator:
+def instrument_cache_lookup(
+    cache: str | None = None, *, miss: Any = None, error_type: ErrorType | None = None
+) -> Decorator:
     """Count each call as a hit or a miss of cache ``cache``.
 
     A result of ``None`` or ``MISS`` is a miss, as is an exception; anything
@@ -387,4 +496,4 @@ def instrument_cache_lookup(cache: str | None = None, *, miss: Any = None) -> De
         def hit(result: Any) -> float:
             return 0 if result is miss else 1
 
-    return _decorator(lambda target: _static_site(CACHES, cache, "cache", target, extract=hit))
+    return _decorator(lambda target: _static_site(CACHES, cache, "cache", target, extract=hit, error_type=error_type))

@@ -13,14 +13,14 @@ metric never raises into application code.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from . import _cache, _log, _settings, _tenants, _values
+from . import _cache, _extract, _log, _settings, _tenants, _values
 from ._values import DEFAULT_TENANT, UNKNOWN
-from .context import tenant_or_current, workflow_or_current
+from .context import agent_or_current, tenant_or_current, workflow_or_current
 from .multiprocess import check_import_order, enabled
 
 __all__ = [
@@ -28,7 +28,14 @@ __all__ = [
     "AGENT_ERRORS",
     "AGENT_INVOCATIONS",
     "AGENT_RESPONSE_DURATION",
+    "AGENT_TIME_TO_FIRST_TOKEN",
     "AGENT_TOKENS_USED",
+    "AGENT_TOKEN_USAGE",
+    "AGENT_TOOL_BUCKETS",
+    "AGENT_TOOL_CALLS",
+    "AGENT_TOOL_DURATION",
+    "AGENT_TOOL_ERRORS",
+    "AGENT_TTFT_BUCKETS",
     "API_BUCKETS",
     "API_ERRORS",
     "API_REQUESTS",
@@ -60,6 +67,7 @@ __all__ = [
     "record_connector_operation",
     "record_connector_sync",
     "record_db_query",
+    "record_tool_call",
     "record_workflow_execution",
     "record_workflow_step",
     "set_db_pool_size",
@@ -101,6 +109,13 @@ WORKFLOW_STEP_BUCKETS = _settings.buckets(
 AGENT_BUCKETS = _settings.buckets(
     "AGENT",
     (25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 30000.0, 60000.0, 120000.0, 300000.0),
+)
+AGENT_TTFT_BUCKETS = _settings.buckets(
+    "AGENT_TTFT", (10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0)
+)
+AGENT_TOOL_BUCKETS = _settings.buckets(
+    "AGENT_TOOL",
+    (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0),
 )
 API_BUCKETS = _settings.buckets(
     "API", (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
@@ -301,6 +316,41 @@ DB_CONNECTION_POOL_SIZE = _declare(
 CACHE_HITS = _declare(_Counter, "cache_hits_total", "Total number of cache hits", ("cache",))
 CACHE_MISSES = _declare(_Counter, "cache_misses_total", "Total number of cache misses", ("cache",))
 
+# AI agents: tokens by model and type, streaming latency, tool calls
+AGENT_TOKEN_USAGE = _declare(
+    _Counter,
+    "agent_token_usage_total",
+    "Tokens used by AI agents by model and type: input and output are all tokens; "
+    "cache_read and cache_write are subsets of input, reasoning of output",
+    ("agent_id", "model", "token_type", "tenant_id"),
+)
+AGENT_TIME_TO_FIRST_TOKEN = _declare(
+    _Histogram,
+    "agent_time_to_first_token",
+    "Time from the first request for an item of a streaming AI agent to its first item, in milliseconds",
+    ("agent_id",),
+    buckets=AGENT_TTFT_BUCKETS,
+)
+AGENT_TOOL_CALLS = _declare(
+    _Counter,
+    "agent_tool_calls_total",
+    "Total number of tool calls made by AI agents",
+    ("agent_id", "tool", "status", "tenant_id"),
+)
+AGENT_TOOL_ERRORS = _declare(
+    _Counter,
+    "agent_tool_errors_total",
+    "Total number of failed tool calls of AI agents, by error type",
+    ("agent_id", "tool", "error_type", "tenant_id"),
+)
+AGENT_TOOL_DURATION = _declare(
+    _Histogram,
+    "agent_tool_duration",
+    "Duration of tool calls of AI agents in milliseconds",
+    ("agent_id", "tool"),
+    buckets=AGENT_TOOL_BUCKETS,
+)
+
 
 #: Every metric of the catalogue, in the order of the spec.
 CATALOGUE = (
@@ -324,6 +374,11 @@ CATALOGUE = (
     DB_CONNECTION_POOL_SIZE,
     CACHE_HITS,
     CACHE_MISSES,
+    AGENT_TOKEN_USAGE,
+    AGENT_TIME_TO_FIRST_TOKEN,
+    AGENT_TOOL_CALLS,
+    AGENT_TOOL_ERRORS,
+    AGENT_TOOL_DURATION,
 )
 
 
@@ -439,7 +494,8 @@ class _Family(Generic[B]):
             # Only clean str keys are cached; anything else is cleaned (and
             # logged) on every call, so 1, True and "1" can never collide.
             clean = tuple(
-                _values.label(value, name, default)
+                # A value equal to the default is clean: for agents' model, "" means "none given".
+                value if type(value) is str and value == default else _values.label(value, name, default)
                 for value, name, default in zip(raw, self._names, self._defaults, strict=True)
             )
             at = self._tenant
@@ -470,37 +526,51 @@ def _error_label(error_type: str) -> str:
     return _values.label(error_type, "error_type")
 
 
-class _ConnectorOp:
-    __slots__ = ("duration", "err", "errors", "labels", "ok")
-    scope = None
+class _Outcomes:
+    """A family that counts calls by status, observes their duration and counts errors by type.
 
-    def __init__(self, connector_type: str, operation: str, tenant_id: str) -> None:
-        self.labels = (connector_type, operation, tenant_id)
-        self.ok = _adder(CONNECTOR_OPERATIONS.labels(connector_type, operation, "success", tenant_id))
-        self.err = _adder(CONNECTOR_OPERATIONS.labels(connector_type, operation, "error", tenant_id))
-        self.duration = _observer(CONNECTOR_OPERATION_DURATION.labels(connector_type, operation))
+    Its counters are labelled ``(*key, status, tenant_id)`` and
+    ``(*key, error_type, tenant_id)``, its histogram ``key``; subclasses name
+    the three metrics.
+    """
+
+    __slots__ = ("duration", "err", "errors", "key", "ok", "tenant")
+    scope: object = None
+    CALLS: Counter
+    ERRORS: Counter
+    DURATION: Histogram
+
+    def __init__(self, *labels: str) -> None:
+        *key, tenant = labels
+        self.key, self.tenant = tuple(key), tenant
+        self.ok = _adder(self.CALLS.labels(*key, "success", tenant))
+        self.err = _adder(self.CALLS.labels(*key, "error", tenant))
+        self.duration = _observer(self.DURATION.labels(*key))
         self.errors: dict[str, Any] = {}
 
-    def success(self, ms: float | None, amount: float) -> None:
+    def success(self, ms: float | None, amount: Any) -> None:
         self.ok(1)
         if ms is not None:
             self.duration(ms)
 
-    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
+    def failure(self, ms: float | None, error_type: str, amount: Any) -> None:
         self.err(1)
         add = self.errors.get(error_type)
         if add is None:
-            ct, op, tenant = self.labels
-            add = _by_error_type(self.errors, CONNECTOR_ERRORS, error_type, ct, op, _error_label(error_type), tenant)
+            add = _by_error_type(self.errors, self.ERRORS, error_type, *self.key, _error_label(error_type), self.tenant)
         add(1)
         if ms is not None:
             self.duration(ms)
 
-    def cancelled(self, ms: float | None, amount: float) -> None:
-        ct, op, tenant = self.labels
-        CONNECTOR_OPERATIONS.labels(ct, op, "cancelled", tenant).inc()
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        self.CALLS.labels(*self.key, "cancelled", self.tenant).inc()
         if ms is not None:
             self.duration(ms)
+
+
+class _ConnectorOp(_Outcomes):
+    __slots__ = ()
+    CALLS, ERRORS, DURATION = CONNECTOR_OPERATIONS, CONNECTOR_ERRORS, CONNECTOR_OPERATION_DURATION
 
 
 class _Sync:
@@ -524,77 +594,83 @@ class _Sync:
             self.records(amount)
 
 
-class _Workflow:
-    __slots__ = ("duration", "err", "errors", "labels", "ok", "scope")
+class _Workflow(_Outcomes):
+    __slots__ = ("scope",)
+    CALLS, ERRORS, DURATION = WORKFLOW_EXECUTIONS, WORKFLOW_FAILURES, WORKFLOW_EXECUTION_DURATION
 
     def __init__(self, workflow_id: str, tenant_id: str) -> None:
-        self.labels = (workflow_id, tenant_id)
+        super().__init__(workflow_id, tenant_id)
+        #: Set as the current workflow while the body runs, for the steps inside it.
         self.scope = workflow_id
-        self.ok = _adder(WORKFLOW_EXECUTIONS.labels(workflow_id, "success", tenant_id))
-        self.err = _adder(WORKFLOW_EXECUTIONS.labels(workflow_id, "error", tenant_id))
-        self.duration = _observer(WORKFLOW_EXECUTION_DURATION.labels(workflow_id))
-        self.errors: dict[str, Any] = {}
-
-    def success(self, ms: float | None, amount: float) -> None:
-        self.ok(1)
-        if ms is not None:
-            self.duration(ms)
-
-    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
-        self.err(1)
-        add = self.errors.get(error_type)
-        if add is None:
-            wf, tenant = self.labels
-            add = _by_error_type(self.errors, WORKFLOW_FAILURES, error_type, wf, _error_label(error_type), tenant)
-        add(1)
-        if ms is not None:
-            self.duration(ms)
-
-    def cancelled(self, ms: float | None, amount: float) -> None:
-        wf, tenant = self.labels
-        WORKFLOW_EXECUTIONS.labels(wf, "cancelled", tenant).inc()
-        if ms is not None:
-            self.duration(ms)
 
 
-class _Agent:
-    __slots__ = ("duration", "err", "errors", "labels", "ok", "tokens")
-    scope = None
+class _TokenUsage:
+    """The ``agent_token_usage_total`` children of one agent, model and tenant."""
 
-    def __init__(self, agent_id: str, tenant_id: str) -> None:
-        self.labels = (agent_id, tenant_id)
-        self.ok = _adder(AGENT_INVOCATIONS.labels(agent_id, "success", tenant_id))
-        self.err = _adder(AGENT_INVOCATIONS.labels(agent_id, "error", tenant_id))
-        self.duration = _observer(AGENT_RESPONSE_DURATION.labels(agent_id))
+    __slots__ = ("by_type", "labels")
+
+    def __init__(self, agent_id: str, model: str, tenant_id: str) -> None:
+        self.labels = (agent_id, model, tenant_id)
+        self.by_type: dict[str, Any] = {}
+
+    def add(self, usage: _extract.Usage) -> None:
+        agent, model, tenant = self.labels
+        for kind, count in usage.tokens.items():
+            _by_error_type(self.by_type, AGENT_TOKEN_USAGE, kind, agent, model, kind, tenant)(count)
+
+
+class _Agent(_Outcomes):
+    __slots__ = ("model", "scope", "tokens", "ttft")
+    CALLS, ERRORS, DURATION = AGENT_INVOCATIONS, AGENT_ERRORS, AGENT_RESPONSE_DURATION
+
+    def __init__(self, agent_id: str, tenant_id: str, model: str = "") -> None:
+        super().__init__(agent_id, tenant_id)
+        #: The model named by the decorator or the call ("": take the response's).
+        self.model = model
+        #: Set as the current agent while the body runs, for the tool calls inside it.
+        self.scope = agent_id
         self.tokens = _adder(AGENT_TOKENS_USED.labels(agent_id, tenant_id))
-        self.errors: dict[str, Any] = {}
+        self.ttft: Callable[[float], None] | None = None
 
-    def success(self, ms: float | None, amount: float) -> None:
-        self.ok(1)
-        if ms is not None:
-            self.duration(ms)
-        if amount:
-            self.tokens(amount)
+    def used(self, amount: Any) -> None:
+        """Count the tokens of a call: a number, or a ``Usage`` by type and model."""
+        if type(amount) is _extract.Usage:
+            total = amount.total
+            if amount.tokens:
+                model = self.model or amount.model
+                AGENT_USAGES.get(self.key[0], model if model else UNKNOWN, self.tenant).add(amount)
+        else:
+            total = amount
+        if total:
+            self.tokens(total)
 
-    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
-        self.err(1)
-        add = self.errors.get(error_type)
-        if add is None:
-            agent, tenant = self.labels
-            add = _by_error_type(self.errors, AGENT_ERRORS, error_type, agent, _error_label(error_type), tenant)
-        add(1)
-        if ms is not None:
-            self.duration(ms)
-        if amount:
-            self.tokens(amount)
+    def first_item(self, ms: float) -> None:
+        """Observe the time to the first item of a stream."""
+        observe = self.ttft
+        if observe is None:
+            observe = self.ttft = _observer(AGENT_TIME_TO_FIRST_TOKEN.labels(self.key[0]))
+        observe(ms)
 
-    def cancelled(self, ms: float | None, amount: float) -> None:
-        agent, tenant = self.labels
-        AGENT_INVOCATIONS.labels(agent, "cancelled", tenant).inc()
-        if ms is not None:
-            self.duration(ms)
+    # Tokens are counted whatever the outcome: a failed or cancelled call still cost them.
+    def success(self, ms: float | None, amount: Any) -> None:
+        super().success(ms, amount)
         if amount:
-            self.tokens(amount)
+            self.used(amount)
+
+    def failure(self, ms: float | None, error_type: str, amount: Any) -> None:
+        super().failure(ms, error_type, amount)
+        if amount:
+            self.used(amount)
+
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        super().cancelled(ms, amount)
+        if amount:
+            self.used(amount)
+
+
+class _Tool(_Outcomes):
+    __slots__ = ()
+    CALLS, ERRORS, DURATION = AGENT_TOOL_CALLS, AGENT_TOOL_ERRORS, AGENT_TOOL_DURATION
 
 
 class _Timed:
@@ -665,7 +741,9 @@ WORKFLOWS: _Family[_Workflow] = _Family(_Workflow, ("workflow_id", "tenant_id"),
 STEPS: _Family[_Timed] = _Family(
     lambda wf, step: _Timed(WORKFLOW_STEP_DURATION.labels(wf, step)), ("workflow_id", "step"), _T[:2]
 )
-AGENTS: _Family[_Agent] = _Family(_Agent, ("agent_id", "tenant_id"), _T[1:])
+AGENTS: _Family[_Agent] = _Family(_Agent, ("agent_id", "tenant_id", "model"), (UNKNOWN, DEFAULT_TENANT, ""))
+AGENT_USAGES: _Family[_TokenUsage] = _Family(_TokenUsage, ("agent_id", "model", "tenant_id"), _T)
+TOOLS: _Family[_Tool] = _Family(_Tool, ("agent_id", "tool", "tenant_id"), _T)
 DB_QUERIES: _Family[_Timed] = _Family(lambda op: _Timed(DB_QUERY_DURATION.labels(op)), ("operation",), _T[:1])
 CACHES: _Family[_CacheLookups] = _Family(_CacheLookups, ("cache",), _T[:1])
 APIS: _Family[_Api] = _Family(_Api, ("method", "endpoint", "tenant_id"), _T)
@@ -771,23 +849,64 @@ def record_agent_invocation(
     tenant_id: str | None = None,
     *,
     error_type: str | None = None,
+    model: str | None = None,
+    usage: Mapping[str, float] | None = None,
 ) -> None:
     """Record one AI agent invocation: its count by status, duration and the tokens it used.
 
     Tokens are counted whether or not the call succeeded: a failed call still costs them.
 
+    :param model: the ``model`` label of ``agent_token_usage_total`` (``unknown`` if not given).
+    :param usage: tokens by type (``input``, ``output``, ``cache_read``,
+        ``cache_write``, ``reasoning``) for ``agent_token_usage_total``;
+        ``tokens_used`` still feeds ``agent_tokens_used_total``.
+
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``model`` and ``usage``.
     """
     try:
-        bundle = AGENTS.get(agent_id, tenant_or_current(tenant_id))
+        tenant = tenant_or_current(tenant_id)
+        bundle = AGENTS.get(agent_id, tenant, "")
         ms = _values.duration(duration_ms)
         tokens = _values.amount(tokens_used, "tokens_used")
         if success:
             bundle.success(ms, tokens)
         else:
             bundle.failure(ms, _error_type(error_type), tokens)
+        if usage is not None:
+            typed = _extract.tokens_counter(lambda given: given)(usage)
+            if isinstance(typed, _extract.Usage) and typed.tokens:
+                AGENT_USAGES.get(agent_id, UNKNOWN if model is None else model, tenant).add(typed)
+            else:
+                _log.warn("usage", "bizmetrics: usage %r has no token types; ignored", type(usage).__name__)
     except Exception:
         _log.internal_error("record_agent_invocation")
+
+
+def record_tool_call(
+    agent_id: str | None,
+    tool: str,
+    duration_ms: float,
+    success: bool,
+    tenant_id: str | None = None,
+    *,
+    error_type: str | None = None,
+) -> None:
+    """Record one tool call of an AI agent: its count by status, its duration and, on failure, its error.
+
+    A ``agent_id`` of ``None`` means the agent of the enclosing ``instrument_agent`` call, else ``unknown``.
+
+    .. versionadded:: 0.2.0
+    """
+    try:
+        bundle = TOOLS.get(agent_or_current(agent_id), tool, tenant_or_current(tenant_id))
+        ms = _values.duration(duration_ms)
+        if success:
+            bundle.success(ms, 0)
+        else:
+            bundle.failure(ms, _error_type(error_type), 0)
+    except Exception:
+        _log.internal_error("record_tool_call")
 
 
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
