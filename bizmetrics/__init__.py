@@ -7,6 +7,7 @@ record with the ``record_*`` helpers or the ``instrument_*`` decorators.
 from __future__ import annotations
 
 from ._tenants import OVERFLOW_TENANT, limit_tenants
+from ._trace import parse_traceparent, set_exemplar_provider, trace_context
 from .context import current_tenant, current_workflow, tenant_context, workflow_context
 from .decorators import (
     MISS,
@@ -56,6 +57,7 @@ __all__ = [
     "instrument_workflow",
     "instrument_workflow_step",
     "limit_tenants",
+    "parse_traceparent",
     "record_agent_invocation",
     "record_api_request",
     "record_cache_hit",
@@ -67,6 +69,8 @@ __all__ = [
     "record_workflow_execution",
     "record_workflow_step",
     "set_db_pool_size",
+    "set_exemplar_provider",
     "tenant_context",
+    "trace_context",
     "workflow_context",
 ]

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from . import _cache, _extract, _log, _settings, _tenants, _values
+from . import _cache, _extract, _log, _settings, _tenants, _trace, _values
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .context import agent_or_current, tenant_or_current, workflow_or_current
 from .multiprocess import check_import_order, enabled
@@ -526,6 +526,39 @@ def _error_label(error_type: str) -> str:
     return _values.label(error_type, "error_type")
 
 
+# --- Exemplars and fixed durations: the slow path ----------------------------------
+#
+# Every bundle method starts with ``if _trace.ACTIVE or _current_trace() is
+# not None``: one global and one context-variable read when no trace is
+# current.  Otherwise it records through the children's public API, with the
+# exemplar of the current trace and the fixed test duration, if any.
+
+_current_trace = _trace.current
+
+
+def _inc(child: Any, exemplar: dict[str, str] | None, amount: float = 1) -> None:
+    if exemplar is not None:
+        try:
+            child.inc(amount, exemplar=exemplar)
+            return
+        except Exception:
+            _log.warn("exemplar:rejected", "bizmetrics: prometheus_client rejected an exemplar; recorded without it")
+    child.inc(amount)
+
+
+def _observe(child: Any, ms: float | None, exemplar: dict[str, str] | None) -> None:
+    ms = _trace.duration(ms)
+    if ms is None:
+        return
+    if exemplar is not None:
+        try:
+            child.observe(ms, exemplar=exemplar)
+            return
+        except Exception:
+            _log.warn("exemplar:rejected", "bizmetrics: prometheus_client rejected an exemplar; recorded without it")
+    child.observe(ms)
+
+
 class _Outcomes:
     """A family that counts calls by status, observes their duration and counts errors by type.
 
@@ -534,7 +567,7 @@ class _Outcomes:
     the three metrics.
     """
 
-    __slots__ = ("duration", "err", "errors", "key", "ok", "tenant")
+    __slots__ = ("children", "duration", "err", "errors", "key", "ok", "tenant")
     scope: object = None
     CALLS: Counter
     ERRORS: Counter
@@ -543,29 +576,49 @@ class _Outcomes:
     def __init__(self, *labels: str) -> None:
         *key, tenant = labels
         self.key, self.tenant = tuple(key), tenant
-        self.ok = _adder(self.CALLS.labels(*key, "success", tenant))
-        self.err = _adder(self.CALLS.labels(*key, "error", tenant))
-        self.duration = _observer(self.DURATION.labels(*key))
+        #: The success and error counters and the histogram, for the slow path.
+        self.children = (
+            self.CALLS.labels(*key, "success", tenant),
+            self.CALLS.labels(*key, "error", tenant),
+            self.DURATION.labels(*key),
+        )
+        self.ok = _adder(self.children[0])
+        self.err = _adder(self.children[1])
+        self.duration = _observer(self.children[2])
         self.errors: dict[str, Any] = {}
 
     def success(self, ms: float | None, amount: Any) -> None:
+        if _trace.ACTIVE or _current_trace() is not None:
+            exemplar = _trace.exemplar()
+            _inc(self.children[0], exemplar)
+            _observe(self.children[2], ms, exemplar)
+            return
         self.ok(1)
         if ms is not None:
             self.duration(ms)
 
-    def failure(self, ms: float | None, error_type: str, amount: Any) -> None:
-        self.err(1)
+    def _error(self, error_type: str) -> None:
         add = self.errors.get(error_type)
         if add is None:
             add = _by_error_type(self.errors, self.ERRORS, error_type, *self.key, _error_label(error_type), self.tenant)
         add(1)
+
+    def failure(self, ms: float | None, error_type: str, amount: Any) -> None:
+        if _trace.ACTIVE or _current_trace() is not None:
+            exemplar = _trace.exemplar()
+            _inc(self.children[1], exemplar)
+            self._error(error_type)
+            _observe(self.children[2], ms, exemplar)
+            return
+        self.err(1)
+        self._error(error_type)
         if ms is not None:
             self.duration(ms)
 
     def cancelled(self, ms: float | None, amount: Any) -> None:
-        self.CALLS.labels(*self.key, "cancelled", self.tenant).inc()
-        if ms is not None:
-            self.duration(ms)
+        exemplar = _trace.exemplar() if _trace.ACTIVE or _current_trace() is not None else None
+        _inc(self.CALLS.labels(*self.key, "cancelled", self.tenant), exemplar)
+        _observe(self.children[2], ms, exemplar)
 
 
 class _ConnectorOp(_Outcomes):
@@ -646,6 +699,9 @@ class _Agent(_Outcomes):
 
     def first_item(self, ms: float) -> None:
         """Observe the time to the first item of a stream."""
+        if _trace.ACTIVE or _current_trace() is not None:
+            _observe(AGENT_TIME_TO_FIRST_TOKEN.labels(self.key[0]), ms, _trace.exemplar())
+            return
         observe = self.ttft
         if observe is None:
             observe = self.ttft = _observer(AGENT_TIME_TO_FIRST_TOKEN.labels(self.key[0]))
@@ -676,23 +732,24 @@ class _Tool(_Outcomes):
 class _Timed:
     """A family that is one histogram child: steps and DB queries."""
 
-    __slots__ = ("duration",)
+    __slots__ = ("child", "duration")
     scope = None
 
     def __init__(self, child: Any) -> None:
+        self.child = child
         self.duration = _observer(child)
 
     def success(self, ms: float | None, amount: float) -> None:
-        if ms is not None:
+        if _trace.ACTIVE or _current_trace() is not None:
+            _observe(self.child, ms, _trace.exemplar())
+        elif ms is not None:
             self.duration(ms)
 
     def failure(self, ms: float | None, error_type: str, amount: float) -> None:
-        if ms is not None:
-            self.duration(ms)
+        self.success(ms, amount)
 
     def cancelled(self, ms: float | None, amount: float) -> None:
-        if ms is not None:
-            self.duration(ms)
+        self.success(ms, amount)
 
 
 class _CacheLookups:
@@ -714,11 +771,12 @@ class _CacheLookups:
 
 
 class _Api:
-    __slots__ = ("duration", "errors", "labels", "requests")
+    __slots__ = ("child", "duration", "errors", "labels", "requests")
 
     def __init__(self, method: str, endpoint: str, tenant_id: str) -> None:
         self.labels = (method, endpoint, tenant_id)
-        self.duration = _observer(API_REQUEST_DURATION.labels(method, endpoint))
+        self.child = API_REQUEST_DURATION.labels(method, endpoint)
+        self.duration = _observer(self.child)
         self.requests: dict[str, Any] = {}
         self.errors: dict[str, Any] = {}
         # 5xx is the error class the SLOs and alerts divide by.
@@ -727,6 +785,13 @@ class _Api:
 
     def record(self, ms: float | None, status: str) -> None:
         method, endpoint, tenant = self.labels
+        if _trace.ACTIVE or _current_trace() is not None:
+            exemplar = _trace.exemplar()
+            _inc(API_REQUESTS.labels(method, endpoint, status, tenant), exemplar)
+            if status in ("4xx", "5xx"):
+                _by_error_type(self.errors, API_ERRORS, status, method, endpoint, status, tenant)(1)
+            _observe(self.child, ms, exemplar)
+            return
         _by_error_type(self.requests, API_REQUESTS, status, method, endpoint, status, tenant)(1)
         if status in ("4xx", "5xx"):
             _by_error_type(self.errors, API_ERRORS, status, method, endpoint, status, tenant)(1)

@@ -1,0 +1,321 @@
+"""bizmetrics.testing (capture, fixed durations, the pytest fixture) and exemplars."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from helpers import unique
+from prometheus_client import REGISTRY
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+
+import bizmetrics
+from bizmetrics import (
+    instrument_agent,
+    instrument_connector_operation,
+    instrument_db_query,
+    instrument_tool,
+    instrument_workflow,
+    instrument_workflow_step,
+    parse_traceparent,
+    set_exemplar_provider,
+    trace_context,
+)
+from bizmetrics.testing import capture, fixed_durations
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN = "00f067aa0ba902b7"
+
+
+# --- capture -------------------------------------------------------------------------------
+
+
+def test_capture_reports_deltas_summed_over_matching_series():
+    """delta() sums every series of a sample name whose labels include the given ones."""
+    ct = unique("ct")
+    with capture() as captured:
+        for tenant in ("a", "b", "b"):
+            bizmetrics.record_connector_operation(ct, "fetch", 42, True, tenant)
+        bizmetrics.record_connector_operation(ct, "fetch", 7, False, "a", error_type="Timeout")
+    assert captured.delta("connector_operations_total", connector_type=ct) == 4
+    assert captured.delta("connector_operations_total", connector_type=ct, tenant_id="b") == 2
+    assert captured.delta("connector_operations_total", connector_type=ct, status="error") == 1
+    assert captured.delta("connector_operation_duration_count", connector_type=ct) == 4
+    assert captured.delta("connector_operation_duration_sum", connector_type=ct) == 42 * 3 + 7
+    assert captured.delta("connector_operation_duration_bucket", connector_type=ct, le="50.0") == 4
+    assert captured.delta("connector_operation_duration_bucket", connector_type=ct, le="10.0") == 1
+    assert captured.delta("connector_errors_total", connector_type=ct, error_type="Timeout") == 1
+    assert captured.delta("connector_operations_total", connector_type="nothing-" + ct) == 0
+
+
+def test_assert_delta_lists_what_changed():
+    """A wrong expectation raises AssertionError naming the sample and listing every change."""
+    ct = unique("ct")
+    with capture() as captured:
+        bizmetrics.record_connector_operation(ct, "fetch", 1, True, "acme")
+        captured.assert_delta("connector_operations_total", 1, connector_type=ct)
+        with pytest.raises(AssertionError) as failure:
+            captured.assert_delta("connector_operations_total", 2, connector_type=ct, status="success")
+    message = str(failure.value)
+    assert "expected 2" in message and "changed by 1" in message
+    assert f"connector_type='{ct}'" in message and "connector_operation_duration_count" in message
+
+
+def test_changes_lists_every_changed_sample():
+    """changes() maps (name, label pairs) to the change of every sample that moved."""
+    cache = unique("cache")
+    with capture() as captured:
+        bizmetrics.record_cache_hit(cache, 3)
+        bizmetrics.record_cache_miss(cache)
+    changes = captured.changes()
+    assert changes[("cache_hits_total", (("cache", cache),))] == 3
+    assert changes[("cache_misses_total", (("cache", cache),))] == 1
+    assert all(delta != 0 for delta in changes.values())
+
+
+def test_fixed_durations_land_in_the_expected_bucket():
+    """Under fixed_durations(42), every decorated call of every kind observes exactly 42 ms."""
+    ct = unique("ct")
+
+    @instrument_connector_operation("sync", connector_type=ct)
+    def sync() -> None:
+        pass
+
+    @instrument_connector_operation("coro", connector_type=ct)
+    async def coro() -> None:
+        await asyncio.sleep(0.01)
+
+    @instrument_connector_operation("gen", connector_type=ct)
+    def gen():
+        yield 1
+        yield 2
+
+    with capture() as captured, fixed_durations(42):
+        sync()
+        asyncio.run(coro())
+        list(gen())
+    captured.assert_delta("connector_operation_duration_sum", 126, connector_type=ct)
+    captured.assert_delta("connector_operation_duration_bucket", 0, connector_type=ct, le="25.0")
+    captured.assert_delta("connector_operation_duration_bucket", 3, connector_type=ct, le="50.0")
+    with capture() as after:
+        sync()
+    assert after.delta("connector_operation_duration_sum", connector_type=ct) < 42
+
+
+def test_capture_reads_the_multiprocess_collector(tmp_path):
+    """In multiprocess mode, capture() sees what other processes recorded."""
+    script = textwrap.dedent(
+        """
+        import subprocess, sys
+        from bizmetrics.testing import capture
+        child = "import bizmetrics; bizmetrics.record_connector_sync('mp', 'rows', 5, 'acme')"
+        with capture() as captured:
+            subprocess.run([sys.executable, "-c", child], check=True)
+            subprocess.run([sys.executable, "-c", child], check=True)
+        print(captured.delta("connector_sync_records_total", connector_type="mp"))
+        """
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "10.0"
+
+
+def test_the_pytest_fixture_works_in_a_users_test_run(tmp_path):
+    """A user's test file uses bizmetrics_capture (from the pytest11 entry point) in a real pytest run."""
+    (tmp_path / "test_user.py").write_text(
+        textwrap.dedent(
+            """
+            import pytest
+            from bizmetrics import instrument_connector_operation
+            from bizmetrics.testing import fixed_durations
+
+
+            @instrument_connector_operation("sync_contacts", connector_type="hubspot")
+            def sync_contacts(tenant_id):
+                return 1
+
+
+            def test_records(bizmetrics_capture):
+                with fixed_durations(30):
+                    sync_contacts("acme")
+                bizmetrics_capture.assert_delta(
+                    "connector_operations_total", 1, connector_type="hubspot", tenant_id="acme", status="success"
+                )
+                bizmetrics_capture.assert_delta(
+                    "connector_operation_duration_bucket", 1, le="50.0", connector_type="hubspot"
+                )
+
+
+            def test_a_wrong_expectation_fails(bizmetrics_capture):
+                sync_contacts("acme")
+                with pytest.raises(AssertionError, match="What changed"):
+                    bizmetrics_capture.assert_delta("connector_operations_total", 5, connector_type="hubspot")
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "BIZMETRICS_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_user.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 passed" in out.stdout
+
+
+# --- exemplars --------------------------------------------------------------------------------
+
+
+def _exemplar_lines(name_prefix: str, marker: str) -> list[str]:
+    text = openmetrics_latest(REGISTRY).decode()
+    return [line for line in text.splitlines() if line.startswith(name_prefix) and marker in line and " # {" in line]
+
+
+def test_every_duration_histogram_and_operation_counter_carries_the_trace():
+    """With a trace current, each duration histogram and operation counter gets the exemplar."""
+    t = unique("x")
+    trace = unique("trace").replace("_", "")
+
+    @instrument_connector_operation("op", connector_type=t)
+    def op() -> None:
+        pass
+
+    @instrument_workflow(t)
+    def flow() -> None:
+        step()
+
+    @instrument_workflow_step("step")
+    def step() -> None:
+        pass
+
+    @instrument_agent(t)
+    def stream():
+        yield {"usage": {"input_tokens": 1, "output_tokens": 1}}
+        tool()
+
+    @instrument_tool("tool")
+    def tool() -> None:
+        pass
+
+    @instrument_db_query(t)
+    def query() -> None:
+        pass
+
+    with trace_context(trace, SPAN):
+        op()
+        flow()
+        list(stream())
+        query()
+        bizmetrics.record_api_request("GET", "/" + t, 200, 3)
+    marker = f'trace_id="{trace}"'
+    for prefix in (
+        "connector_operation_duration_bucket",
+        "workflow_execution_duration_bucket",
+        "workflow_step_duration_bucket",
+        "agent_response_duration_bucket",
+        "agent_time_to_first_token_bucket",
+        "agent_tool_duration_bucket",
+        "db_query_duration_bucket",
+        "api_request_duration_bucket",
+        "connector_operations_total",
+        "workflow_executions_total",
+        "agent_invocations_total",
+        "agent_tool_calls_total",
+        "api_requests_total",
+    ):
+        lines = _exemplar_lines(prefix, t)
+        assert any(marker in line and f'span_id="{SPAN}"' in line for line in lines), prefix
+
+
+def test_no_trace_no_exemplar_and_span_id_only_when_known():
+    """Outside a trace nothing carries an exemplar; a trace without span id has only trace_id."""
+    t = unique("x")
+    bizmetrics.record_db_query(t, 1)
+    assert _exemplar_lines("db_query_duration_bucket", t) == []
+    with trace_context("abc123"):
+        bizmetrics.record_db_query(t, 1)
+    lines = _exemplar_lines("db_query_duration_bucket", t)
+    assert lines and all('{trace_id="abc123"}' in line for line in lines)
+
+
+def test_over_long_exemplars_are_dropped_never_raised(caplog):
+    """A trace id too long for OpenMetrics' 128 characters is dropped with a warning; the record is kept."""
+    from bizmetrics import _log
+
+    _log.reset()
+    t = unique("x")
+    with trace_context("f" * 200), capture() as captured:
+        bizmetrics.record_db_query(t, 1)
+    captured.assert_delta("db_query_duration_count", 1, operation=t)
+    assert _exemplar_lines("db_query_duration_bucket", t) == []
+    assert any("exemplar" in r.getMessage() for r in caplog.records)
+
+
+def test_the_exemplar_provider_supplies_traces_and_none_restores_the_default():
+    """set_exemplar_provider(fn) gives each record fn()'s exemplar; a raising or None provider records plain."""
+    t = unique("x")
+    set_exemplar_provider(lambda: {"trace_id": "from-provider"})
+    try:
+        bizmetrics.record_db_query(t, 1)
+        with trace_context("from-context"):
+            bizmetrics.record_db_query(t + "2", 1)
+    finally:
+        set_exemplar_provider(None)
+    assert any('trace_id="from-provider"' in line for line in _exemplar_lines("db_query_duration_bucket", t))
+    assert any('trace_id="from-context"' in line for line in _exemplar_lines("db_query_duration_bucket", t + "2"))
+    set_exemplar_provider(lambda: 1 / 0)
+    try:
+        bizmetrics.record_db_query(t + "3", 1)
+    finally:
+        set_exemplar_provider(None)
+    bizmetrics.record_db_query(t + "4", 1)
+    assert _exemplar_lines("db_query_duration_bucket", t + "3") == []
+    assert _exemplar_lines("db_query_duration_bucket", t + "4") == []
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (f"00-{TRACE}-{SPAN}-01", {"trace_id": TRACE, "span_id": SPAN}),
+        (f"00-{TRACE.upper()}-{SPAN}-03".encode(), {"trace_id": TRACE, "span_id": SPAN}),
+        (f"00-{TRACE}-{SPAN}-00", None),  # not sampled
+        (f"00-{'0' * 32}-{SPAN}-01", None),  # invalid trace id
+        (f"ff-{TRACE}-{SPAN}-01", None),  # invalid version
+        ("00-abc-def-01", None),
+        ("garbage", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_traceparent_parsing(header, expected):
+    """A sampled W3C traceparent gives the exemplar; unsampled or malformed ones give None."""
+    assert parse_traceparent(header) == expected
+
+
+def test_multiprocess_mode_records_without_exemplars_and_warns_once(tmp_path):
+    """In multiprocess mode a trace gives no exemplar, one warning, and the records are kept."""
+    script = textwrap.dedent(
+        """
+        import logging
+        logging.basicConfig()
+        import bizmetrics
+        from bizmetrics.testing import capture
+        with capture() as captured, bizmetrics.trace_context("abc"):
+            for _ in range(3):
+                bizmetrics.record_db_query("q", 1)
+        print(captured.delta("db_query_duration_count", operation="q"))
+        """
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3.0"
+    assert out.stderr.count("exemplars are not supported") == 1
