@@ -34,3 +34,19 @@ def test_tests_run_against_the_installed_package():
     package = Path(bizmetrics.__file__).resolve().parent
     assert package != Path(__file__).resolve().parents[1] / "bizmetrics"
     assert package.parent.name == "site-packages"
+
+
+def test_version_on_the_command_line():
+    """python -m bizmetrics --version prints the package's version."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bizmetrics", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"bizmetrics {bizmetrics.__version__}"
+
+
+def test_the_pytest_plugin_is_registered():
+    """The installed distribution registers bizmetrics.pytest_plugin under pytest11."""
+    points = importlib.metadata.entry_points(group="pytest11")
+    assert any(p.name == "bizmetrics" and p.value == "bizmetrics.pytest_plugin" for p in points)
