@@ -478,3 +478,22 @@ def test_importing_the_middleware_modules_imports_no_framework():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@given(st.binary(min_size=0, max_size=200).filter(lambda b: b"\r" not in b and b"\n" not in b))
+def test_any_tenant_header_value_is_recorded_once_under_its_cleaned_label(raw: bytes):
+    """Whatever a client puts in the header, the request succeeds and counts once, under the cleaned tenant."""
+    from bizmetrics._values import label
+
+    text = raw.decode("latin-1").strip()
+    expected = label(text, "tenant_id", "default_tenant") if text else "default_tenant"
+    endpoint = "/" + unique("tenant")
+    app = Starlette(routes=[Route(endpoint, user_free)], middleware=[Middleware(MetricsMiddleware, tenant="X-T")])
+    before = count(endpoint, expected)
+    sent = asyncio.run(_call(app, endpoint, headers=[(b"x-t", raw)]))
+    assert sent[0]["status"] == 200
+    assert count(endpoint, expected) - before == 1
+
+
+async def user_free(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
