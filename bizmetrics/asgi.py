@@ -174,6 +174,9 @@ class MetricsMiddleware:
     :param exclude: paths or route templates not recorded (default:
         ``DEFAULT_EXCLUDE``, ``/metrics`` and the usual health paths).
     :param unmatched: the ``endpoint`` of requests that matched no route.
+    :param route: for frameworks other than Starlette: a callable taking the
+        scope, called after the application, that returns the route template
+        or ``None``.
 
     .. versionadded:: 0.2.0
     """
@@ -185,8 +188,10 @@ class MetricsMiddleware:
         tenant: str | Callable[[Scope], object] | None = None,
         exclude: Iterable[str] | None = None,
         unmatched: str = UNMATCHED,
+        route: Callable[[Scope], str | None] | None = None,
     ) -> None:
         self.app = app
+        self.route = route
         self.exclude = _http.exclusions(exclude)
         self.unmatched = unmatched
         self._header: bytes | None = None
@@ -208,6 +213,12 @@ class MetricsMiddleware:
         return None
 
     def _template(self, scope: Scope, before: object) -> str:
+        if self.route is not None:
+            try:
+                return self.route(scope) or self.unmatched
+            except Exception:
+                _log.internal_error("asgi route")
+                return self.unmatched
         route = scope.get("route")
         # The first router that ran: mounted sub-applications replace scope["app"], not this.
         root = scope.get("router") or scope.get("app")

@@ -497,3 +497,23 @@ def test_any_tenant_header_value_is_recorded_once_under_its_cleaned_label(raw: b
 
 async def user_free(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
+
+
+def test_route_callable_names_the_endpoint_for_other_frameworks():
+    """A plain ASGI app (no Starlette router) gets its template from route=; None means unmatched."""
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        scope["my.template"] = "/things/{id}" if scope["path"].startswith("/things/") else None
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    tenant = unique()
+    app = MetricsMiddleware(raw, tenant="X-T", route=lambda scope: scope.get("my.template"))
+
+    async def main() -> None:
+        for path in ("/things/1", "/things/2", "/other"):
+            await _call(app, path, headers=[(b"x-t", tenant.encode())])
+
+    asyncio.run(main())
+    assert count("/things/{id}", tenant) == 2
+    assert count("__unmatched__", tenant) == 1
