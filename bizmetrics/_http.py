@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from prometheus_client import exposition
@@ -59,6 +59,18 @@ def exclusions(exclude: Iterable[str] | None) -> frozenset[str]:
 def excluded(template: str, exclude: frozenset[str]) -> bool:
     """Return whether a route template (or a mount's template) is excluded."""
     return template in exclude or (template.endswith("/{path}") and template[:-7] in exclude)
+
+
+H = TypeVar("H")
+
+
+def tenant_source(
+    tenant: str | Callable[[Any], object] | None, key: Callable[[str], H]
+) -> tuple[H | None, Callable[[Any], object] | None]:
+    """Split a middleware's ``tenant=`` into a header (as ``key`` spells it for the server) or a callable."""
+    if isinstance(tenant, str):
+        return key(tenant), None
+    return None, tenant
 
 
 def header_tenant(value: str | bytes | None) -> str | None:

@@ -194,12 +194,7 @@ class MetricsMiddleware:
         self.route = route
         self.exclude = _http.exclusions(exclude)
         self.unmatched = unmatched
-        self._header: bytes | None = None
-        self._tenant: Callable[[Scope], object] | None = None
-        if isinstance(tenant, str):
-            self._header = tenant.lower().encode("latin-1")
-        elif tenant is not None:
-            self._tenant = tenant
+        self._header, self._tenant = _http.tenant_source(tenant, lambda name: name.lower().encode("latin-1"))
         self._templates: _Templates | None = None
 
     def _tenant_of(self, scope: Scope) -> object:

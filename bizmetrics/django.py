@@ -62,9 +62,7 @@ class MetricsMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-        tenant = getattr(settings, "BIZMETRICS_TENANT", None)
-        self.header: str | None = tenant if isinstance(tenant, str) else None
-        self.tenant: Callable[[Any], object] | None = tenant if callable(tenant) else None
+        self.header, self.tenant = _http.tenant_source(getattr(settings, "BIZMETRICS_TENANT", None), str)
         self.exclude = _http.exclusions(getattr(settings, "BIZMETRICS_EXCLUDE", None))
         self.unmatched: str = getattr(settings, "BIZMETRICS_UNMATCHED", UNMATCHED)
 

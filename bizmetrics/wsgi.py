@@ -171,12 +171,7 @@ class MetricsMiddleware:
         self.app = app
         self.exclude = _http.exclusions(exclude)
         self.unmatched = unmatched
-        self._header: str | None = None
-        self._tenant: Callable[[Environ], object] | None = None
-        if isinstance(tenant, str):
-            self._header = "HTTP_" + tenant.upper().replace("-", "_")
-        elif tenant is not None:
-            self._tenant = tenant
+        self._header, self._tenant = _http.tenant_source(tenant, lambda name: "HTTP_" + name.upper().replace("-", "_"))
         if route is None:
             url_map = _find_url_map(app)
             if url_map is not None:
