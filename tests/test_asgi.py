@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -517,3 +518,25 @@ def test_route_callable_names_the_endpoint_for_other_frameworks():
     asyncio.run(main())
     assert count("/things/{id}", tenant) == 2
     assert count("__unmatched__", tenant) == 1
+
+
+def test_readme_tenant_middleware_answers_requests_without_the_header():
+    """README's hand-written tenant middleware, as pasted: no header (a Prometheus scrape) is a 200, not a KeyError."""
+    import re
+    from pathlib import Path
+
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "tenant_context(request.headers" in b)
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)
+    dispatch = next(v for k, v in namespace.items() if inspect.iscoroutinefunction(v) and not k.startswith("_"))
+    app = Starlette(
+        routes=[Route("/users/{user_id:int}", user)], middleware=[Middleware(BaseHTTPMiddleware, dispatch=dispatch)]
+    )
+    tenant = unique()
+    anonymous, known = run(app, "/users/1")[0], run(app, "/users/2", **{"X-Tenant-ID": tenant})[0]
+    assert anonymous.status_code == 200
+    assert anonymous.json()["tenant"] is None
+    assert known.json()["tenant"] == tenant

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -129,20 +132,38 @@ def _send_and_count(port: int, n: int) -> None:
     assert not any(k[0] == "api_requests_total" and ("endpoint", "/metrics") in k[1] for k in samples)
 
 
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_command(program: str, needle: str) -> list[str]:
+    """README's multiprocess command line for ``program`` (the one containing ``needle``), without the variable."""
+    for line in README.read_text().splitlines():
+        words = shlex.split(line.strip()) if line.strip().startswith("PROMETHEUS_MULTIPROC_DIR=") else []
+        if len(words) > 1 and words[1] == program and needle in words:
+            # Two workers instead of README's four: the machine is shared.
+            return ["2" if w == "4" else w for w in words[1:]]
+    raise AssertionError(f"README has no multiprocess command for {program} with {needle}")
+
+
+def readme_gunicorn_conf() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    conf = next(b for b in blocks if "import child_exit" in b)
+    return textwrap.dedent(conf).replace("workers = 4", "workers = 2")
+
+
 @pytest.mark.slow
 def test_uvicorn_two_workers_count_exactly(tmp_path: Path):
-    """N requests spread over 2 uvicorn workers: one /metrics endpoint exposes exactly N, per tenant and template."""
-    with server(tmp_path, ["uvicorn", "app:app", "--workers", "2", "--port", "{port}", "--host", "127.0.0.1"]) as (
-        port,
-        _,
-    ):
+    """README's uvicorn command with 2 workers: one /metrics endpoint exposes exactly the N requests sent."""
+    argv = [*readme_command("uvicorn", "--workers"), "--host", "127.0.0.1", "--port", "{port}"]
+    with server(tmp_path, argv) as (port, _):
         _send_and_count(port, 300)
 
 
 @pytest.mark.slow
-def test_gunicorn_uvicorn_workers_count_exactly(tmp_path: Path):
-    """The same ASGI app under gunicorn with the uvicorn worker class (README's command) counts exactly."""
-    argv = ["gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", "2", "-b", "127.0.0.1:{port}", "app:app"]
+def test_gunicorn_with_readmes_asgi_worker_class_counts_exactly(tmp_path: Path):
+    """README's gunicorn command for ASGI apps (worker class, gunicorn.conf.py with child_exit) counts exactly."""
+    (tmp_path / "gunicorn.conf.py").write_text(readme_gunicorn_conf())
+    argv = [*readme_command("gunicorn", "-k"), "-b", "127.0.0.1:{port}"]
     with server(tmp_path, argv) as (port, _):
         _send_and_count(port, 300)
 
@@ -150,10 +171,8 @@ def test_gunicorn_uvicorn_workers_count_exactly(tmp_path: Path):
 @pytest.mark.slow
 def test_uvicorn_killed_worker_stops_counting_in_the_live_pool_gauge(tmp_path: Path):
     """kill -9 of one of 2 uvicorn workers: once it is replaced, the pool gauge reads 10 (2 x 5), not 15."""
-    with server(tmp_path, ["uvicorn", "app:app", "--workers", "2", "--port", "{port}", "--host", "127.0.0.1"]) as (
-        port,
-        pids_dir,
-    ):
+    argv = [*readme_command("uvicorn", "--workers"), "--host", "127.0.0.1", "--port", "{port}"]
+    with server(tmp_path, argv) as (port, pids_dir):
         assert _scrape(port)[key("db_connection_pool_size", pool="primary")] == 10
         first = _pids(pids_dir)
         victim = min(first)
