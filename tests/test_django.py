@@ -179,3 +179,27 @@ def test_metrics_view_negotiates_openmetrics():
     answer = client().get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert answer["Content-Type"].startswith("application/openmetrics-text")
     assert answer.content.rstrip().endswith(b"# EOF")
+
+
+def test_settings_tenant_callable_exclude_and_unmatched_label():
+    from django.test import RequestFactory, override_settings
+
+    tenant = unique()
+
+    def get_response(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(str(bizmetrics.current_tenant()), status=404)
+
+    settings_ = {
+        "BIZMETRICS_TENANT": lambda request: request.GET.get("org"),
+        "BIZMETRICS_EXCLUDE": ["/skip"],
+        "BIZMETRICS_UNMATCHED": "none",
+    }
+    with override_settings(**settings_):
+        middleware = bizmetrics.django.MetricsMiddleware(get_response)
+    factory = RequestFactory()
+    answer = middleware(factory.get("/nowhere", {"org": tenant}))
+    answer.close()
+    assert answer.content == tenant.encode(), "the handler sees the callable's tenant"
+    middleware(factory.get("/skip", {"org": tenant})).close()
+    assert count("none", tenant, "4xx") == 1
+    assert count("__unmatched__", tenant, "4xx") == 0
