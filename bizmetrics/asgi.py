@@ -255,11 +255,10 @@ class MetricsMiddleware:
         token = _TENANT.set(tenant) if tenant is not None else None
         try:
             await self.app(scope, receive, send_wrapper)
-        except BaseException:
-            if not status:
-                status = 500
-            raise
         finally:
+            # No response started: an exception, or an app that returned without
+            # answering; either way the server answers 500.
+            status = status or 500
             if token is not None:
                 _TENANT.reset(token)
             try:

@@ -103,7 +103,8 @@ class _Request:
             return
         self.recorded = True
         end = perf_counter_ns()
-        status = 500 if failed and not self.started else self.status
+        # Nothing sent yet, or no status at all: the server answers 500.
+        status = 500 if (failed and not self.started) or not self.status else self.status
         self.middleware._record(self, status, end)
 
 

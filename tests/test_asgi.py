@@ -540,3 +540,15 @@ def test_readme_tenant_middleware_answers_requests_without_the_header():
     assert anonymous.status_code == 200
     assert anonymous.json()["tenant"] is None
     assert known.json()["tenant"] == tenant
+
+
+def test_app_returning_without_a_response_is_a_500():
+    """The server answers 500 for an app that sends nothing: so does the metric (not status "unknown")."""
+
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    tenant = unique()
+    asyncio.run(_call(MetricsMiddleware(silent, tenant="X-T"), "/x", headers=[(b"x-t", tenant.encode())]))
+    assert count("__unmatched__", tenant, "5xx") == 1
+    assert count("__unmatched__", tenant, "unknown") == 0
