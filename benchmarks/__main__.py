@@ -20,6 +20,7 @@ import subprocess
 import sys
 from typing import Any
 
+from . import middleware
 from .cases import Case, all_cases
 
 TARGETS = {
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write every row and ratio as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of the ratios (needs matplotlib)")
     parser.add_argument("--no-scrape", action="store_true", help="skip the scrape-cost benchmark")
+    parser.add_argument("--no-middleware", action="store_true", help="skip the HTTP middleware benchmark")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 21)
     calls = args.calls or (50 if args.quick else 4000)
@@ -207,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, measured = summarize(cases, sample(cases, rounds, calls))
     scrape = scrape_costs(sizes)
     print_report(rows, measured, scrape)
+    http = None
+    if not args.no_middleware:
+        http = middleware.measure(rounds, 100 if args.quick else 2000)
+        print()
+        middleware.report(http)
     meta = {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             report = {"meta": meta, "rows": rows, "measured": measured, "targets": TARGETS, "scrape": scrape}
+            report["middleware"] = http
             json.dump(report, f, indent=1)
     if args.plot:
         plot(rows, args.plot)

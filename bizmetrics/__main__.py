@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import __version__
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535; 0 picks a free port)")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,11 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bizmetrics", description="bizmetrics tools")
     parser.add_argument("--version", action="version", version=f"bizmetrics {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="serve /metrics and drive demo traffic through every metric family")
-    demo.add_argument("--port", type=int, default=8000, help="port to serve /metrics on (0: any free port)")
-    demo.add_argument("--addr", default="127.0.0.1", help="address to bind (default: loopback only)")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.add_argument("--seed", type=int, default=None, help="seed the random traffic")
+    demo = commands.add_parser(
+        "demo", help="serve a small API and /metrics and drive demo traffic through every metric family"
+    )
+    demo.add_argument(
+        "--port",
+        type=_port,
+        default=8000,
+        help="port to serve the API and /metrics on; 0 picks a free one (default: 8000)",
+    )
+    demo.add_argument("--addr", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    demo.add_argument(
+        "--duration", type=_seconds, default=None, help="stop after this many seconds (default: run until Ctrl-C)"
+    )
+    demo.add_argument("--seed", type=int, default=None, help="seed the random traffic (default: a random seed)")
     export = commands.add_parser(
         "export-assets", help="write the Prometheus rules and Grafana dashboards to a directory"
     )

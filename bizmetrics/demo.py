@@ -1,23 +1,32 @@
 """The demo service: realistic traffic through every family of the catalogue.
 
-``python -m bizmetrics demo`` serves ``/metrics`` with prometheus_client's
-``start_http_server`` and drives WordPress- and HubSpot-like connectors,
-workflows, AI agents, API requests, DB queries, a connection pool and a
-cache for a few tenants, with some failures, through the public API.
+``python -m bizmetrics demo`` serves a small JSON API and ``/metrics`` on the
+standard library's ``wsgiref`` server, through ``bizmetrics.wsgi``'s
+middleware, and drives WordPress- and HubSpot-like connectors, workflows, AI
+agents, DB queries, a connection pool, a cache and real HTTP requests to its
+own API for a few tenants, with some failures, through the public API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import io
+import json
 import random
+import signal
+import socket
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
 from typing import Any, TextIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
 import bizmetrics
 from bizmetrics import (
@@ -29,6 +38,7 @@ from bizmetrics import (
     instrument_workflow,
     instrument_workflow_step,
 )
+from bizmetrics.wsgi import MetricsMiddleware, metrics_app
 
 TENANTS = ("tenant_123", "tenant_456", "tenant_789")
 _rng = random.Random()
@@ -178,7 +188,89 @@ def cached_post(key: str) -> str | None:
     return _CACHE.get(key)
 
 
-async def _one_round(round_no: int) -> None:
+# --- The API, served through bizmetrics.wsgi.MetricsMiddleware -----------------------
+
+#: What the demo asks its own API: (method, path); ids from 40 on are not found.
+REQUESTS = (
+    ("GET", "/api/posts"),
+    ("GET", "/api/posts/{id}"),
+    ("POST", "/api/posts"),
+    ("GET", "/api/contacts"),
+    ("GET", "/api/workflows"),
+    ("GET", "/wp-login.php"),  # a scanner: recorded as endpoint="__unmatched__"
+)
+_ROUTE = "bizmetrics.demo.route"
+_METRICS = metrics_app()
+
+
+def _reply(start_response: Callable[..., Any], status: str, payload: object) -> list[bytes]:
+    body = json.dumps(payload).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def api(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The demo's WSGI API: posts, contacts and workflows of the tenant in ``X-Tenant-ID``."""
+    path, method = environ.get("PATH_INFO") or "/", environ.get("REQUEST_METHOD")
+    if path == "/metrics":
+        return _METRICS(environ, start_response)
+    tenant = str(bizmetrics.current_tenant() or "default_tenant")
+    parts = path.strip("/").split("/")
+    if path == "/api/posts":
+        environ[_ROUTE] = "/api/posts"
+        if method == "POST":
+            return _reply(start_response, "201 Created", {"id": _rng.randint(1, 99)})
+        return _reply(start_response, "200 OK", select_posts(tenant))
+    if len(parts) == 3 and parts[:2] == ["api", "posts"]:
+        environ[_ROUTE] = "/api/posts/{id}"
+        if not parts[2].isdigit() or int(parts[2]) >= 40:
+            return _reply(start_response, "404 Not Found", {"error": "no such post"})
+        return _reply(start_response, "200 OK", {"id": int(parts[2])})
+    if path == "/api/contacts":
+        environ[_ROUTE] = "/api/contacts"
+        if _rng.random() < 0.15:
+            return _reply(start_response, "429 Too Many Requests", {"error": "slow down"})
+        return _reply(start_response, "200 OK", [])
+    if path == "/api/workflows":
+        environ[_ROUTE] = "/api/workflows"
+        _maybe_fail(0.2)  # an unhandled exception: the server answers 500
+        return _reply(start_response, "200 OK", [])
+    return _reply(start_response, "404 Not Found", {"error": "not found"})
+
+
+def app() -> Callable[..., Iterable[bytes]]:
+    """Return the demo API wrapped in bizmetrics' WSGI middleware."""
+    return MetricsMiddleware(api, tenant="X-Tenant-ID", route=lambda environ: environ.get(_ROUTE))
+
+
+def _send(host: str, port: int, method: str, path: str, tenant: str) -> int:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request(method, path.replace("{id}", str(_rng.randint(1, 50))), headers={"X-Tenant-ID": tenant})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no access log: the summary line says what happened
+
+    def get_stderr(self) -> io.StringIO:
+        return io.StringIO()  # the failures are on purpose: no tracebacks
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+async def _one_round(round_no: int, host: str, port: int) -> None:
     jobs = []
     for tenant in TENANTS:
         wp = WordPressConnector(tenant)
@@ -186,6 +278,11 @@ async def _one_round(round_no: int) -> None:
         if round_no % 3 == 0:
             jobs.append(campaign_sync(tenant_id=tenant))
             jobs.append(support_agent("where is my order?", tenant_id=tenant))
+    requests = [_rng.choices(REQUESTS, weights=(40, 30, 5, 15, 8, 2))[0] for _ in range(5 * len(TENANTS))]
+    jobs += [
+        asyncio.to_thread(_send, host, port, method, path, TENANTS[i % len(TENANTS)])
+        for i, (method, path) in enumerate(requests)
+    ]
     results = await asyncio.gather(*jobs, return_exceptions=True)
     del results  # failures are the point: they are in the metrics
 
@@ -200,13 +297,6 @@ async def _one_round(round_no: int) -> None:
             if round_no % 5 == 0:
                 async for _chunk in content_writer("spring sale"):
                     pass
-            for _ in range(5):
-                endpoint = _rng.choice(("/api/posts", "/api/posts/{id}", "/api/contacts", "/api/workflows"))
-                status = _rng.choices((200, 201, 404, 429, 500), weights=(80, 5, 8, 4, 3))[0]
-                select_posts(tenant)
-                bizmetrics.record_api_request(
-                    _rng.choice(("GET", "POST")), endpoint, status, _rng.uniform(2, 300), tenant_id=tenant
-                )
             # Read-through: a miss loads the post into the cache. The tenant's
             # home page is read every round, so hits show up from round two.
             for key in (f"{tenant}:home", f"{tenant}:{_rng.randint(0, 9)}"):
@@ -239,11 +329,11 @@ def summary() -> str:
     )
 
 
-async def _drive(duration: float | None, every: float, out: TextIO) -> int:
+async def _drive(duration: float | None, every: float, out: TextIO, host: str, port: int, stop: threading.Event) -> int:
     start = last = time.monotonic()
     round_no = 0
-    while duration is None or time.monotonic() - start < duration:
-        await _one_round(round_no)
+    while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
+        await _one_round(round_no, host, port)
         round_no += 1
         if time.monotonic() - last >= every:
             last = time.monotonic()
@@ -258,21 +348,47 @@ def run(
     seed: int | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Serve ``/metrics`` and drive traffic until Ctrl-C or ``duration`` seconds; return an exit code."""
+    """Serve the API and ``/metrics`` and drive traffic until Ctrl-C or ``duration`` seconds; return an exit code.
+
+    The first Ctrl-C (SIGINT) lets the current round finish, so nothing is
+    cancelled half-way; a second one stops at once.
+    """
     _rng.seed(seed)
     try:
-        server, thread = start_http_server(port, addr=addr)
-    except OSError as exc:
+        server = make_server(
+            addr, port, app(), server_class=_Server6 if ":" in addr else _Server, handler_class=_Handler
+        )
+    except (OSError, OverflowError) as exc:
         print(f"bizmetrics demo: cannot listen on {addr}:{port}: {exc}", file=sys.stderr)
         return 1
+    thread = threading.Thread(target=server.serve_forever, name="bizmetrics-demo-http", daemon=True)
+    thread.start()
+    bound = server.server_address[1]
     host = f"[{addr}]" if ":" in addr else addr
-    print(f"bizmetrics demo: serving http://{host}:{server.server_port}/metrics (Ctrl-C stops)", file=out, flush=True)
+    print(f"bizmetrics demo: serving http://{host}:{bound}/metrics and /api (Ctrl-C stops)", file=out, flush=True)
+    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(addr, addr)
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = None
+    # Only the main thread may set handlers; an ignored SIGINT (nohup, a background job) stays ignored.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        rounds = asyncio.run(_drive(duration, 5.0, out))
-        print(f"bizmetrics demo: done after {rounds} rounds; {summary()}", file=out, flush=True)
+        rounds = asyncio.run(_drive(duration, 5.0, out, local, bound, stop))
+        if stop.is_set():
+            print(f"\nbizmetrics demo: stopped; {summary()}", file=out, flush=True)
+        else:
+            print(f"bizmetrics demo: done after {rounds} rounds; {summary()}", file=out, flush=True)
     except KeyboardInterrupt:
         print(f"\nbizmetrics demo: stopped; {summary()}", file=out, flush=True)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

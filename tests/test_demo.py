@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,3 +65,114 @@ def test_demo_stops_cleanly_on_ctrl_c():
         assert proc.returncode == 0, err
         assert "stopped" in out
         assert url.startswith("http://127.0.0.1:"), "binds loopback unless told otherwise"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "-5"], "argument --port: '-5' is not a port number"),
+        (["--port", "70000"], "argument --port: '70000' is not a port number"),
+        (["--duration", "-1"], "argument --duration: '-1' is not a positive number of seconds"),
+        (["--duration", "nan"], "argument --duration: 'nan' is not a positive number of seconds"),
+    ],
+)
+def test_demo_refuses_bad_port_and_duration_with_a_clear_message(args: list[str], message: str, capsys):
+    """Bad arguments are an argparse error (exit 2, usage and the reason), not a traceback or a demo that starts."""
+    from bizmetrics.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["demo", *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_help_shows_the_defaults(capsys):
+    from bizmetrics.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for default in (
+        "(default: 8000)",
+        "(default: 127.0.0.1",
+        "(default: run until Ctrl-C)",
+        "(default: a random seed)",
+    ):
+        assert default in text
+
+
+INTERRUPTED = """
+import os, signal, sys
+from bizmetrics import demo
+
+calls = [0]
+
+
+def create_deal(self, name):
+    # Ctrl-C while the round's synchronous part runs, just before the next round's tasks start.
+    calls[0] += 1
+    if calls[0] == 4:
+        os.kill(os.getpid(), signal.SIGINT)
+    return name
+
+
+demo.HubSpotConnector.create_deal = create_deal
+sys.exit(demo.run(port=0, seed=1))
+"""
+
+
+@pytest.mark.slow
+def test_demo_ctrl_c_mid_round_leaves_no_coroutine_never_awaited(tmp_path):
+    """Ctrl-C lets the round finish: exit 0, a summary, and no 'coroutine ... was never awaited' warnings."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "stopped" in done.stdout
+    assert "never awaited" not in done.stderr
+    assert done.stderr == ""
+
+
+@pytest.mark.slow
+def test_demo_api_is_served_through_the_wsgi_middleware():
+    """The demo's API metrics come from real HTTP requests: ours, with our tenant, are counted exactly."""
+    import uuid
+
+    tenant = f"t_{uuid.uuid4().hex[:12]}"
+    with demo("--duration", "30") as (_proc, url):
+        base = url.removesuffix("/metrics")
+        for i in (1, 2, 3, 99):
+            req = urllib.request.Request(f"{base}/api/posts/{i}", headers={"X-Tenant-ID": tenant})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    assert resp.status == 200
+            except urllib.error.HTTPError as exc:
+                assert (i, exc.code) == (99, 404)
+        deadline = time.monotonic() + 20
+        while True:
+            samples = _scrape(url)
+            own = sum(v for (name, labels), v in samples.items() if name == "api_requests_total" and labels)
+            if own > 0 and any(("tenant_id", "tenant_123") in labels for _, labels in samples):
+                break
+            assert time.monotonic() < deadline, "the demo sent no requests to its API"
+            time.sleep(0.5)
+
+        def api(status: str) -> float | None:
+            labels = {"method": "GET", "endpoint": "/api/posts/{id}", "status": status, "tenant_id": tenant}
+            return samples.get(("api_requests_total", tuple(sorted(labels.items()))))
+
+        assert api("2xx") == 3
+        assert api("4xx") == 1
+        assert api("5xx") == 0
+        assert not any(("endpoint", "/metrics") in labels for _, labels in samples), "/metrics is excluded"
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }

@@ -153,3 +153,46 @@ def test_right_import_order_is_silent(tmp_path: Path):
     # In multiprocess mode values live in shared files: bizmetrics records through the public API only.
     assert done.stdout.split() == ["True", "True", "False"]
     assert done.stderr == ""
+
+
+def test_registry_is_the_default_registry_when_multiprocess_mode_is_off():
+    """One /metrics endpoint serves both modes: registry() does not raise without PROMETHEUS_MULTIPROC_DIR."""
+    from prometheus_client import REGISTRY
+
+    from bizmetrics import multiprocess
+
+    assert not multiprocess.enabled()
+    assert multiprocess.registry() is REGISTRY
+
+
+def test_registry_collects_every_worker_when_multiprocess_mode_is_on(tmp_path: Path):
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    code = """
+        import bizmetrics
+        from bizmetrics import multiprocess
+        from prometheus_client import REGISTRY
+        bizmetrics.record_cache_hit("mp_cache", 3)
+        reg = multiprocess.registry()
+        print(reg is REGISTRY, reg.get_sample_value("cache_hits_total", {"cache": "mp_cache"}))
+    """
+    assert _run(code, env).stdout.split() == ["False", "3.0"]
+
+
+def test_remove_dead_workers_drops_only_dead_processes_live_gauges(tmp_path: Path):
+    """The uvicorn remedy: live-gauge files of dead pids go, those of running processes and other kinds stay."""
+    from bizmetrics.multiprocess import remove_dead_workers
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = os.getppid()
+    names = [
+        f"gauge_livesum_{dead.pid}.db",
+        f"gauge_liveall_{dead.pid}.db",
+        f"gauge_livesum_{alive}.db",
+        f"counter_{dead.pid}.db",
+        f"gauge_all_{dead.pid}.db",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert remove_dead_workers(str(tmp_path)) == [dead.pid]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])

@@ -1,0 +1,124 @@
+"""What the ASGI, WSGI and Django middlewares share: recording one request, exclusions, exposition.
+
+Nothing here imports a web framework.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from prometheus_client import exposition
+from prometheus_client.registry import CollectorRegistry
+
+from . import _log, multiprocess
+from .context import tenant_or_current
+from .metrics import APIS, status_class
+
+#: Paths not recorded unless ``exclude=`` says otherwise: the scrape and the usual probes.
+DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez"))
+
+#: The ``endpoint`` of a request that matched no route.
+UNMATCHED = "__unmatched__"
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+_CLASSES = {code: f"{code // 100}xx" for code in range(100, 600)}
+
+
+def method(raw: object) -> str:
+    """Return the method label: a standard method upper-cased, anything else ``OTHER``."""
+    if type(raw) is str and raw in _METHODS:
+        return raw
+    if isinstance(raw, bytes):
+        raw = raw.decode("latin-1")
+    upper = raw.upper() if isinstance(raw, str) else ""
+    if upper in _METHODS:
+        return upper
+    _log.warn("method", "bizmetrics: %r is not an HTTP method; recorded as 'OTHER'", str(raw)[:32])
+    return "OTHER"
+
+
+def record(method_: object, endpoint: str, status: object, start_ns: int, end_ns: int, tenant: object) -> None:
+    """Record one request with the rules of ``record_api_request``; never raise."""
+    try:
+        cls = _CLASSES.get(status) if type(status) is int else None
+        APIS.get(method(method_), endpoint, tenant_or_current(tenant)).record(
+            (end_ns - start_ns) / 1e6, cls or status_class(status)
+        )
+    except Exception:
+        _log.internal_error("http middleware")
+
+
+def exclusions(exclude: Iterable[str] | None) -> frozenset[str]:
+    """Return the set of excluded paths and templates (a mount's ``/{path}`` suffix ignored)."""
+    return DEFAULT_EXCLUDE if exclude is None else frozenset(exclude)
+
+
+def excluded(template: str, exclude: frozenset[str]) -> bool:
+    """Return whether a route template (or a mount's template) is excluded."""
+    return template in exclude or (template.endswith("/{path}") and template[:-7] in exclude)
+
+
+H = TypeVar("H")
+
+
+def tenant_source(
+    tenant: str | Callable[[Any], object] | None, key: Callable[[str], H]
+) -> tuple[H | None, Callable[[Any], object] | None]:
+    """Split a middleware's ``tenant=`` into a header (as ``key`` spells it for the server) or a callable."""
+    if isinstance(tenant, str):
+        return key(tenant), None
+    return None, tenant
+
+
+def header_tenant(value: str | bytes | None) -> str | None:
+    """Return a header value as a tenant, ``None`` when missing or blank."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    value = value.strip()
+    return value or None
+
+
+def call_tenant(get: Callable[[Any], object], arg: object) -> object:
+    """Call a user's tenant callable; a failure is logged and means no tenant."""
+    try:
+        return get(arg)
+    except Exception:
+        _log.internal_error("tenant callable")
+        return None
+
+
+_registry: CollectorRegistry | None = None
+
+
+def registry() -> CollectorRegistry:
+    """Return the registry ``metrics_app`` serves by default (see ``multiprocess.registry``)."""
+    global _registry
+    if _registry is None:
+        _registry = multiprocess.registry()
+    return _registry
+
+
+def exposition_body(
+    reg: CollectorRegistry | None, accept: str, accept_encoding: str, query: str, compress: bool
+) -> tuple[bytes, list[tuple[str, str]]]:
+    """Return the body and headers of one scrape, negotiated by ``Accept`` and ``Accept-Encoding``."""
+    if reg is None:
+        reg = registry()
+        if multiprocess.enabled():
+            # uvicorn has no hook for a dead worker: its live gauges go at the next scrape.
+            multiprocess.remove_dead_workers()
+    encoder, content_type = exposition.choose_encoder(accept)
+    names = parse_qs(query).get("name[]")
+    target: Any = reg.restricted_registry(names) if names else reg
+    body = encoder(target)
+    headers = [("Content-Type", content_type)]
+    if compress and "gzip" in accept_encoding:
+        body = gzip.compress(body)
+        headers.append(("Content-Encoding", "gzip"))
+    headers.append(("Content-Length", str(len(body))))
+    return body, headers
