@@ -13,9 +13,9 @@ from urllib.parse import parse_qs
 from prometheus_client import exposition
 from prometheus_client.registry import CollectorRegistry
 
-from . import _log, multiprocess
+from . import _log, _trace, multiprocess
 from .context import tenant_or_current
-from .metrics import APIS, status_class
+from .metrics import HTTP_METHODS, APIS, http_method, status_class
 
 #: Paths not recorded unless ``exclude=`` says otherwise: the scrape and the usual probes.
 DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez"))
@@ -23,21 +23,25 @@ DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", 
 #: The ``endpoint`` of a request that matched no route.
 UNMATCHED = "__unmatched__"
 
-_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 _CLASSES = {code: f"{code // 100}xx" for code in range(100, 600)}
 
 
 def method(raw: object) -> str:
-    """Return the method label: a standard method upper-cased, anything else ``OTHER``."""
-    if type(raw) is str and raw in _METHODS:
+    """Return the method label, by ``record_api_request``'s rules (``http_method``)."""
+    if type(raw) is str and raw in HTTP_METHODS:
         return raw
-    if isinstance(raw, bytes):
-        raw = raw.decode("latin-1")
-    upper = raw.upper() if isinstance(raw, str) else ""
-    if upper in _METHODS:
-        return upper
-    _log.warn("method", "bizmetrics: %r is not an HTTP method; recorded as 'OTHER'", str(raw)[:32])
-    return "OTHER"
+    return http_method(raw)
+
+
+def trace_of(traceparent: str | bytes | None) -> dict[str, str] | None:
+    """Return the exemplar of a request's W3C ``traceparent`` header, if sampled; never raise."""
+    if traceparent is None:
+        return None
+    try:
+        return _trace.parse_traceparent(traceparent)
+    except Exception:
+        _log.internal_error("traceparent")
+        return None
 
 
 def record(method_: object, endpoint: str, status: object, start_ns: int, end_ns: int, tenant: object) -> None:

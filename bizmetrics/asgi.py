@@ -15,6 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import _http, _log
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
+from ._trace import _TRACE
 from .context import _TENANT
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_app"]
@@ -249,10 +250,17 @@ class MetricsMiddleware:
         try:
             tenant = self._tenant_of(scope)
             before = scope.get("route")
+            trace = None
+            for name, value in scope.get("headers") or ():
+                if name == b"traceparent":
+                    trace = _http.trace_of(value)
+                    break
         except Exception:
             _log.internal_error("asgi middleware")
-            tenant = before = None
+            tenant = before = trace = None
         token = _TENANT.set(tenant) if tenant is not None else None
+        # The request's trace, for the exemplars of what the handler records and of the request itself.
+        trace_token = _TRACE.set(trace) if trace is not None else None
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
@@ -267,6 +275,9 @@ class MetricsMiddleware:
                     _http.record(scope.get("method"), template, status, start, end or perf_counter_ns(), tenant)
             except Exception:
                 _log.internal_error("asgi middleware")
+            finally:
+                if trace_token is not None:
+                    _TRACE.reset(trace_token)
 
 
 class _MetricsApp:

@@ -31,6 +31,7 @@ from prometheus_client import REGISTRY
 import bizmetrics
 from bizmetrics import (
     instrument_agent,
+    instrument_tool,
     instrument_cache_lookup,
     instrument_connector_operation,
     instrument_db_query,
@@ -46,6 +47,14 @@ _rng = random.Random()
 
 class ConnectorError(Exception):
     """The remote API failed."""
+
+
+class HTTPStatusError(Exception):
+    """The remote API answered an HTTP error, as httpx's error does (``bizmetrics.http_error_type`` reads it)."""
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"remote API answered {status_code}")
+        self.status_code = status_code
 
 
 class RateLimitError(Exception):
@@ -121,39 +130,66 @@ class HubSpotConnector:
             _maybe_fail(0.03)
             yield from ({"page": page, "id": i} for i in range(_rng.randint(5, 30)))
 
-    @instrument_connector_operation("create_deal")
+    # HTTP errors classed by status: http_401, http_503 ... instead of one class name.
+    @instrument_connector_operation("create_deal", error_type=bizmetrics.http_error_type)
     def create_deal(self, name: str) -> str:
         time.sleep(_rng.uniform(0.002, 0.02))
-        _maybe_fail(0.1, every=6, site="deal")
+        _calls["deal"] += 1
+        if _calls["deal"] % 6 == 1 or _rng.random() < 0.1:
+            raise HTTPStatusError(_rng.choice((401, 429, 500, 503)))
         return name
+
+
+@dataclass
+class PromptDetails:
+    cached_tokens: int
 
 
 @dataclass
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    prompt_tokens_details: PromptDetails
 
 
 @dataclass
 class Reply:
+    """Shaped like an OpenAI Chat Completions response."""
+
     text: str
+    model: str
     usage: Usage
 
 
-@instrument_agent("support_agent")
+@instrument_tool("search_docs")
+async def search_docs(query: str) -> list[str]:
+    await _work(5, 60)
+    if _rng.random() < 0.1:
+        raise TimeoutError("search timed out")
+    return ["doc"]
+
+
+@instrument_agent("support_agent", error_type=bizmetrics.http_error_type)
 async def support_agent(question: str, tenant_id: str) -> Reply:
+    try:
+        await search_docs(question)  # a tool call: agent_id="support_agent" from the context
+    except TimeoutError:
+        pass
     await _work(100, 600)
     _maybe_fail(0.05, every=7, site="agent")
-    return Reply("answer", Usage(_rng.randint(50, 400), _rng.randint(20, 300)))
+    prompt = _rng.randint(50, 400)
+    return Reply("answer", "gpt-4o", Usage(prompt, _rng.randint(20, 300), PromptDetails(_rng.randint(0, prompt))))
 
 
 @instrument_agent("content_writer")
 async def content_writer(topic: str) -> AsyncIterator[dict[str, Any]]:
-    """Streams chunks; the last one carries the usage, as streaming LLM APIs do."""
+    """Streams Anthropic-shaped raw events: input tokens at the start, output tokens at the end."""
+    start = {"input_tokens": _rng.randint(100, 300), "output_tokens": 1, "cache_read_input_tokens": 50}
+    yield {"type": "message_start", "message": {"model": "claude-sonnet", "usage": start}}
     for _ in range(_rng.randint(3, 8)):
         await _work(20, 80)
-        yield {"delta": "..."}
-    yield {"usage": {"input_tokens": _rng.randint(100, 300), "output_tokens": _rng.randint(200, 900)}}
+        yield {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "..."}}
+    yield {"type": "message_delta", "usage": {"output_tokens": _rng.randint(200, 900)}}
 
 
 @instrument_workflow_step("fetch")
@@ -292,7 +328,7 @@ async def _one_round(round_no: int, host: str, port: int) -> None:
             try:
                 list(hubspot.iter_contacts())
                 hubspot.create_deal("renewal")
-            except (ConnectorError, RateLimitError):
+            except (ConnectorError, RateLimitError, HTTPStatusError):
                 pass
             if round_no % 5 == 0:
                 async for _chunk in content_writer("spring sale"):

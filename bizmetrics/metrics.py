@@ -974,7 +974,7 @@ def record_tool_call(
         _log.internal_error("record_tool_call")
 
 
-_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 
 
 def status_class(status_code: object) -> str:
@@ -998,7 +998,7 @@ def http_method(method: object) -> str:
         method = bytes(method).decode("latin-1")
     if isinstance(method, str):
         upper = method.upper()
-        if upper in _METHODS:
+        if upper in HTTP_METHODS:
             return str.__str__(upper)
     _log.warn("method", "bizmetrics: %r is not an HTTP method; recorded as 'OTHER'", repr(method)[:40])
     return "OTHER"
@@ -1020,7 +1020,7 @@ def record_api_request(
     .. versionadded:: 0.1.0
     """
     try:
-        if type(method) is not str or method not in _METHODS:
+        if type(method) is not str or method not in HTTP_METHODS:
             method = http_method(method)
         APIS.get(method, endpoint, tenant_or_current(tenant_id)).record(
             _values.duration(duration_ms), status_class(status_code)

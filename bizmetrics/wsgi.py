@@ -15,6 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import _http, _log
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
+from ._trace import _TRACE
 from .context import _TENANT
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_app"]
@@ -60,12 +61,14 @@ def _find_url_map(app: Any) -> Any:
 class _Request:
     """The state of one request, until its body is sent or closed."""
 
-    __slots__ = ("environ", "method", "middleware", "recorded", "start", "started", "status", "tenant")
+    __slots__ = ("environ", "method", "middleware", "recorded", "start", "started", "status", "tenant", "trace")
 
     def __init__(self, middleware: MetricsMiddleware, environ: Environ, tenant: object) -> None:
         self.middleware = middleware
         self.environ = environ
         self.tenant = tenant
+        #: The request's sampled W3C trace, for exemplars.
+        self.trace = _http.trace_of(environ.get("HTTP_TRACEPARENT"))
         self.method = environ.get("REQUEST_METHOD")
         self.status = 0
         self.started = False
@@ -86,6 +89,7 @@ class _Request:
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Call ``function`` in the request's tenant context; a failure ends the request."""
         token = _TENANT.set(self.tenant) if self.tenant is not None else None
+        trace_token = _TRACE.set(self.trace) if self.trace is not None else None
         try:
             return function(*args)
         except StopIteration:
@@ -95,6 +99,8 @@ class _Request:
             self.finish(True)
             raise
         finally:
+            if trace_token is not None:
+                _TRACE.reset(trace_token)
             if token is not None:
                 _TENANT.reset(token)
 
@@ -203,7 +209,12 @@ class MetricsMiddleware:
             if not template:
                 template = self.unmatched
             if not _http.excluded(template, self.exclude):
-                _http.record(request.method, template, status, request.start, end, request.tenant)
+                trace_token = _TRACE.set(request.trace) if request.trace is not None else None
+                try:
+                    _http.record(request.method, template, status, request.start, end, request.tenant)
+                finally:
+                    if trace_token is not None:
+                        _TRACE.reset(trace_token)
         except Exception:
             _log.internal_error("wsgi middleware")
 

@@ -329,3 +329,29 @@ def test_default_buckets_resolve_each_familys_fast_cases(buckets, ms, fast_bound
     bounds: Any = getattr(metrics, buckets)
     assert min(b for b in bounds if b >= ms) == fast_bound
     assert {100.0, 500.0} <= set(metrics.CONNECTOR_BUCKETS)
+
+
+def test_the_cap_applies_to_tenants_from_the_http_middleware(cap):
+    """Forged X-Tenant-ID headers through the ASGI middleware: one admitted, the rest on __overflow__."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from test_asgi import run
+
+    from bizmetrics.asgi import MetricsMiddleware
+
+    cap(1)
+    path = "/" + unique("p")
+
+    async def handler(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route(path, handler)], middleware=[Middleware(MetricsMiddleware, tenant="X-Tenant-ID")])
+    tenants = [unique() for _ in range(5)]
+    for tenant in tenants:
+        run(app, path, **{"X-Tenant-ID": tenant})
+    series = {"method": "GET", "endpoint": path, "status": "2xx"}
+    assert value("api_requests_total", **series, tenant_id=tenants[0]) == 1
+    assert value("api_requests_total", **series, tenant_id=OVERFLOW_TENANT) == 4
+    assert all(value("api_requests_total", **series, tenant_id=t) == 0 for t in tenants[1:])

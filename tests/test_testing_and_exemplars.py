@@ -319,3 +319,55 @@ def test_multiprocess_mode_records_without_exemplars_and_warns_once(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "3.0"
     assert out.stderr.count("exemplars are not supported") == 1
+
+
+# --- the middleware takes the trace from traceparent ------------------------------------------
+
+
+def test_the_asgi_middleware_sets_the_trace_from_a_sampled_traceparent():
+    """A sampled traceparent puts its trace on the request's and the handler's records; an unsampled one does not."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from test_asgi import run
+
+    from bizmetrics.asgi import MetricsMiddleware
+
+    t = unique("x")
+
+    async def handler(request: Request) -> PlainTextResponse:
+        bizmetrics.record_db_query(t, 1)
+        return PlainTextResponse(str(bizmetrics._trace.current()))
+
+    app = Starlette(routes=[Route("/" + t, handler)], middleware=[Middleware(MetricsMiddleware)])
+    sampled, unsampled = f"00-{TRACE}-{SPAN}-01", f"00-{'1' * 32}-{SPAN}-00"
+    answers = run(app, "/" + t, traceparent=sampled) + run(app, "/" + t, traceparent=unsampled)
+    assert TRACE in answers[0].text and answers[1].text == "None"
+    marker = f'trace_id="{TRACE}"'
+    assert any(marker in line for line in _exemplar_lines("api_request_duration_bucket", t))
+    assert any(marker in line for line in _exemplar_lines("api_requests_total", t))
+    assert any(marker in line for line in _exemplar_lines("db_query_duration_bucket", t))
+    assert not any("1" * 32 in line for line in _exemplar_lines("api_requests_total", t))
+
+
+def test_the_wsgi_middleware_sets_the_trace_from_a_sampled_traceparent():
+    """The WSGI middleware does the same from HTTP_TRACEPARENT."""
+    from bizmetrics.wsgi import MetricsMiddleware
+
+    t = unique("x")
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        bizmetrics.record_db_query(t, 1)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    wrapped = MetricsMiddleware(app, route=lambda environ: "/" + t)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/" + t, "HTTP_TRACEPARENT": f"00-{TRACE}-{SPAN}-01"}
+    body = wrapped(environ, lambda status, headers, exc_info=None: None)
+    assert b"".join(body) == b"ok"
+    body.close()  # type: ignore[attr-defined]
+    marker = f'trace_id="{TRACE}"'
+    assert any(marker in line for line in _exemplar_lines("api_request_duration_bucket", t))
+    assert any(marker in line for line in _exemplar_lines("db_query_duration_bucket", t))
