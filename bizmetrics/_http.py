@@ -15,7 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import _log, _trace, multiprocess
 from .context import tenant_or_current
-from .metrics import HTTP_METHODS, APIS, http_method, status_class
+from .metrics import APIS, HTTP_METHODS, http_method, status_class
 
 #: Paths not recorded unless ``exclude=`` says otherwise: the scrape and the usual probes.
 DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez"))

@@ -31,11 +31,11 @@ from prometheus_client import REGISTRY
 import bizmetrics
 from bizmetrics import (
     instrument_agent,
-    instrument_tool,
     instrument_cache_lookup,
     instrument_connector_operation,
     instrument_db_query,
     instrument_sync_operation,
+    instrument_tool,
     instrument_workflow,
     instrument_workflow_step,
 )
