@@ -9,9 +9,11 @@ loopback only and is stopped when its ``with`` block ends.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -24,6 +26,7 @@ import pytest
 import yaml
 
 from bizmetrics import assets
+from bizmetrics.assets import dashboards
 
 HERE = Path(__file__).parent
 ASSETS = resources.files("bizmetrics.assets")
@@ -61,8 +64,17 @@ def get(url: str, timeout: float = 10) -> str:
         return body.decode()
 
 
-def wait(probe: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.5) -> Any:
-    """Return the first truthy result of ``probe`` (OSError counts as not yet); fail after ``timeout`` seconds."""
+def wait(
+    probe: Callable[[], Any],
+    what: str,
+    timeout: float = 60.0,
+    every: float = 0.5,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> Any:
+    """Return the first truthy result of ``probe`` (OSError counts as not yet); fail after ``timeout`` seconds.
+
+    With ``proc``, fail at once (with its stderr) if that process has exited.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -71,6 +83,9 @@ def wait(probe: Callable[[], Any], what: str, timeout: float = 60.0, every: floa
                 return result
         except OSError:
             pass
+        if proc is not None and proc.poll() is not None:
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            pytest.fail(f"{what}: the process exited with {proc.returncode}: {stderr[-2000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(every)
@@ -96,6 +111,29 @@ class process:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
+
+
+#: One run of a batch job: a fresh process that records a sync of N records and a 30 ms
+#: operation for a tenant, then pushes (and fails if the push fails).
+BATCH_RUN = """
+import sys, bizmetrics
+from bizmetrics.batch import batch_job
+gateway, job, instance, records, tenant = sys.argv[1:]
+with batch_job(gateway, job, grouping_key={"instance": instance}, raise_on_push_failure=True):
+    bizmetrics.record_connector_sync("wordpress", "posts", int(records), tenant)
+    bizmetrics.record_connector_operation("wordpress", "get_posts", 30.0, True, tenant)
+"""
+
+
+def batch_run(gateway: str, job: str, instance: str, records: int, tenant: str) -> None:
+    """Run one batch job run in a new process, as cron would."""
+    done = subprocess.run(
+        [sys.executable, "-c", BATCH_RUN, gateway, job, instance, str(records), tenant],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def pushgateway(port: int, work: Path) -> process:
@@ -186,3 +224,19 @@ def promtool_unit_tests(
     return subprocess.run(
         [binary("promtool"), "test", "rules", name], cwd=directory, capture_output=True, text=True, timeout=300
     )
+
+
+def dashboard_targets() -> list[tuple[str, str]]:
+    """(where, expr) of every panel query of every shipped dashboard."""
+    found = []
+    for name in dashboards.DASHBOARDS:
+        board = json.loads(ASSETS.joinpath("grafana").joinpath(name).read_text())
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                found.append((f"{name}: {panel['title']}", target["expr"]))
+    return found
+
+
+def all_variables(expr: str) -> str:
+    """A panel query with every template variable set to All (the ``job`` one: the shipped jobs regex)."""
+    return re.sub(r"\$\w+", ".*", expr.replace("$job", assets.DEFAULT_JOBS))

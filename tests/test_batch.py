@@ -5,26 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 from helpers import unique
-from ops_helpers import binary, free_port, get, pushgateway, wait
+from ops_helpers import batch_run, binary, free_port, get, pushgateway, wait
 from prometheus_client.parser import text_string_to_metric_families
 
 import bizmetrics
 from bizmetrics.batch import LAST_DURATION, LAST_RUN_SUCCESS, LAST_SUCCESS, PushError, batch_job, push_job_metrics
-
-RUN = """
-import sys, bizmetrics
-from bizmetrics.batch import batch_job
-with batch_job(sys.argv[1], sys.argv[2], grouping_key={"instance": sys.argv[3]}) as run:
-    bizmetrics.record_connector_sync("wordpress", "posts", int(sys.argv[4]), sys.argv[5])
-    bizmetrics.record_connector_operation("wordpress", "get_posts", 30.0, True, sys.argv[5])
-sys.exit(0 if run.pushed else 3)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +38,6 @@ def _samples(gateway: str, job: str, instance: str = "") -> dict[tuple[str, tupl
     return found
 
 
-def _run(gateway: str, job: str, instance: str, records: int, tenant: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", RUN, gateway, job, instance, str(records), tenant], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.mark.slow
 def test_runs_in_new_processes_add_up(gateway):
     """Three runs, each a fresh process, of 47, 10 and 5 records: the Pushgateway holds 47, 57, then 62."""
@@ -65,7 +48,7 @@ def test_runs_in_new_processes_add_up(gateway):
     )
     seen = []
     for count in (47, 10, 5):
-        _run(gateway, job, "cron-1", count, tenant)
+        batch_run(gateway, job, "cron-1", count, tenant)
         seen.append(_samples(gateway, job, "cron-1")[records])
     assert seen == [47.0, 57.0, 62.0]
     # A histogram adds up too, bucket by bucket: 3 operations of 30 ms.
@@ -79,7 +62,7 @@ def test_runs_in_new_processes_add_up(gateway):
     assert pushed[("connector_operation_duration_sum", hist)] == 90.0
     assert (bucket("25"), bucket("50"), bucket("+Inf")) == (0.0, 3.0, 3.0)  # as the Pushgateway writes bounds
     # Another group of the same job (another instance) counts on its own.
-    _run(gateway, job, "cron-2", 4, tenant)
+    batch_run(gateway, job, "cron-2", 4, tenant)
     assert _samples(gateway, job, "cron-2")[records] == 4.0
     assert _samples(gateway, job, "cron-1")[records] == 62.0
 

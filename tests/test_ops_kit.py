@@ -24,7 +24,10 @@ from ops_helpers import (
     Prometheus,
     alerts,
     all_rules,
+    all_variables,
+    batch_run,
     binary,
+    dashboard_targets,
     free_port,
     get,
     process,
@@ -385,20 +388,6 @@ def test_dashboards_say_which_panels_ignore_the_tenant():
 
 BATCH_TENANT = unique("batch")
 BATCH_RECORDS = 47
-#: One run of a nightly sync: a fresh process that records a sync and pushes when it ends.
-BATCH_RUN = """
-import sys, bizmetrics
-from bizmetrics.batch import batch_job
-with batch_job(sys.argv[1], "nightly_sync", grouping_key={"instance": "cron-1"}, raise_on_push_failure=True):
-    bizmetrics.record_connector_sync("wordpress", "posts", int(sys.argv[2]), sys.argv[3])
-"""
-
-
-def _batch_run(gateway: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", BATCH_RUN, gateway, str(BATCH_RECORDS), BATCH_TENANT], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
 
 
 class Stack(Prometheus):
@@ -440,7 +429,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait(lambda: prom.result('up{job="pushgateway"} == 1'), "a first scrape of the Pushgateway")
         records = f'connector_sync_records_total{{job="nightly_sync",tenant_id="{BATCH_TENANT}"}}'
         for run in range(1, 4):
-            _batch_run(gateway)
+            batch_run(gateway, "nightly_sync", "cron-1", BATCH_RECORDS, BATCH_TENANT)
             prom.runs.append(time.time())
             wait(lambda run=run: prom.result(f"{records} == {run * BATCH_RECORDS}"), f"batch run {run} in Prometheus")
             time.sleep(2)
@@ -481,22 +470,6 @@ def _readme_queries() -> list[str]:
                 queries.append(" ".join(current))
                 current = []
     return queries
-
-
-def dashboard_targets() -> list[tuple[str, str]]:
-    """(where, expr) of every panel query of every shipped dashboard."""
-    found = []
-    for name in dashboards.DASHBOARDS:
-        board = json.loads(ASSETS.joinpath("grafana").joinpath(name).read_text())
-        for panel in board["panels"]:
-            for target in panel["targets"]:
-                found.append((f"{name}: {panel['title']}", target["expr"]))
-    return found
-
-
-def all_variables(expr: str) -> str:
-    """A panel query with every template variable set to All (the ``job`` one: the shipped jobs regex)."""
-    return re.sub(r"\$\w+", ".*", expr.replace("$job", assets.DEFAULT_JOBS))
 
 
 @pytest.mark.slow
