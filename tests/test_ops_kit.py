@@ -235,6 +235,9 @@ def test_export_assets_options_tune_the_files(tmp_path):
     slo = (prom / "slo_rules.yml").read_text()
     assert _rule(alerting, "BizmetricsTargetDown")["expr"] == 'up{job=~"checkout|billing"} == 0'
     assert _rule(alerting, "BizmetricsTargetDown")["for"] == "30s"
+    assert str(_rule(alerting, "BizmetricsTargetDown")["annotations"]["description"]).endswith(  # type: ignore[index]
+        " for 30s."
+    )
     assert _rule(slo, "BizmetricsApiSLOBurnRateFast")["for"] == "1m"
     expected = {
         "BizmetricsConnectorErrorRatioHigh": ("0.1", "10%"),

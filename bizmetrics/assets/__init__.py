@@ -192,9 +192,14 @@ def tune_alerts(
     for alert, duration in (for_durations or {}).items():
         parse_duration(duration)
         start, end = _alert_block(text, alert)
-        block, found = re.subn(r"\n        for: \S+\n", f"\n        for: {duration}\n", text[start:end], count=1)
-        if not found:
+        block = text[start:end]
+        current = re.search(r"\n        for: (\S+)\n", block)
+        if current is None:
             raise ValueError(f"alert {alert} has no for: duration")
+        # The description, when it states the duration, says it the way `for:` does.
+        block = block.replace(current.group(0), f"\n        for: {duration}\n").replace(
+            f" for {current.group(1)}.", f" for {duration}."
+        )
         text = text[:start] + block + text[end:]
     return text
 
