@@ -268,6 +268,23 @@ def test_export_assets_options_tune_the_files(tmp_path):
     ).read_text()
 
 
+def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
+    """A --jobs regex with a backslash or a quote lands in PromQL strings escaped, and promtool accepts it."""
+    done = _export(tmp_path, "--jobs", 'web-\\d+|"odd"')
+    assert done.returncode == 0, done.stderr
+    alerting = (tmp_path / "prometheus" / "alerting_rules.yml").read_text()
+    assert _rule(alerting, "BizmetricsTargetDown")["expr"] == 'up{job=~"web-\\\\d+|\\"odd\\""} == 0'
+    check = subprocess.run(
+        [binary("promtool"), "check", "rules", str(tmp_path / "prometheus" / "alerting_rules.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    board = json.loads((tmp_path / "grafana" / "connector-health.json").read_text())
+    job = next(v for v in board["templating"]["list"] if v["name"] == "job")
+    assert job["allValue"] == 'web-\\\\d+|\\"odd\\"'
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -505,6 +522,7 @@ def test_alert_expressions_evaluate_on_series_that_exist(prometheus):
         prometheus.result(rule["expr"])
         missing = [s for s in sorted(_series_in(rule["expr"])) if not prometheus.eventually_nonempty(s, timeout=20)]
         assert missing == [], rule["alert"]
+    assert prometheus.result('ALERTS unless ALERTS{job!=""}') == [], "an alert without its job"
     rules = json.loads(get(f"{prometheus.url}/api/v1/rules"))["data"]["groups"]
     unhealthy = [(r["name"], r.get("lastError")) for g in rules for r in g["rules"] if r["health"] != "ok"]
     assert unhealthy == []

@@ -58,8 +58,10 @@ def _variable(name: str, label: str, query: str, all_value: str = ".*") -> dict[
 
 def _job_variable(jobs: str, metrics: str) -> dict[str, Any]:
     """The services: scrape jobs matching ``jobs`` that expose one of ``metrics``; "All" means all of those."""
-    selector = f'{{__name__=~"{metrics}", job=~"{jobs}"}}' if "|" in metrics else f'{metrics}{{job=~"{jobs}"}}'
-    return _variable("job", "Service (job)", f"label_values({selector}, job)", all_value=jobs)
+    # Inside PromQL's double quotes (Grafana pastes "All" there too), a backslash and a quote need escaping.
+    quoted = jobs.replace("\\", "\\\\").replace('"', '\\"')
+    selector = f'{{__name__=~"{metrics}", job=~"{quoted}"}}' if "|" in metrics else f'{metrics}{{job=~"{quoted}"}}'
+    return _variable("job", "Service (job)", f"label_values({selector}, job)", all_value=quoted)
 
 
 def _dashboard(
