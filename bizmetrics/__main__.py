@@ -48,27 +48,57 @@ def main(argv: list[str] | None = None) -> int:
         "--duration", type=_seconds, default=None, help="stop after this many seconds (default: run until Ctrl-C)"
     )
     demo.add_argument("--seed", type=int, default=None, help="seed the random traffic (default: a random seed)")
+    from .assets import THRESHOLDS
+
     export = commands.add_parser(
-        "export-assets", help="write the Prometheus rules and Grafana dashboards to a directory"
+        "export-assets",
+        help="write the Prometheus rules, Grafana dashboards and an Alertmanager example to a directory",
     )
-    export.add_argument("directory", help="where to write prometheus/*.yml and grafana/*.json")
-    export.add_argument("--connector-objective", type=float, default=None, help="connector success SLO (0.995)")
-    export.add_argument("--api-objective", type=float, default=None, help="API non-5xx SLO (0.999)")
+    export.add_argument("directory", help="where to write prometheus/*.yml, grafana/*.json and alertmanager/*.yml")
+    export.add_argument("--jobs", metavar="REGEX", help="scrape jobs the target-down alert and dashboards cover (.+)")
+    for slo, default in (("connector", "0.995"), ("api", "0.999")):
+        export.add_argument(
+            f"--{slo}-objective",
+            action="append",
+            default=[],
+            metavar="[JOB=]RATIO",
+            help=f"{slo} success SLO ({default}); JOB=RATIO sets one job's, repeatable",
+        )
+    for name, (alert, shipped) in THRESHOLDS.items():
+        export.add_argument(f"--{name}", type=float, metavar="RATIO", help=f"threshold of {alert} ({shipped})")
+    export.add_argument(
+        "--batch-stale-after", metavar="DURATION", help="alert when a batch job's success is older (26h)"
+    )
+    export.add_argument(
+        "--for", dest="for_durations", action="append", default=[], metavar="ALERT=DURATION", help="an alert's for:"
+    )
+    export.add_argument("--force", action="store_true", help="overwrite files whose content differs")
     args = parser.parse_args(argv)
 
     if args.command == "export-assets":
         from .assets import export as export_assets
+        from .assets import parse_options, render
 
         try:
-            paths = export_assets(
-                args.directory, connector_objective=args.connector_objective, api_objective=args.api_objective
+            files = render(
+                **parse_options(
+                    jobs=args.jobs,
+                    connector_objective=args.connector_objective,
+                    api_objective=args.api_objective,
+                    thresholds={name: getattr(args, name.replace("-", "_")) for name in THRESHOLDS},
+                    batch_stale_after=args.batch_stale_after,
+                    for_durations=args.for_durations,
+                )
             )
+            done = export_assets(args.directory, files, force=args.force)
         except (OSError, ValueError) as exc:
             print(f"bizmetrics export-assets: {exc}", file=sys.stderr)
             return 1
-        for path in paths:
+        for path in done.written:
             print(path)
-        return 0
+        for path in done.kept:
+            print(f"bizmetrics export-assets: left alone (differs, --force overwrites): {path}", file=sys.stderr)
+        return 1 if done.kept else 0
 
     from . import demo as demo_module
 

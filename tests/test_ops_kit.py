@@ -1,56 +1,53 @@
 """The operations kit, proven with the real binaries: promtool, Prometheus and the Pushgateway.
 
 Every binary is required: a missing one fails these tests, it never skips them
-(``.ci/run`` installs Debian's ``prometheus`` and ``prometheus-pushgateway``).
+(README's test command installs the Debian packages).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
-from importlib import resources
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from helpers import unique
+from ops_helpers import (
+    ASSETS,
+    PROMTOOL_TESTS,
+    Prometheus,
+    alerts,
+    all_rules,
+    all_variables,
+    batch_run,
+    binary,
+    dashboard_targets,
+    free_port,
+    get,
+    process,
+    promtool_unit_tests,
+    pushgateway,
+    wait,
+)
+from ops_helpers import prometheus as start_prometheus
 
-import bizmetrics
 from bizmetrics import assets
 from bizmetrics.assets import dashboards
-from bizmetrics.batch import batch_job
 
 HERE = Path(__file__).parent
 README = HERE.parent / "README.md"
-ASSETS = resources.files("bizmetrics.assets")
 
 
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: apt-get install -y prometheus prometheus-pushgateway")
-    return path
-
-
-def _rules(name: str) -> dict[str, Any]:
-    return yaml.safe_load(ASSETS.joinpath("prometheus", name).read_text())
-
-
-def _all_rules() -> list[dict[str, Any]]:
-    return [rule for name in assets.RULE_FILES for group in _rules(name)["groups"] for rule in group["rules"]]
-
-
-def _alerts() -> list[dict[str, Any]]:
-    return [rule for rule in _all_rules() if "alert" in rule]
+def _export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bizmetrics", "export-assets", str(directory), *args], capture_output=True, text=True
+    )
 
 
 # --- promtool ---------------------------------------------------------------------------
@@ -60,68 +57,98 @@ def _alerts() -> list[dict[str, Any]]:
 def test_rule_files_pass_promtool_check(name, tmp_path):
     """``promtool check rules`` accepts every shipped rule file (templates included)."""
     path = tmp_path / name
-    path.write_text(ASSETS.joinpath("prometheus", name).read_text())
-    done = subprocess.run([_binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True)
+    path.write_text(ASSETS.joinpath("prometheus").joinpath(name).read_text())
+    done = subprocess.run([binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
 
 
 def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     """``promtool test rules``: each shipped alert fires on synthetic series, then resolves."""
-    spec = yaml.safe_load((HERE / "promtool" / "alerts_test.yml").read_text())
     fired: set[str] = set()
     resolved: set[str] = set()
-    for case in spec["tests"]:
-        for check in case.get("alert_rule_test", []):
-            (fired if check["exp_alerts"] else resolved).add(check["alertname"])
-    names = {rule["alert"] for rule in _alerts()}
+    for name in PROMTOOL_TESTS:
+        spec = yaml.safe_load((HERE / "promtool" / name).read_text())
+        for case in spec["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fired if check["exp_alerts"] else resolved).add(check["alertname"])
+    names = {rule["alert"] for rule in alerts()}
     assert names - fired == set(), "alerts never shown firing"
-    assert names - resolved == set(), "alerts never shown resolved"
+    assert names - resolved == set(), "alerts never shown quiet"
 
-    done = _promtool_unit_tests(tmp_path)
+    for name in PROMTOOL_TESTS:
+        done = promtool_unit_tests(tmp_path, name)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("test_file", "rule", "old", "new", "why"),
+    [
+        ("alerts_test.yml", "BizmetricsConnectorErrorRatioHigh", "> 0.05", "> 0.5", "a wrong threshold"),
+        (
+            "alerts_test.yml",
+            "job_connector_type:connector_operations_errors:ratio_rate5m",
+            "by (job, connector_type)",
+            "by (connector_type)",
+            "services merged (job aggregated away, as before)",
+        ),
+        (
+            "batch_test.yml",
+            "BizmetricsSyncStoppedProducingRecords",
+            "unless on (job) batch_job_last_run_success",
+            "",
+            "batch jobs not told apart: the nightly job trips the alert an hour after each run",
+        ),
+        (
+            "batch_test.yml",
+            "BizmetricsBatchJobStale",
+            "> 93600",
+            "> 21600",
+            "the former 6h staleness window: the nightly job trips it every day",
+        ),
+    ],
+)
+def test_promtool_unit_tests_catch_a_broken_rule(tmp_path, test_file, rule, old, new, why):
+    """The unit tests can fail: with one rule broken the way it used to be (or worse), promtool reports it."""
+    done = promtool_unit_tests(tmp_path, test_file, break_rule=(rule, old, new))
+    assert done.returncode != 0, why
+    assert "FAILED" in done.stdout + done.stderr, why
+
+
+def test_per_job_objectives_in_promtool_unit_tests(tmp_path):
+    """SLO objectives differ per service: the same failures page for checkout (99.9%), not for billing (99%)."""
+    rendered = assets.render(api_objective={"billing": 0.99}, connector_objective={"billing": 0.95})
+    done = promtool_unit_tests(tmp_path, "objectives_test.yml", rendered=rendered)
     assert done.returncode == 0, done.stdout + done.stderr
+    same = promtool_unit_tests(tmp_path, "objectives_test.yml")
+    assert same.returncode != 0, "with one objective for every job, billing would page too"
 
 
-def test_promtool_unit_tests_catch_a_broken_alert(tmp_path):
-    """The unit tests can fail: with the connector threshold at 50% instead of 5%, promtool reports it."""
-    done = _promtool_unit_tests(tmp_path, break_rule=("BizmetricsConnectorErrorRatioHigh", "> 0.05", "> 0.5"))
-    assert done.returncode != 0
-    assert "BizmetricsConnectorErrorRatioHigh" in done.stdout + done.stderr
-
-
-def _promtool_unit_tests(
-    directory: Path, break_rule: tuple[str, str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run tests/promtool/alerts_test.yml against the shipped rules (optionally with one rule altered)."""
-    for name in assets.RULE_FILES:
-        rules = _rules(name)
-        # Annotation templates are not what these tests are about (promtool check rules
-        # parses them); without them the expected alerts need only labels.
-        for group in rules["groups"]:
-            for rule in group["rules"]:
-                rule.pop("annotations", None)
-                if break_rule and rule.get("alert") == break_rule[0]:
-                    rule["expr"] = rule["expr"].replace(break_rule[1], break_rule[2])
-        (directory / name).write_text(yaml.safe_dump(rules))
-    shutil.copy(HERE / "promtool" / "alerts_test.yml", directory)
-    return subprocess.run(
-        [_binary("promtool"), "test", "rules", "alerts_test.yml"], cwd=directory, capture_output=True, text=True
-    )
-
-
-def test_every_alert_has_severity_summary_and_runbook():
-    """Each alert carries a severity label and summary, description and runbook annotations."""
-    for rule in _alerts():
+def test_every_alert_has_severity_summary_runbook_and_job():
+    """Each alert carries a severity label, summary, description and runbook, and names its job in the summary."""
+    for rule in alerts():
         assert rule["labels"]["severity"] in {"critical", "warning", "ticket"}, rule["alert"]
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
+        assert "$labels.job" in rule["annotations"]["summary"], rule["alert"]
+
+
+def test_every_recording_rule_keeps_the_job():
+    """Every recording rule aggregates by ``job`` first (and says so in its level), so services never merge."""
+    for rule in all_rules():
+        if "record" not in rule:
+            continue
+        assert rule["record"].startswith("job"), rule["record"]
+        clauses = re.findall(r"\bby \(([^)]*)\)", rule["expr"])
+        assert clauses, rule["record"]
+        assert all(clause.split(",")[0].strip() == "job" for clause in clauses), rule["record"]
 
 
 @pytest.mark.slow
 def test_demo_exposition_passes_promtool_check_metrics():
     """``promtool check metrics`` finds no problem in the demo service's /metrics."""
-    with _process([sys.executable, "-m", "bizmetrics", "demo", "--port", str(port := _free_port())]):
-        text = _wait(lambda: _get(f"http://127.0.0.1:{port}/metrics"), "the demo's /metrics")
-    done = subprocess.run([_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    with process([sys.executable, "-m", "bizmetrics", "demo", "--port", str(port := free_port())]):
+        text = wait(lambda: get(f"http://127.0.0.1:{port}/metrics"), "the demo's /metrics")
+    done = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout + done.stderr == ""
 
@@ -129,126 +156,273 @@ def test_demo_exposition_passes_promtool_check_metrics():
 # --- export-assets and the dashboards ------------------------------------------------------
 
 
-def test_export_assets_writes_every_file_with_the_objectives(tmp_path):
-    """``python -m bizmetrics export-assets DIR`` writes the rules and dashboards; objectives are set in one place."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bizmetrics", "export-assets", str(tmp_path), "--connector-objective", "0.99"],
-        capture_output=True,
-        text=True,
+def _files(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+def _objectives(slo_rules: str) -> dict[str, str]:
+    return {
+        rule["labels"]["slo"]: rule["expr"]
+        for group in yaml.safe_load(slo_rules)["groups"]
+        for rule in group["rules"]
+        if rule.get("record") == "job:bizmetrics_slo_objective:ratio"
+    }
+
+
+def _rule(text: str, name: str) -> dict[str, object]:
+    found = [r for g in yaml.safe_load(text)["groups"] for r in g["rules"] if name in (r.get("alert"), r.get("record"))]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def test_export_assets_writes_every_file_as_shipped(tmp_path):
+    """``export-assets DIR`` writes the rules, dashboards and Alertmanager example exactly as shipped."""
+    done = _export(tmp_path)
+    assert done.returncode == 0, done.stderr
+    expected = sorted(
+        [f"prometheus/{name}" for name in assets.RULE_FILES]
+        + [f"grafana/{name}" for name in dashboards.DASHBOARDS]
+        + ["alertmanager/alertmanager.yml"]
+    )
+    assert _files(tmp_path) == expected
+    assert done.stdout.split() == [str(tmp_path / name) for name in assets.render()]
+    for name in expected:
+        assert (tmp_path / name).read_text() == ASSETS.joinpath(name.split("/")[0]).joinpath(
+            name.split("/")[1]
+        ).read_text()
+    assert _objectives((tmp_path / "prometheus" / "slo_rules.yml").read_text()) == {
+        "connector": "0.995 * group by (job) (connector_operations_total)",
+        "api": "0.999 * group by (job) (api_requests_total)",
+    }
+
+
+def test_export_assets_options_tune_the_files(tmp_path):
+    """Every export option lands where it should, and promtool accepts the result."""
+    done = _export(
+        tmp_path,
+        "--jobs",
+        "checkout|billing",
+        "--connector-objective",
+        "0.99",
+        "--connector-objective",
+        "checkout=0.999",
+        "--api-objective",
+        "billing=0.98",
+        "--connector-error-ratio",
+        "0.1",
+        "--connector-error-ratio-critical",
+        "0.4",
+        "--workflow-failure-ratio",
+        "0.2",
+        "--api-5xx-ratio",
+        "0.02",
+        "--batch-stale-after",
+        "3h",
+        "--for",
+        "BizmetricsTargetDown=30s",
+        "--for",
+        "BizmetricsApiSLOBurnRateFast=1m",
     )
     assert done.returncode == 0, done.stderr
-    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert written == sorted(
-        [f"prometheus/{name}" for name in assets.RULE_FILES] + [f"grafana/{name}" for name in dashboards.DASHBOARDS]
-    )
-    slo = (tmp_path / "prometheus" / "slo_rules.yml").read_text()
-    objectives = {
-        rule["labels"]["slo"]: rule["expr"]
-        for group in yaml.safe_load(slo)["groups"]
-        for rule in group["rules"]
-        if rule.get("record") == "bizmetrics:slo_objective:ratio"
-    }
-    assert objectives == {"connector": "vector(0.99)", "api": "vector(0.999)"}
-    bad = subprocess.run(
-        [sys.executable, "-m", "bizmetrics", "export-assets", str(tmp_path), "--api-objective", "1.5"],
+    prom = tmp_path / "prometheus"
+    check = subprocess.run(
+        [binary("promtool"), "check", "rules", *(str(prom / name) for name in assets.RULE_FILES)],
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 1 and "between 0 and 1" in bad.stderr
+    assert check.returncode == 0, check.stdout + check.stderr
+    alerting = (prom / "alerting_rules.yml").read_text()
+    slo = (prom / "slo_rules.yml").read_text()
+    assert _rule(alerting, "BizmetricsTargetDown")["expr"] == 'up{job=~"checkout|billing"} == 0'
+    assert _rule(alerting, "BizmetricsTargetDown")["for"] == "30s"
+    assert str(_rule(alerting, "BizmetricsTargetDown")["annotations"]["description"]).endswith(  # type: ignore[index]
+        " for 30s."
+    )
+    assert _rule(slo, "BizmetricsApiSLOBurnRateFast")["for"] == "1m"
+    expected = {
+        "BizmetricsConnectorErrorRatioHigh": ("0.1", "10%"),
+        "BizmetricsConnectorErrorRatioCritical": ("0.4", "40%"),
+        "BizmetricsWorkflowFailureRatioHigh": ("0.2", "20%"),
+        "BizmetricsApi5xxRatioHigh": ("0.02", "2%"),
+    }
+    for alert, (value, percent) in expected.items():
+        rule = _rule(alerting, alert)
+        assert str(rule["expr"]).endswith(f"> {value}"), alert
+        assert f"More than {percent} " in str(rule["annotations"]["description"]), alert  # type: ignore[index]
+    stale = _rule(alerting, "BizmetricsBatchJobStale")
+    assert stale["expr"] == "time() - batch_job_last_success_timestamp_seconds > 10800"
+    assert "more than 3h ago" in str(stale["annotations"]["description"])  # type: ignore[index]
+    assert _objectives(slo) == {
+        "connector": 'label_replace(vector(0.999), "job", "checkout", "", "")'
+        " or 0.99 * group by (job) (connector_operations_total)",
+        "api": 'label_replace(vector(0.98), "job", "billing", "", "") or 0.999 * group by (job) (api_requests_total)',
+    }
+    for name in dashboards.DASHBOARDS:
+        board = json.loads((tmp_path / "grafana" / name).read_text())
+        job = next(v for v in board["templating"]["list"] if v["name"] == "job")
+        assert job["allValue"] == "checkout|billing"
+        assert 'job=~"checkout|billing"' in job["definition"]
+    # Only the options change the files: the rest is as shipped.
+    assert (prom / "recording_rules.yml").read_text() == ASSETS.joinpath("prometheus").joinpath(
+        "recording_rules.yml"
+    ).read_text()
+
+
+def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
+    """A --jobs regex with a backslash or a quote lands in PromQL strings escaped, and promtool accepts it."""
+    done = _export(tmp_path, "--jobs", 'web-\\d+|"odd"')
+    assert done.returncode == 0, done.stderr
+    alerting = (tmp_path / "prometheus" / "alerting_rules.yml").read_text()
+    assert _rule(alerting, "BizmetricsTargetDown")["expr"] == 'up{job=~"web-\\\\d+|\\"odd\\""} == 0'
+    check = subprocess.run(
+        [binary("promtool"), "check", "rules", str(tmp_path / "prometheus" / "alerting_rules.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    board = json.loads((tmp_path / "grafana" / "connector-health.json").read_text())
+    job = next(v for v in board["templating"]["list"] if v["name"] == "job")
+    assert job["allValue"] == 'web-\\\\d+|\\"odd\\"'
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--api-objective", "1.5"], "between 0 and 1"),
+        (["--connector-objective", "checkout=0"], "between 0 and 1"),
+        (["--api-5xx-ratio", "2"], "between 0 and 1"),
+        (["--batch-stale-after", "5x"], "not a Prometheus duration"),
+        (["--for", "BizmetricsNoSuchAlert=5m"], "no alert BizmetricsNoSuchAlert"),
+        (["--for", "BizmetricsTargetDown"], "NAME=VALUE"),
+        (["--jobs", "("], "("),
+    ],
+)
+def test_export_assets_rejects_bad_options(tmp_path, args, message):
+    """A bad option value exits with 1, says why, and writes nothing."""
+    done = _export(tmp_path, *args)
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr
+    assert _files(tmp_path) == []
+
+
+def test_export_assets_never_overwrites_a_differing_file_without_force(tmp_path):
+    """An edited file is left alone (exit 1, listed); unchanged files are fine; --force overwrites."""
+    assert _export(tmp_path).returncode == 0
+    edited = tmp_path / "prometheus" / "alerting_rules.yml"
+    edited.write_text(edited.read_text().replace("for: 2m", "for: 3m"))
+    mine = edited.read_text()
+    removed = tmp_path / "grafana" / "system-overview.json"
+    removed.unlink()
+
+    again = _export(tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.splitlines() == [
+        f"bizmetrics export-assets: left alone (differs, --force overwrites): {edited}"
+    ]
+    assert again.stdout.split() == [str(removed)]
+    assert edited.read_text() == mine
+
+    tuned = _export(tmp_path, "--api-objective", "0.99")
+    assert tuned.returncode == 1
+    assert str(tmp_path / "prometheus" / "slo_rules.yml") in tuned.stderr
+
+    forced = _export(tmp_path, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.split() == [str(edited)]  # slo_rules.yml was left as shipped
+    assert edited.read_text() == ASSETS.joinpath("prometheus").joinpath("alerting_rules.yml").read_text()
+    assert _export(tmp_path).returncode == 0
+
+
+def test_alertmanager_example_passes_amtool_and_routes_by_severity(tmp_path):
+    """``amtool check-config`` accepts the shipped alertmanager.yml; critical pages, warning and ticket do not."""
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(ASSETS.joinpath("alertmanager").joinpath("alertmanager.yml").read_text())
+    done = subprocess.run([binary("amtool"), "check-config", str(config)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+    for severity, receiver in (("critical", "pager"), ("warning", "ticket"), ("ticket", "ticket")):
+        routed = subprocess.run(
+            [binary("amtool"), "config", "routes", "test", f"--config.file={config}", f"severity={severity}", "job=x"],
+            capture_output=True,
+            text=True,
+        )
+        assert routed.returncode == 0, routed.stderr
+        assert routed.stdout.split() == [receiver], severity
 
 
 @pytest.mark.parametrize("name", list(dashboards.DASHBOARDS))
 def test_shipped_dashboards_match_their_descriptions(name):
-    """The shipped JSON is what ``bizmetrics.assets.dashboards`` builds, with the expected variables."""
-    shipped = ASSETS.joinpath("grafana", name).read_text()
+    """The shipped JSON is what ``bizmetrics.assets.dashboards`` builds, with a job variable every panel honours."""
+    shipped = ASSETS.joinpath("grafana").joinpath(name).read_text()
     assert shipped == dashboards.render(dashboards.DASHBOARDS[name])
     board = json.loads(shipped)
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert "tenant" in variables
+    job = variables["job"]
+    assert (job["multi"], job["includeAll"], job["allValue"]) == (True, True, assets.DEFAULT_JOBS)
+    assert job["current"]["value"] == ["$__all"]
+    for variable in variables.values():
+        if variable["name"] not in ("datasource", "job"):
+            assert '{job=~"$job"}' in variable["definition"], variable["name"]
     for panel in board["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}"
         assert panel["targets"]
+        exprs = [target["expr"] for target in panel["targets"]]
+        assert all('job=~"$job"' in expr for expr in exprs), panel["title"]
+        per_tenant = all("$tenant" in expr for expr in exprs)
+        says_so = panel["title"].endswith(dashboards.NO_TENANT) and panel["description"] == dashboards.NO_TENANT_NOTE
+        assert per_tenant != says_so, panel["title"]
+
+
+def test_dashboards_say_which_panels_ignore_the_tenant():
+    """The latency, DB, cache, scrape and batch panels cannot split by tenant, and say so; the counters can."""
+    ignoring = sorted(
+        f"{name}: {panel['title']}"
+        for name in dashboards.DASHBOARDS
+        for panel in json.loads(dashboards.render(dashboards.DASHBOARDS[name]))["panels"]
+        if panel["title"].endswith(dashboards.NO_TENANT)
+    )
+    assert ignoring == sorted(
+        f"{name}: {title}{dashboards.NO_TENANT}"
+        for name, title in [
+            ("connector-health.json", "Operation latency"),
+            ("connector-health.json", "Average operation duration"),
+            ("workflow-performance.json", "Execution duration"),
+            ("workflow-performance.json", "Average execution duration"),
+            ("workflow-performance.json", "Step duration p95"),
+            ("ai-agent-analytics.json", "Response time"),
+            ("system-overview.json", "API latency p95 by endpoint"),
+            ("system-overview.json", "DB query latency"),
+            ("system-overview.json", "DB connection pool size"),
+            ("system-overview.json", "Cache hit ratio"),
+            ("system-overview.json", "Scrape targets up"),
+            ("system-overview.json", "Batch jobs: time since last success"),
+            ("system-overview.json", "Batch jobs: last run succeeded (1) or failed (0)"),
+            ("system-overview.json", "Batch jobs: last run duration"),
+        ]
+    )
 
 
 # --- End to end: the demo, a Pushgateway and Prometheus ------------------------------------
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return resp.read().decode()
-
-
-def _wait(probe: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = probe()
-            if result:
-                return result
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
-class _process:
-    """Run a command for the duration of a ``with`` block, then stop it."""
-
-    def __init__(self, cmd: list[str], **kwargs: Any) -> None:
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
-
-    def __enter__(self) -> subprocess.Popen[bytes]:
-        return self.proc
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-
-
-class Prometheus:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def query(self, expr: str) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(_get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
-        return body
-
-    def result(self, expr: str) -> list[Any]:
-        body = self.query(expr)
-        assert body["status"] == "success", (expr, body)
-        result: list[Any] = body["data"]["result"]
-        return result
-
-    def eventually_nonempty(self, expr: str, timeout: float = 60.0) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.result(expr)
-            if result or time.monotonic() > deadline:
-                return result
-            time.sleep(1)
-
-
 BATCH_TENANT = unique("batch")
+BATCH_RECORDS = 47
+
+
+class Stack(Prometheus):
+    """The module's Prometheus, with what the fixture did: when each batch run pushed."""
+
+    gateway: str
+    runs: list[float]
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Prometheus scraping the demo (job "bizmetrics") and a Pushgateway every second, with the shipped rules."""
     work = tmp_path_factory.mktemp("prometheus")
     assets.export(work)
-    demo_port, gateway_port, prom_port = _free_port(), _free_port(), _free_port()
+    demo_port, gateway_port, prom_port = free_port(), free_port(), free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(work / "prometheus" / name) for name in assets.RULE_FILES],
@@ -261,36 +435,35 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             },
         ],
     }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     with (
-        _process([_binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{gateway_port}"]),
-        _process([sys.executable, "-m", "bizmetrics", "demo", "--port", str(demo_port), "--seed", "7"]),
-        _process(
-            [
-                _binary("prometheus"),
-                f"--config.file={work / 'prometheus.yml'}",
-                f"--storage.tsdb.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ]
-        ),
+        pushgateway(gateway_port, work),
+        process([sys.executable, "-m", "bizmetrics", "demo", "--port", str(demo_port), "--seed", "7"]),
+        start_prometheus(config, work, prom_port),
     ):
         gateway = f"127.0.0.1:{gateway_port}"
-        _wait(lambda: _get(f"http://{gateway}/-/ready"), "the Pushgateway")
-        # A finished batch job pushes its metrics once.
-        with batch_job(gateway, "nightly_sync", grouping_key={"instance": "cron-1"}):
-            bizmetrics.record_connector_sync("wordpress", "posts", 42, BATCH_TENANT)
-        _wait(lambda: _get(f"http://127.0.0.1:{prom_port}/-/ready"), "Prometheus")
-        prom = Prometheus(f"http://127.0.0.1:{prom_port}")
+        wait(lambda: get(f"http://{gateway}/-/ready"), "the Pushgateway")
+        wait(lambda: get(f"http://127.0.0.1:{prom_port}/-/ready"), "Prometheus")
+        prom = Stack(f"http://127.0.0.1:{prom_port}")
+        prom.gateway, prom.runs = gateway, []
+        # Three runs of a nightly sync, each one a new process, each seen by a few scrapes.
+        wait(lambda: prom.result('up{job="pushgateway"} == 1'), "a first scrape of the Pushgateway")
+        records = f'connector_sync_records_total{{job="nightly_sync",tenant_id="{BATCH_TENANT}"}}'
+        for run in range(1, 4):
+            batch_run(gateway, "nightly_sync", "cron-1", BATCH_RECORDS, BATCH_TENANT)
+            prom.runs.append(time.time())
+            wait(lambda run=run: prom.result(f"{records} == {run * BATCH_RECORDS}"), f"batch run {run} in Prometheus")
+            time.sleep(2)
         # Rates and quantiles need a few scrapes of every family, errors included.
         prom.eventually_nonempty("agent_errors_total")
         prom.eventually_nonempty("workflow_failures_total")
-        time.sleep(5)
+        time.sleep(3)
         yield prom
 
 
 _PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "and", "or", "unless", "on", "ignoring", "group_left", "group_right",
     "scalar", "vector", "avg_over_time", "histogram_quantile", "offset", "time", "topk", "without", "bool",
+    "group", "label_replace",
 }  # fmt: skip
 
 
@@ -300,7 +473,7 @@ def _series_in(expr: str) -> set[str]:
     bare = re.sub(r"\[[^\]]*\]", "", bare)
     bare = re.sub(r'"[^"]*"', "", bare)
     names = set(re.findall(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w(])", bare))
-    by_clauses = re.findall(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)", bare)
+    by_clauses = re.findall(r"\b(?:by|on|without|ignoring|group_left|group_right)\s*\(([^)]*)\)", bare)
     labels = {label.strip() for clause in by_clauses for label in clause.split(",")}
     return {n for n in names if n not in _PROMQL_WORDS and n not in labels and not re.fullmatch(r"\d+[smhdwy]", n)}
 
@@ -319,16 +492,6 @@ def _readme_queries() -> list[str]:
     return queries
 
 
-def _dashboard_targets() -> list[tuple[str, str]]:
-    found = []
-    for name in dashboards.DASHBOARDS:
-        board = json.loads(ASSETS.joinpath("grafana", name).read_text())
-        for panel in board["panels"]:
-            for target in panel["targets"]:
-                found.append((f"{name}: {panel['title']}", target["expr"]))
-    return found
-
-
 @pytest.mark.slow
 def test_readme_promql_returns_data(prometheus):
     """Every PromQL query in README returns a non-empty result from a Prometheus scraping the demo."""
@@ -339,21 +502,28 @@ def test_readme_promql_returns_data(prometheus):
 
 
 @pytest.mark.slow
-def test_recording_rules_return_data(prometheus):
-    """Every recording rule (rates, ratios, quantiles, SLO windows and objectives) has data."""
-    records = sorted({rule["record"] for rule in _all_rules() if "record" in rule})
+def test_recording_rules_return_data_per_job(prometheus):
+    """Every recording rule has data, and every series it records names a job that exists."""
+    records = sorted({rule["record"] for rule in all_rules() if "record" in rule})
     empty = [r for r in records if not prometheus.eventually_nonempty(r, timeout=20)]
     assert empty == []
+    for record in records:
+        jobs = {series["metric"].get("job") for series in prometheus.result(record)}
+        assert jobs and jobs <= {"bizmetrics", "nightly_sync"}, record
+    # The batch job's syncs stay apart from the service's.
+    synced = prometheus.result("job_connector_type_resource_type_tenant_id:connector_sync_records:increase1h")
+    assert {s["metric"]["job"] for s in synced} == {"bizmetrics", "nightly_sync"}
 
 
 @pytest.mark.slow
 def test_alert_expressions_evaluate_on_series_that_exist(prometheus):
     """Every alert expression evaluates, and every series it reads has data (so it can fire)."""
-    for rule in _alerts():
+    for rule in alerts():
         prometheus.result(rule["expr"])
         missing = [s for s in sorted(_series_in(rule["expr"])) if not prometheus.eventually_nonempty(s, timeout=20)]
         assert missing == [], rule["alert"]
-    rules = json.loads(_get(f"{prometheus.url}/api/v1/rules"))["data"]["groups"]
+    assert prometheus.result('ALERTS unless ALERTS{job!=""}') == [], "an alert without its job"
+    rules = json.loads(get(f"{prometheus.url}/api/v1/rules"))["data"]["groups"]
     unhealthy = [(r["name"], r.get("lastError")) for g in rules for r in g["rules"] if r["health"] != "ok"]
     assert unhealthy == []
 
@@ -362,28 +532,46 @@ def test_alert_expressions_evaluate_on_series_that_exist(prometheus):
 def test_dashboard_panels_and_variables_return_data(prometheus):
     """Every panel query of every dashboard (variables set to All) and every variable query return data."""
     empty = []
-    for where, expr in _dashboard_targets():
-        query = re.sub(r"\$\w+", ".*", expr)
+    for where, expr in dashboard_targets():
+        query = all_variables(expr)
         if not prometheus.eventually_nonempty(query, timeout=20):
             empty.append((where, query))
     assert empty == []
     for name in dashboards.DASHBOARDS:
-        board = json.loads(ASSETS.joinpath("grafana", name).read_text())
+        board = json.loads(ASSETS.joinpath("grafana").joinpath(name).read_text())
         for variable in board["templating"]["list"]:
             if variable["type"] != "query":
                 continue
-            metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"]).groups()
-            url = f"{prometheus.url}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": metric})
-            assert json.loads(_get(url))["data"], (name, variable["name"])
+            selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"]).groups()
+            url = f"{prometheus.url}/api/v1/label/{label}/values?" + urllib.parse.urlencode(
+                {"match[]": all_variables(selector)}
+            )
+            values = json.loads(get(url))["data"]
+            assert values, (name, variable["name"])
+            if label == "job":
+                assert "bizmetrics" in values, name
+
+
+def _at(ms: int) -> float:
+    return ms / 1000
 
 
 @pytest.mark.slow
-def test_batch_job_push_reaches_prometheus(prometheus):
-    """A batch job's records and last-success time go through a real Pushgateway into Prometheus."""
-    labels = f'job="nightly_sync",instance="cron-1",tenant_id="{BATCH_TENANT}"'
-    records = prometheus.eventually_nonempty(f"connector_sync_records_total{{{labels}}}")
-    assert [float(r["value"][1]) for r in records] == [42.0]
-    success = prometheus.eventually_nonempty('batch_job_last_success_timestamp_seconds{job="nightly_sync"}')
-    assert abs(float(success[0]["value"][1]) - time.time()) < 300
-    run = prometheus.eventually_nonempty('batch_job_last_run_success{job="nightly_sync"}')
-    assert float(run[0]["value"][1]) == 1.0
+def test_batch_runs_add_up_in_prometheus(prometheus):
+    """Three runs of 47 records go through a real Pushgateway: Prometheus sees 47, 94, 141, and increase() adds up."""
+    group = 'job="nightly_sync",instance="cron-1"'
+    records = f'connector_sync_records_total{{{group},tenant_id="{BATCH_TENANT}"}}'
+    samples = [(round(float(ts) * 1000), float(v)) for ts, v in prometheus.result(f"{records}[5m]")[0]["values"]]
+    assert sorted({v for _, v in samples}) == [47.0, 94.0, 141.0]
+    assert [v for _, v in samples] == sorted(v for _, v in samples), "the pushed counter only goes up"
+    # increase() between the last scrape of run 1's total and the first of run 3's: the
+    # window's edges are samples, so Prometheus does not extrapolate: runs 2 and 3 exactly.
+    start = max(ts for ts, v in samples if v == 47.0)
+    end = min(ts for ts, v in samples if v == 141.0)
+    increase = prometheus.result(f"increase({records}[{end - start}ms])", at=_at(end))
+    assert [float(s["value"][1]) for s in increase] == [2 * BATCH_RECORDS]
+    success = prometheus.result(f"batch_job_last_success_timestamp_seconds{{{group}}}")
+    assert prometheus.runs[2] - 5 < float(success[0]["value"][1]) <= prometheus.runs[2]
+    assert [float(s["value"][1]) for s in prometheus.result(f"batch_job_last_run_success{{{group}}}")] == [1.0]
+    duration = prometheus.result(f"batch_job_last_run_duration_seconds{{{group}}}")
+    assert 0 < float(duration[0]["value"][1]) < 5

@@ -1,36 +1,130 @@
-"""The operations kit: Prometheus rules and Grafana dashboards for the bizmetrics catalogue.
+"""The operations kit: Prometheus rules, Grafana dashboards and an Alertmanager example.
 
-``python -m bizmetrics export-assets DIR`` writes them out; see README,
-"Operations kit".
+``python -m bizmetrics export-assets DIR`` writes them out, tuned by its
+options; see README, "Operations kit".
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RULE_FILES", "export", "set_objectives"]
+__all__ = [
+    "DEFAULT_JOBS",
+    "RULE_FILES",
+    "THRESHOLDS",
+    "Export",
+    "export",
+    "parse_duration",
+    "parse_options",
+    "render",
+    "set_objectives",
+    "tune_alerts",
+]
 
 #: The rule files, in the order Prometheus should load them.
 RULE_FILES = ("recording_rules.yml", "alerting_rules.yml", "slo_rules.yml")
 
-_OBJECTIVE = re.compile(r"(expr: vector\()([0-9.]+)(\)\n\s+labels:\n\s+slo: )(connector|api)\b")
+#: The scrape jobs the target-down alert and the dashboards cover by default: all of them.
+DEFAULT_JOBS = ".+"
+
+#: Tunable alert thresholds: option name -> (alert, shipped value).
+THRESHOLDS: dict[str, tuple[str, float]] = {
+    "connector-error-ratio": ("BizmetricsConnectorErrorRatioHigh", 0.05),
+    "connector-error-ratio-critical": ("BizmetricsConnectorErrorRatioCritical", 0.25),
+    "workflow-failure-ratio": ("BizmetricsWorkflowFailureRatioHigh", 0.1),
+    "api-5xx-ratio": ("BizmetricsApi5xxRatioHigh", 0.05),
+}
+
+_STALE_ALERT = "BizmetricsBatchJobStale"
+_SHIPPED_STALE = ("93600", "26h")
+_SHIPPED_JOBS_EXPR = "expr: 'up{job=~\".+\"} == 0'"
+_OBJECTIVE = re.compile(
+    r"(        expr: )(.+)(\n        labels:\n          slo: )(connector|api)\n",
+)
+_OBJECTIVE_METRIC = {"connector": "connector_operations_total", "api": "api_requests_total"}
+_DURATION = re.compile(r"(?:(\d+)(ms|s|m|h|d|w|y))")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
-def set_objectives(slo_rules: str, *, connector: float | None = None, api: float | None = None) -> str:
+def parse_duration(text: str) -> float:
+    """Return the seconds of a Prometheus duration such as ``26h`` or ``1h30m``.
+
+    :param text: the duration, in Prometheus' syntax.
+    :raises ValueError: if ``text`` is not a positive Prometheus duration.
+
+    .. versionadded:: 0.2.0
+    """
+    if not text or _DURATION.sub("", text) != "":
+        raise ValueError(f"{text!r} is not a Prometheus duration (like 90s, 15m, 26h or 1h30m)")
+    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION.findall(text))
+    if seconds <= 0:
+        raise ValueError(f"the duration {text!r} must be positive")
+    return seconds
+
+
+def _promql_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _yaml_single_quoted(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _check_ratio(what: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f"{what} must be between 0 and 1 (exclusive), not {value}")
+
+
+def set_objectives(
+    slo_rules: str,
+    *,
+    connector: float | Mapping[str | None, float] | None = None,
+    api: float | Mapping[str | None, float] | None = None,
+) -> str:
     """Return ``slo_rules`` with the connector and/or API objectives replaced.
 
-    An objective is a success ratio, strictly between 0 and 1 (0.995 is 99.5%).
+    An objective is a success ratio strictly between 0 and 1 (0.995 is 99.5%).
+    A mapping sets objectives per job; its ``None`` key sets the default of
+    every other job.
+
+    :param slo_rules: the text of ``slo_rules.yml``.
+    :param connector: the connector objective, or objectives by job.
+    :param api: the API objective, or objectives by job.
+    :raises ValueError: if an objective is out of range.
+
+    .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 objectives per job.
     """
-    wanted = {"connector": connector, "api": api}
-    for name, value in wanted.items():
-        if value is not None and not 0 < value < 1:
-            raise ValueError(f"the {name} objective must be between 0 and 1 (exclusive), not {value}")
+    wanted: dict[str, dict[str | None, float]] = {}
+    for name, value in (("connector", connector), ("api", api)):
+        if value is None:
+            continue
+        by_job: dict[str | None, float] = {None: value} if isinstance(value, (int, float)) else dict(value)
+        for job, objective in by_job.items():
+            _check_ratio(f"the {name} objective" + (f" of job {job!r}" if job else ""), objective)
+        wanted[name] = by_job
 
     def replace(match: re.Match[str]) -> str:
-        value = wanted[match.group(4)]
-        return match.group(0) if value is None else f"{match.group(1)}{value!r}{match.group(3)}{match.group(4)}"
+        slo = match.group(4)
+        if slo not in wanted:
+            return match.group(0)
+        by_job = wanted[slo]
+        default = by_job.get(None)
+        if default is None:
+            default = float(match.group(2).split(" ", 1)[0])
+        expr = f"{default!r} * group by (job) ({_OBJECTIVE_METRIC[slo]})"
+        overrides = [
+            f'label_replace(vector({value!r}), "job", {_promql_string(job)}, "", "")'
+            for job, value in sorted((j, v) for j, v in by_job.items() if j is not None)
+        ]
+        if overrides:
+            expr = _yaml_single_quoted(" or ".join([*overrides, expr]))
+        return f"{match.group(1)}{expr}{match.group(3)}{slo}\n"
 
     text, found = _OBJECTIVE.subn(replace, slo_rules)
     if found != 2:
@@ -38,22 +132,206 @@ def set_objectives(slo_rules: str, *, connector: float | None = None, api: float
     return text
 
 
-def export(
-    directory: str | Path, *, connector_objective: float | None = None, api_objective: float | None = None
-) -> list[Path]:
-    """Write the rule files to ``DIR/prometheus`` and the dashboards to ``DIR/grafana``; return the paths."""
-    root = Path(directory)
-    written = []
+def _alert_block(text: str, alert: str) -> tuple[int, int]:
+    start = text.find(f"      - alert: {alert}\n")
+    if start < 0:
+        raise ValueError(f"no alert {alert} in the rules")
+    end = text.find("\n      - ", start + 1)
+    return start, len(text) if end < 0 else end
+
+
+def _replace_in_alert(text: str, alert: str, old: str, new: str) -> str:
+    start, end = _alert_block(text, alert)
+    block = text[start:end]
+    if block.count(old) != 1:
+        raise ValueError(f"alert {alert} does not hold {old!r} once")
+    return text[:start] + block.replace(old, new) + text[end:]
+
+
+def _percent(ratio: float) -> str:
+    return f"{ratio * 100:g}%"
+
+
+def tune_alerts(
+    alerting_rules: str,
+    *,
+    jobs: str | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    batch_stale_after: str | None = None,
+    for_durations: Mapping[str, str] | None = None,
+) -> str:
+    """Return ``alerting_rules`` with the jobs, thresholds, staleness window and ``for:`` durations replaced.
+
+    :param alerting_rules: the text of ``alerting_rules.yml`` (or, for ``for_durations`` only, ``slo_rules.yml``).
+    :param jobs: regex of the scrape jobs ``BizmetricsTargetDown`` covers.
+    :param thresholds: new values by :data:`THRESHOLDS` name.
+    :param batch_stale_after: how old a batch job's last success may get, as a Prometheus duration.
+    :param for_durations: new ``for:`` durations by alert name.
+    :raises ValueError: for an unknown name or an invalid value.
+
+    .. versionadded:: 0.2.0
+    """
+    text = alerting_rules
+    if jobs is not None:
+        re.compile(jobs)
+        new = "expr: " + _yaml_single_quoted(f"up{{job=~{_promql_string(jobs)}}} == 0")
+        text = _replace_in_alert(text, "BizmetricsTargetDown", _SHIPPED_JOBS_EXPR, new)
+    for name, value in (thresholds or {}).items():
+        if name not in THRESHOLDS:
+            raise ValueError(f"unknown threshold {name!r}; known: {', '.join(THRESHOLDS)}")
+        alert, shipped = THRESHOLDS[name]
+        _check_ratio(f"the {name} threshold", value)
+        text = _replace_in_alert(text, alert, f"> {shipped!r}\n", f"> {value!r}\n")
+        text = _replace_in_alert(text, alert, f"More than {_percent(shipped)} ", f"More than {_percent(value)} ")
+    if batch_stale_after is not None:
+        seconds = parse_duration(batch_stale_after)
+        text = _replace_in_alert(text, _STALE_ALERT, f"> {_SHIPPED_STALE[0]}\n", f"> {seconds:g}\n")
+        text = _replace_in_alert(
+            text, _STALE_ALERT, f"more than {_SHIPPED_STALE[1]} ago", f"more than {batch_stale_after} ago"
+        )
+    for alert, duration in (for_durations or {}).items():
+        parse_duration(duration)
+        start, end = _alert_block(text, alert)
+        block = text[start:end]
+        current = re.search(r"\n        for: (\S+)\n", block)
+        if current is None:
+            raise ValueError(f"alert {alert} has no for: duration")
+        # The description, when it states the duration, says it the way `for:` does.
+        block = block.replace(current.group(0), f"\n        for: {duration}\n").replace(
+            f" for {current.group(1)}.", f" for {duration}."
+        )
+        text = text[:start] + block + text[end:]
+    return text
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise ValueError(f"{what} must look like NAME=VALUE, not {value!r}")
+        pairs[name] = rest
+    return pairs
+
+
+def _objectives(values: list[str], slo: str) -> dict[str | None, float] | None:
+    by_job: dict[str | None, float] = {}
+    for value in values:
+        job, sep, ratio = value.rpartition("=")
+        try:
+            by_job[job if sep else None] = float(ratio)
+        except ValueError:
+            raise ValueError(f"--{slo}-objective must be RATIO or JOB=RATIO, not {value!r}") from None
+    return by_job or None
+
+
+def parse_options(
+    *,
+    jobs: str | None,
+    connector_objective: list[str],
+    api_objective: list[str],
+    thresholds: Mapping[str, float | None],
+    batch_stale_after: str | None,
+    for_durations: list[str],
+) -> dict[str, Any]:
+    """Return :func:`render`'s keyword arguments from ``export-assets``' command line values.
+
+    :raises ValueError: for a malformed value.
+
+    .. versionadded:: 0.2.0
+    """
+    return {
+        "jobs": jobs,
+        "connector_objective": _objectives(connector_objective, "connector"),
+        "api_objective": _objectives(api_objective, "api"),
+        "thresholds": {name: value for name, value in thresholds.items() if value is not None},
+        "batch_stale_after": batch_stale_after,
+        "for_durations": _pairs(for_durations, "--for"),
+    }
+
+
+def render(
+    *,
+    jobs: str | None = None,
+    connector_objective: float | Mapping[str | None, float] | None = None,
+    api_objective: float | Mapping[str | None, float] | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    batch_stale_after: str | None = None,
+    for_durations: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Return every file of the kit, tuned, by its path relative to the export directory.
+
+    With no argument, the files are exactly the shipped ones.  ``for_durations``
+    may name any alert, SLO alerts included; the other parameters are those of
+    :func:`tune_alerts` and :func:`set_objectives`.
+
+    .. versionadded:: 0.2.0
+    """
     package = resources.files(__name__)
-    for sub, suffix in (("prometheus", ".yml"), ("grafana", ".json")):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        for item in sorted(package.joinpath(sub).iterdir(), key=lambda p: p.name):
-            if not item.name.endswith(suffix):
+    texts = {name: package.joinpath("prometheus").joinpath(name).read_text(encoding="utf-8") for name in RULE_FILES}
+    durations: dict[str, dict[str, str]] = {name: {} for name in RULE_FILES}
+    for alert, duration in (for_durations or {}).items():
+        holder = [name for name, text in texts.items() if f"- alert: {alert}\n" in text]
+        if not holder:
+            raise ValueError(f"no alert {alert} in the rules")
+        durations[holder[0]][alert] = duration
+    files: dict[str, str] = {}
+    for name, text in texts.items():
+        if name == "alerting_rules.yml":
+            text = tune_alerts(text, jobs=jobs, thresholds=thresholds, batch_stale_after=batch_stale_after)
+        elif name == "slo_rules.yml":
+            text = set_objectives(text, connector=connector_objective, api=api_objective)
+        files[f"prometheus/{name}"] = tune_alerts(text, for_durations=durations[name])
+    from . import dashboards  # not at import time: ``python -m bizmetrics.assets.dashboards`` runs it as __main__
+
+    for name, build in dashboards.DASHBOARDS.items():
+        files[f"grafana/{name}"] = dashboards.render(build, jobs=DEFAULT_JOBS if jobs is None else jobs)
+    files["alertmanager/alertmanager.yml"] = (
+        package.joinpath("alertmanager").joinpath("alertmanager.yml").read_text(encoding="utf-8")
+    )
+    return files
+
+
+@dataclass
+class Export:
+    """What :func:`export` did with each file.
+
+    .. versionadded:: 0.2.0
+    """
+
+    #: Files written (new, or overwritten with ``force``).
+    written: list[Path] = field(default_factory=list)
+    #: Files that already held exactly what would be written.
+    unchanged: list[Path] = field(default_factory=list)
+    #: Files left alone: they differ from what would be written and ``force`` was not given.
+    kept: list[Path] = field(default_factory=list)
+
+
+def export(directory: str | Path, files: Mapping[str, str] | None = None, *, force: bool = False) -> Export:
+    """Write the kit to ``DIR/prometheus``, ``DIR/grafana`` and ``DIR/alertmanager``.
+
+    A file that exists with other content (say, edited by hand) is left alone
+    and listed in :attr:`Export.kept`, unless ``force``.
+
+    :param directory: where to write.
+    :param files: what :func:`render` returned (default: the shipped files).
+    :param force: overwrite files whose content differs.
+
+    .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 never overwrites a differing file without ``force``; returns an :class:`Export`.
+    """
+    root = Path(directory)
+    done = Export()
+    for relative, text in (render() if files is None else files).items():
+        path = root / relative
+        if path.exists():
+            if path.read_text(encoding="utf-8") == text:
+                done.unchanged.append(path)
                 continue
-            text = item.read_text(encoding="utf-8")
-            if item.name == "slo_rules.yml":
-                text = set_objectives(text, connector=connector_objective, api=api_objective)
-            path = root / sub / item.name
-            path.write_text(text, encoding="utf-8")
-            written.append(path)
-    return written
+            if not force:
+                done.kept.append(path)
+                continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        done.written.append(path)
+    return done

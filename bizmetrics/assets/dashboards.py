@@ -4,17 +4,26 @@ The JSON files in ``grafana/`` are written from here (``python -m
 bizmetrics.assets.dashboards``) and shipped in the package; a test checks
 they match.  Every panel query is evaluated against a real Prometheus by the
 end-to-end test, with the template variables set to "All".
+
+Every dashboard has a ``job`` variable (the services, multi-select, "All")
+that every panel honours; a panel whose metric has no ``tenant_id`` says so
+in its title and description.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 GRAFANA_DIR = Path(__file__).parent / "grafana"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+#: The scrape jobs the dashboards cover unless ``render(jobs=...)`` says otherwise.
+DEFAULT_JOBS = ".+"
+NO_TENANT = " (all tenants)"
+NO_TENANT_NOTE = "This metric has no tenant_id label: the panel shows every tenant whatever the Tenant variable says."
 
 Panel = tuple[str, str, list[tuple[str, str]]]  # title, unit, [(expr, legend)]
 
@@ -22,14 +31,14 @@ Panel = tuple[str, str, list[tuple[str, str]]]  # title, unit, [(expr, legend)]
 def _quantiles(metric: str, by: str, selector: str) -> list[tuple[str, str]]:
     return [
         (
-            f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{selector}[5m])))",
-            f"p{round(q * 100)} {{{{{by.split(',')[0]}}}}}",
+            f"histogram_quantile({q}, sum by (job, {by}, le) (rate({metric}_bucket{selector}[5m])))",
+            f"{{{{job}}}} p{round(q * 100)} {{{{{by.split(',')[0]}}}}}",
         )
         for q in (0.5, 0.95, 0.99)
     ]
 
 
-def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+def _variable(name: str, label: str, query: str, all_value: str = ".*") -> dict[str, Any]:
     return {
         "name": name,
         "label": label,
@@ -40,11 +49,19 @@ def _variable(name: str, label: str, query: str) -> dict[str, Any]:
         "refresh": 2,
         "includeAll": True,
         "multi": True,
-        "allValue": ".*",
+        "allValue": all_value,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "sort": 1,
         "hide": 0,
     }
+
+
+def _job_variable(jobs: str, metrics: str) -> dict[str, Any]:
+    """The services: scrape jobs matching ``jobs`` that expose one of ``metrics``; "All" means all of those."""
+    # Inside PromQL's double quotes (Grafana pastes "All" there too), a backslash and a quote need escaping.
+    quoted = jobs.replace("\\", "\\\\").replace('"', '\\"')
+    selector = f'{{__name__=~"{metrics}", job=~"{quoted}"}}' if "|" in metrics else f'{metrics}{{job=~"{quoted}"}}'
+    return _variable("job", "Service (job)", f"label_values({selector}, job)", all_value=quoted)
 
 
 def _dashboard(
@@ -52,11 +69,13 @@ def _dashboard(
 ) -> dict[str, Any]:
     built = []
     for i, (panel_title, unit, targets) in enumerate(panels):
+        per_tenant = all("$tenant" in expr for expr, _ in targets)
         built.append(
             {
                 "id": i + 1,
                 "type": "timeseries",
-                "title": panel_title,
+                "title": panel_title if per_tenant else panel_title + NO_TENANT,
+                "description": "" if per_tenant else NO_TENANT_NOTE,
                 "datasource": DATASOURCE,
                 "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
                 "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
@@ -108,37 +127,59 @@ def _outcome_panels(
         (
             f"{noun} per second by status",
             "ops",
-            [(f"sum by ({key}, status) (rate({counter}{selector}[5m]))", f"{{{{{key}}}}} {{{{status}}}}")],
+            [
+                (
+                    f"sum by (job, {key}, status) (rate({counter}{selector}[5m]))",
+                    f"{{{{job}}}} {{{{{key}}}}} {{{{status}}}}",
+                )
+            ],
         ),
         (
             f"{ratio.capitalize()} ratio",
             "percentunit",
             [
                 (
-                    f"sum by ({key}) (rate({counter}{ratio_selector}[5m]))"
-                    f" / sum by ({key}) (rate({counter}{selector}[5m]))",
-                    f"{{{{{key}}}}}",
+                    f"sum by (job, {key}) (rate({counter}{ratio_selector}[5m]))"
+                    f" / sum by (job, {key}) (rate({counter}{selector}[5m]))",
+                    f"{{{{job}}}} {{{{{key}}}}}",
                 )
             ],
         ),
         (
             f"{errors_noun} per second by error type",
             "ops",
-            [(f"sum by ({key}, error_type) (rate({errors}{selector}[5m]))", f"{{{{{key}}}}} {{{{error_type}}}}")],
+            [
+                (
+                    f"sum by (job, {key}, error_type) (rate({errors}{selector}[5m]))",
+                    f"{{{{job}}}} {{{{{key}}}}} {{{{error_type}}}}",
+                )
+            ],
         ),
     ]
 
 
-def connector_health() -> dict[str, Any]:
-    t = '{tenant_id=~"$tenant", connector_type=~"$connector_type"}'
-    h = '{connector_type=~"$connector_type"}'
+def _rate_ratio(numerator: str, denominator: str, by: str, legend: str, scale: str = "") -> list[tuple[str, str]]:
+    """One target: the ratio of two rates summed by ``job`` and ``by``."""
+    return [
+        (
+            f"sum by (job, {by}) (rate({numerator}[5m])) / sum by (job, {by}) (rate({denominator}[5m])){scale}",
+            legend,
+        )
+    ]
+
+
+def connector_health(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    t = '{job=~"$job", tenant_id=~"$tenant", connector_type=~"$connector_type"}'
+    h = '{job=~"$job", connector_type=~"$connector_type"}'
+    v = '{job=~"$job"}'
     return _dashboard(
         "bizmetrics-connector-health",
         "bizmetrics / Connector Health",
-        "Connector operation success rates, latency, errors and sync volumes.",
+        "Connector operation success rates, latency, errors and sync volumes, per service (job).",
         [
-            _variable("tenant", "Tenant", "label_values(connector_operations_total, tenant_id)"),
-            _variable("connector_type", "Connector", "label_values(connector_operations_total, connector_type)"),
+            _job_variable(jobs, "connector_operations_total|connector_sync_records_total"),
+            _variable("tenant", "Tenant", f"label_values(connector_operations_total{v}, tenant_id)"),
+            _variable("connector_type", "Connector", f"label_values(connector_operations_total{v}, connector_type)"),
         ],
         [
             *_outcome_panels("Operations", "connector_operations_total", "connector_type", "connector_errors_total", t),
@@ -146,21 +187,20 @@ def connector_health() -> dict[str, Any]:
             (
                 "Average operation duration",
                 "ms",
-                [
-                    (
-                        f"sum by (connector_type, operation) (rate(connector_operation_duration_sum{h}[5m]))"
-                        f" / sum by (connector_type, operation) (rate(connector_operation_duration_count{h}[5m]))",
-                        "{{connector_type}} {{operation}}",
-                    )
-                ],
+                _rate_ratio(
+                    f"connector_operation_duration_sum{h}",
+                    f"connector_operation_duration_count{h}",
+                    "connector_type, operation",
+                    "{{job}} {{connector_type}} {{operation}}",
+                ),
             ),
             (
                 "Records synced per minute",
                 "short",
                 [
                     (
-                        f"sum by (connector_type, resource_type) (rate(connector_sync_records_total{t}[5m])) * 60",
-                        "{{connector_type}} {{resource_type}}",
+                        f"sum by (job, connector_type, resource_type) (rate(connector_sync_records_total{t}[5m])) * 60",
+                        "{{job}} {{connector_type}} {{resource_type}}",
                     )
                 ],
             ),
@@ -169,30 +209,37 @@ def connector_health() -> dict[str, Any]:
                 "ops",
                 [
                     (
-                        f"sum by (resource_type, status) (rate(connector_sync_operations_total{t}[5m]))",
-                        "{{resource_type}} {{status}}",
+                        f"sum by (job, resource_type, status) (rate(connector_sync_operations_total{t}[5m]))",
+                        "{{job}} {{resource_type}} {{status}}",
                     )
                 ],
             ),
             (
                 "Top 10 tenants by records synced per minute",
                 "short",
-                [(f"topk(10, sum by (tenant_id) (rate(connector_sync_records_total{t}[5m])) * 60)", "{{tenant_id}}")],
+                [
+                    (
+                        f"topk(10, sum by (job, tenant_id) (rate(connector_sync_records_total{t}[5m])) * 60)",
+                        "{{job}} {{tenant_id}}",
+                    )
+                ],
             ),
         ],
     )
 
 
-def workflow_performance() -> dict[str, Any]:
-    t = '{tenant_id=~"$tenant", workflow_id=~"$workflow"}'
-    h = '{workflow_id=~"$workflow"}'
+def workflow_performance(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    t = '{job=~"$job", tenant_id=~"$tenant", workflow_id=~"$workflow"}'
+    h = '{job=~"$job", workflow_id=~"$workflow"}'
+    v = '{job=~"$job"}'
     return _dashboard(
         "bizmetrics-workflow-performance",
         "bizmetrics / Workflow Performance",
-        "Workflow execution times, failure rates and step analysis.",
+        "Workflow execution times, failure rates and step analysis, per service (job).",
         [
-            _variable("tenant", "Tenant", "label_values(workflow_executions_total, tenant_id)"),
-            _variable("workflow", "Workflow", "label_values(workflow_executions_total, workflow_id)"),
+            _job_variable(jobs, "workflow_executions_total"),
+            _variable("tenant", "Tenant", f"label_values(workflow_executions_total{v}, tenant_id)"),
+            _variable("workflow", "Workflow", f"label_values(workflow_executions_total{v}, workflow_id)"),
         ],
         [
             *_outcome_panels(
@@ -208,22 +255,21 @@ def workflow_performance() -> dict[str, Any]:
             (
                 "Average execution duration",
                 "ms",
-                [
-                    (
-                        f"sum by (workflow_id) (rate(workflow_execution_duration_sum{h}[5m]))"
-                        f" / sum by (workflow_id) (rate(workflow_execution_duration_count{h}[5m]))",
-                        "{{workflow_id}}",
-                    )
-                ],
+                _rate_ratio(
+                    f"workflow_execution_duration_sum{h}",
+                    f"workflow_execution_duration_count{h}",
+                    "workflow_id",
+                    "{{job}} {{workflow_id}}",
+                ),
             ),
             (
                 "Step duration p95",
                 "ms",
                 [
                     (
-                        "histogram_quantile(0.95, sum by (workflow_id, step, le)"
+                        "histogram_quantile(0.95, sum by (job, workflow_id, step, le)"
                         f" (rate(workflow_step_duration_bucket{h}[5m])))",
-                        "{{workflow_id}} {{step}}",
+                        "{{job}} {{workflow_id}} {{step}}",
                     )
                 ],
             ),
@@ -231,16 +277,18 @@ def workflow_performance() -> dict[str, Any]:
     )
 
 
-def ai_agent_analytics() -> dict[str, Any]:
-    t = '{tenant_id=~"$tenant", agent_id=~"$agent"}'
-    h = '{agent_id=~"$agent"}'
+def ai_agent_analytics(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    t = '{job=~"$job", tenant_id=~"$tenant", agent_id=~"$agent"}'
+    h = '{job=~"$job", agent_id=~"$agent"}'
+    v = '{job=~"$job"}'
     return _dashboard(
         "bizmetrics-ai-agent-analytics",
         "bizmetrics / AI Agent Analytics",
-        "Token usage, response times and invocation patterns of AI agents.",
+        "Token usage, response times and invocation patterns of AI agents, per service (job).",
         [
-            _variable("tenant", "Tenant", "label_values(agent_invocations_total, tenant_id)"),
-            _variable("agent", "Agent", "label_values(agent_invocations_total, agent_id)"),
+            _job_variable(jobs, "agent_invocations_total"),
+            _variable("tenant", "Tenant", f"label_values(agent_invocations_total{v}, tenant_id)"),
+            _variable("agent", "Agent", f"label_values(agent_invocations_total{v}, agent_id)"),
         ],
         [
             *_outcome_panels("Invocations", "agent_invocations_total", "agent_id", "agent_errors_total", t),
@@ -248,86 +296,96 @@ def ai_agent_analytics() -> dict[str, Any]:
             (
                 "Tokens per minute by agent",
                 "short",
-                [(f"sum by (agent_id) (rate(agent_tokens_used_total{t}[5m])) * 60", "{{agent_id}}")],
+                [(f"sum by (job, agent_id) (rate(agent_tokens_used_total{t}[5m])) * 60", "{{job}} {{agent_id}}")],
             ),
             (
                 "Tokens per minute by tenant",
                 "short",
-                [(f"sum by (tenant_id) (rate(agent_tokens_used_total{t}[5m])) * 60", "{{tenant_id}}")],
+                [(f"sum by (job, tenant_id) (rate(agent_tokens_used_total{t}[5m])) * 60", "{{job}} {{tenant_id}}")],
             ),
             (
                 "Tokens per invocation",
                 "short",
-                [
-                    (
-                        f"sum by (agent_id) (rate(agent_tokens_used_total{t}[5m]))"
-                        f" / sum by (agent_id) (rate(agent_invocations_total{t}[5m]))",
-                        "{{agent_id}}",
-                    )
-                ],
+                _rate_ratio(
+                    f"agent_tokens_used_total{t}", f"agent_invocations_total{t}", "agent_id", "{{job}} {{agent_id}}"
+                ),
             ),
         ],
     )
 
 
-def system_overview() -> dict[str, Any]:
-    t = '{tenant_id=~"$tenant"}'
-    t5 = '{status="5xx", tenant_id=~"$tenant"}'
+def system_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    t = '{job=~"$job", tenant_id=~"$tenant"}'
+    t5 = '{status="5xx", job=~"$job", tenant_id=~"$tenant"}'
+    j = '{job=~"$job"}'
     return _dashboard(
         "bizmetrics-system-overview",
         "bizmetrics / System Overview",
-        "API requests, database queries, connection pools, cache hit rates, scrape health and batch jobs.",
-        [_variable("tenant", "Tenant", "label_values(api_requests_total, tenant_id)")],
+        "API requests, database queries, connection pools, cache hit rates, scrape health and batch jobs,"
+        " per service (job).",
+        [
+            _job_variable(jobs, "up|api_requests_total|batch_job_last_run_success"),
+            _variable("tenant", "Tenant", f"label_values(api_requests_total{j}, tenant_id)"),
+        ],
         [
             (
                 "API requests per second by status",
                 "reqps",
-                [(f"sum by (status) (rate(api_requests_total{t}[5m]))", "{{status}}")],
+                [(f"sum by (job, status) (rate(api_requests_total{t}[5m]))", "{{job}} {{status}}")],
             ),
             (
                 "API 5xx ratio by endpoint",
                 "percentunit",
-                [
-                    (
-                        f"sum by (endpoint) (rate(api_requests_total{t5}[5m]))"
-                        f" / sum by (endpoint) (rate(api_requests_total{t}[5m]))",
-                        "{{endpoint}}",
-                    )
-                ],
+                _rate_ratio(f"api_requests_total{t5}", f"api_requests_total{t}", "endpoint", "{{job}} {{endpoint}}"),
             ),
             (
                 "API errors per second by status",
                 "reqps",
-                [(f"sum by (status) (rate(api_errors_total{t}[5m]))", "{{status}}")],
+                [(f"sum by (job, status) (rate(api_errors_total{t}[5m]))", "{{job}} {{status}}")],
             ),
             (
                 "API latency p95 by endpoint",
                 "ms",
                 [
                     (
-                        "histogram_quantile(0.95, sum by (endpoint, le) (rate(api_request_duration_bucket[5m])))",
-                        "{{endpoint}}",
+                        "histogram_quantile(0.95, sum by (job, endpoint, le)"
+                        f" (rate(api_request_duration_bucket{j}[5m])))",
+                        "{{job}} {{endpoint}}",
                     )
                 ],
             ),
-            ("DB query latency", "ms", _quantiles("db_query_duration", "operation", "")),
-            ("DB connection pool size", "short", [("sum by (pool) (db_connection_pool_size)", "{{pool}}")]),
+            ("DB query latency", "ms", _quantiles("db_query_duration", "operation", j)),
+            (
+                "DB connection pool size",
+                "short",
+                [(f"sum by (job, pool) (db_connection_pool_size{j})", "{{job}} {{pool}}")],
+            ),
             (
                 "Cache hit ratio",
                 "percentunit",
                 [
                     (
-                        "sum by (cache) (rate(cache_hits_total[5m])) / (sum by (cache) (rate(cache_hits_total[5m]))"
-                        " + sum by (cache) (rate(cache_misses_total[5m])))",
-                        "{{cache}}",
+                        f"sum by (job, cache) (rate(cache_hits_total{j}[5m])) / (sum by (job, cache)"
+                        f" (rate(cache_hits_total{j}[5m])) + sum by (job, cache) (rate(cache_misses_total{j}[5m])))",
+                        "{{job}} {{cache}}",
                     )
                 ],
             ),
-            ("Scrape targets up", "short", [('up{job="bizmetrics"}', "{{instance}}")]),
+            ("Scrape targets up", "short", [(f"up{j}", "{{job}} {{instance}}")]),
             (
                 "Batch jobs: time since last success",
                 "s",
-                [("time() - batch_job_last_success_timestamp_seconds", "{{job}}")],
+                [(f"time() - batch_job_last_success_timestamp_seconds{j}", "{{job}} {{instance}}")],
+            ),
+            (
+                "Batch jobs: last run succeeded (1) or failed (0)",
+                "short",
+                [(f"batch_job_last_run_success{j}", "{{job}} {{instance}}")],
+            ),
+            (
+                "Batch jobs: last run duration",
+                "s",
+                [(f"batch_job_last_run_duration_seconds{j}", "{{job}} {{instance}}")],
             ),
         ],
     )
@@ -341,9 +399,12 @@ DASHBOARDS = {
 }
 
 
-def render(build: Any) -> str:
-    """Return a dashboard as the JSON text shipped in ``grafana/``."""
-    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+def render(build: Callable[[str], dict[str, Any]], jobs: str = DEFAULT_JOBS) -> str:
+    """Return a dashboard as the JSON text shipped in ``grafana/``, covering the scrape jobs matching ``jobs``.
+
+    .. versionchanged:: 0.2.0 ``jobs``.
+    """
+    return json.dumps(build(jobs), indent=2, sort_keys=True) + "\n"
 
 
 def main() -> int:

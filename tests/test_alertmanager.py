@@ -1,0 +1,173 @@
+"""End to end: the shipped rules in a real Prometheus, alerting a real Alertmanager routed by the shipped example.
+
+Two services run the demo: ``checkout`` keeps running (its campaign_sync
+workflow fails one run in five, above the 10% warning threshold) and
+``billing`` is stopped (target down: critical). Alertmanager (Debian's
+``prometheus-alertmanager``, required: a missing binary fails the test) must
+show both alerts with their job, severity and rendered annotations, routed
+to the pager and ticket receivers, which are webhooks served by this test.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import yaml
+from ops_helpers import ASSETS, Prometheus, binary, free_port, get, process, wait
+from ops_helpers import prometheus as start_prometheus
+
+from bizmetrics import assets
+
+#: Alerts that must wait minutes with the shipped ``for:`` fire after a second here.
+FOR = {"BizmetricsTargetDown": "1s", "BizmetricsWorkflowFailureRatioHigh": "1s"}
+
+
+class _Webhooks(BaseHTTPRequestHandler):
+    received: list[tuple[str, dict[str, Any]]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class Stack:
+    def __init__(self, alertmanager: str, prometheus: Prometheus, received: list[tuple[str, dict[str, Any]]]) -> None:
+        self.alertmanager = alertmanager
+        self.prometheus = prometheus
+        self.received = received
+
+    def alerts(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = json.loads(get(f"{self.alertmanager}/api/v2/alerts"))
+        return found
+
+
+def _alertmanager_config(webhooks: str) -> dict[str, Any]:
+    """The shipped example, its receivers pointed at this test's webhooks and its group_wait shortened."""
+    config: dict[str, Any] = yaml.safe_load(ASSETS.joinpath("alertmanager").joinpath("alertmanager.yml").read_text())
+    for receiver in config["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            hook["url"] = f"{webhooks}/{receiver['name']}"
+    config["route"]["group_wait"] = "1s"
+    return config
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("alertmanager")
+    assets.export(work, assets.render(for_durations=FOR))
+    received: list[tuple[str, dict[str, Any]]] = []
+    handler = type("Handler", (_Webhooks,), {"received": received})
+    hooks = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    (work / "alertmanager.yml").write_text(
+        yaml.safe_dump(_alertmanager_config(f"http://127.0.0.1:{hooks.server_port}"))
+    )
+    am_port, prom_port, checkout_port, billing_port = free_port(), free_port(), free_port(), free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(work / "prometheus" / name) for name in assets.RULE_FILES],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+            for job, port in (("checkout", checkout_port), ("billing", billing_port))
+        ],
+    }
+    demo = [sys.executable, "-m", "bizmetrics", "demo", "--seed", "3", "--port"]
+    billing = process([*demo, str(billing_port)])
+    try:
+        with (
+            process([*demo, str(checkout_port)]),
+            process(
+                [
+                    binary("prometheus-alertmanager"),
+                    f"--config.file={work / 'alertmanager.yml'}",
+                    f"--storage.path={work / 'alertmanager-data'}",
+                    f"--web.listen-address=127.0.0.1:{am_port}",
+                    "--cluster.listen-address=",
+                ]
+            ),
+            start_prometheus(config, work, prom_port),
+        ):
+            alertmanager = f"http://127.0.0.1:{am_port}"
+            wait(lambda: get(f"{alertmanager}/-/ready"), "Alertmanager")
+            prom = Prometheus(f"http://127.0.0.1:{prom_port}")
+            wait(lambda: get(f"{prom.url}/-/ready"), "Prometheus")
+            wait(lambda: prom.result('up{job="billing"} == 1'), "a scrape of billing")
+            billing.stop()  # the billing service goes down
+            yield Stack(alertmanager, prom, received)
+    finally:
+        billing.stop()
+        hooks.shutdown()
+        hooks.server_close()
+
+
+def _firing(stack: Stack, alertname: str, job: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        for alert in stack.alerts():
+            if alert["labels"]["alertname"] == alertname and alert["labels"].get("job") == job:
+                return alert
+        return None
+
+    found: dict[str, Any] = wait(probe, f"{alertname} for {job} in Alertmanager", timeout=60)
+    return found
+
+
+@pytest.mark.slow
+def test_critical_alert_reaches_the_pager(stack):
+    """The stopped service fires BizmetricsTargetDown: critical, job billing, annotations rendered, routed to pager."""
+    alert = _firing(stack, "BizmetricsTargetDown", "billing")
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["status"]["state"] == "active"
+    assert [r["name"] for r in alert["receivers"]] == ["pager"]
+    notes = alert["annotations"]
+    assert notes["summary"].startswith("billing: 127.0.0.1:")
+    assert notes["summary"].endswith(" cannot be scraped")
+    assert "(job billing)" in notes["description"]
+    assert notes["runbook"].startswith("The service is down")
+
+
+@pytest.mark.slow
+def test_warning_alert_reaches_the_ticket_queue(stack):
+    """The running service's failing workflow fires a warning for job checkout only, routed to the ticket receiver."""
+    alert = _firing(stack, "BizmetricsWorkflowFailureRatioHigh", "checkout")
+    assert alert["labels"]["severity"] == "warning"
+    assert alert["labels"]["workflow_id"] == "campaign_sync"
+    assert [r["name"] for r in alert["receivers"]] == ["ticket"]
+    notes = alert["annotations"]
+    assert notes["summary"].startswith("checkout: workflow campaign_sync, ")
+    assert notes["summary"].endswith("% of executions fail")
+    assert "in checkout have failed" in notes["description"]
+    assert notes["runbook"]
+    down = [a["labels"]["job"] for a in stack.alerts() if a["labels"]["alertname"] == "BizmetricsTargetDown"]
+    assert "checkout" not in down
+
+
+@pytest.mark.slow
+def test_receivers_are_notified_by_severity(stack):
+    """Alertmanager notifies the pager webhook of the critical alert and the ticket webhook of the warning."""
+    _firing(stack, "BizmetricsTargetDown", "billing")
+    _firing(stack, "BizmetricsWorkflowFailureRatioHigh", "checkout")
+
+    def notified() -> dict[str, set[str]] | None:
+        seen: dict[str, set[str]] = {"/pager": set(), "/ticket": set()}
+        for path, body in list(stack.received):
+            for alert in body["alerts"]:
+                seen.setdefault(path, set()).add(f"{alert['labels']['alertname']} {alert['labels']['severity']}")
+        wanted = "BizmetricsTargetDown critical" in seen["/pager"] and seen["/ticket"]
+        return seen if wanted else None
+
+    seen = wait(notified, "webhook notifications", timeout=60)
+    assert all(note.endswith(" critical") for note in seen["/pager"])
+    assert "BizmetricsWorkflowFailureRatioHigh warning" in seen["/ticket"]
+    assert not any(note.endswith(" critical") for note in seen["/ticket"])
