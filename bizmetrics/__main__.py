@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         "--for", dest="for_durations", action="append", default=[], metavar="ALERT=DURATION", help="an alert's for:"
     )
     export.add_argument("--force", action="store_true", help="overwrite files whose content differs")
+    export.add_argument(
+        "--namespace", metavar="PREFIX", help="metric names prefixed as BIZMETRICS_NAMESPACE=PREFIX does (acme_...)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "export-assets":
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                     thresholds={name: getattr(args, name.replace("-", "_")) for name in THRESHOLDS},
                     batch_stale_after=args.batch_stale_after,
                     for_durations=args.for_durations,
-                )
+                ),
+                namespace=args.namespace,
             )
             done = export_assets(args.directory, files, force=args.force)
         except (OSError, ValueError) as exc:

@@ -159,6 +159,10 @@ class _Gauge(_Invalidating, Gauge):
 M = TypeVar("M", Counter, Gauge, Histogram)
 
 
+#: The catalogue's metric names as the spec gives them, before any ``BIZMETRICS_NAMESPACE`` prefix.
+BASE_NAMES: list[str] = []
+
+
 def _declare(cls: type[M], name: str, documentation: str, labelnames: Sequence[str], **kwargs: Any) -> M:
     """Create a metric on the default registry, or return the one already there.
 
@@ -168,6 +172,7 @@ def _declare(cls: type[M], name: str, documentation: str, labelnames: Sequence[s
     name (the application's own ``cache_hits``, say) is a clash: the error
     names the metric and the remedy.
     """
+    BASE_NAMES.append(name)
     try:
         return cls(name, documentation, labelnames, namespace=NAMESPACE, **kwargs)
     except ValueError as exc:

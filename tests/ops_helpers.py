@@ -147,8 +147,8 @@ def pushgateway(port: int, work: Path) -> process:
     )
 
 
-def prometheus(config: dict[str, Any], work: Path, port: int) -> process:
-    """A Prometheus on loopback with ``config``, its TSDB in ``work``."""
+def prometheus(config: dict[str, Any], work: Path, port: int, *flags: str) -> process:
+    """A Prometheus on loopback with ``config``, its TSDB in ``work``, and any extra ``flags``."""
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     return process(
         [
@@ -156,6 +156,7 @@ def prometheus(config: dict[str, Any], work: Path, port: int) -> process:
             f"--config.file={work / 'prometheus.yml'}",
             f"--storage.tsdb.path={work / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
+            *flags,
         ]
     )
 

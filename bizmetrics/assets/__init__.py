@@ -250,6 +250,24 @@ def parse_options(
     }
 
 
+def with_namespace(text: str, namespace: str | None) -> str:
+    """Return ``text`` (rules or a dashboard) with every catalogue metric prefixed by ``namespace_``.
+
+    The names a service exposes with ``BIZMETRICS_NAMESPACE``; recording rule
+    names, labels and the ``bizmetrics_`` self-metrics are left as they are.
+
+    .. versionadded:: 0.2.0
+    """
+    if not namespace:
+        return text
+    from ..metrics import BASE_NAMES
+
+    bases = sorted({name.removesuffix("_total") for name in BASE_NAMES}, key=len, reverse=True)
+    names = "|".join(bases)
+    pattern = re.compile(rf"(?<![\w:])((?:{names})(?:_total|_bucket|_sum|_count|_created)?)(?![\w:])")
+    return pattern.sub(lambda match: f"{namespace}_{match.group(1)}", text)
+
+
 def render(
     *,
     jobs: str | None = None,
@@ -258,11 +276,14 @@ def render(
     thresholds: Mapping[str, float] | None = None,
     batch_stale_after: str | None = None,
     for_durations: Mapping[str, str] | None = None,
+    namespace: str | None = None,
 ) -> dict[str, str]:
     """Return every file of the kit, tuned, by its path relative to the export directory.
 
     With no argument, the files are exactly the shipped ones.  ``for_durations``
-    may name any alert, SLO alerts included; the other parameters are those of
+    may name any alert, SLO alerts included; ``namespace`` writes the rules and
+    dashboards for a service run with ``BIZMETRICS_NAMESPACE`` (see
+    :func:`with_namespace`); the other parameters are those of
     :func:`tune_alerts` and :func:`set_objectives`.
 
     .. versionadded:: 0.2.0
@@ -289,6 +310,10 @@ def render(
     files["alertmanager/alertmanager.yml"] = (
         package.joinpath("alertmanager").joinpath("alertmanager.yml").read_text(encoding="utf-8")
     )
+    if namespace:
+        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", namespace):
+            raise ValueError(f"--namespace {namespace!r} is not a valid metric name prefix")
+        files = {name: with_namespace(text, namespace) for name, text in files.items()}
     return files
 
 

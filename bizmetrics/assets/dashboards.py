@@ -81,7 +81,14 @@ def _dashboard(
                 "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
                 "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
                 "targets": [
-                    {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + j)}
+                    {
+                        "datasource": DATASOURCE,
+                        "expr": expr,
+                        "legendFormat": legend,
+                        "refId": chr(ord("A") + j),
+                        # Latency panels show the exemplars (trace ids) of their buckets.
+                        "exemplar": "histogram_quantile(" in expr,
+                    }
                     for j, (expr, legend) in enumerate(targets)
                 ],
             }
@@ -104,7 +111,9 @@ def _dashboard(
                     "label": "Data source",
                     "type": "datasource",
                     "query": "prometheus",
-                    "current": {},
+                    # Grafana's schema requires text and value; Grafana picks the
+                    # default Prometheus data source when this one does not exist.
+                    "current": {"selected": False, "text": "Prometheus", "value": "prometheus"},
                     "hide": 0,
                     "refresh": 1,
                     "regex": "",
@@ -279,6 +288,7 @@ def workflow_performance(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
 
 def ai_agent_analytics(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     t = '{job=~"$job", tenant_id=~"$tenant", agent_id=~"$agent"}'
+    te = '{status="error", job=~"$job", tenant_id=~"$tenant", agent_id=~"$agent"}'
     h = '{job=~"$job", agent_id=~"$agent"}'
     v = '{job=~"$job"}'
     return _dashboard(
@@ -310,6 +320,49 @@ def ai_agent_analytics(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
                     f"agent_tokens_used_total{t}", f"agent_invocations_total{t}", "agent_id", "{{job}} {{agent_id}}"
                 ),
             ),
+            (
+                "Tokens per minute by type and model",
+                "short",
+                [
+                    (
+                        f"sum by (job, model, token_type) (rate(agent_token_usage_total{t}[5m])) * 60",
+                        "{{job}} {{model}} {{token_type}}",
+                    )
+                ],
+            ),
+            (
+                "Time to first token (streams)",
+                "ms",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (job, agent_id, le)"
+                        f" (rate(agent_time_to_first_token_bucket{h}[5m])))",
+                        f"{{{{job}}}} p{round(q * 100)} {{{{agent_id}}}}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+            ),
+            (
+                "Tool calls per second by status",
+                "ops",
+                [
+                    (
+                        f"sum by (job, agent_id, tool, status) (rate(agent_tool_calls_total{t}[5m]))",
+                        "{{job}} {{agent_id}} {{tool}} {{status}}",
+                    )
+                ],
+            ),
+            (
+                "Tool error ratio",
+                "percentunit",
+                _rate_ratio(
+                    f"agent_tool_calls_total{te}",
+                    f"agent_tool_calls_total{t}",
+                    "agent_id, tool",
+                    "{{job}} {{agent_id}} {{tool}}",
+                ),
+            ),
+            ("Tool latency", "ms", _quantiles("agent_tool_duration", "tool", h)),
         ],
     )
 
@@ -372,6 +425,14 @@ def system_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
                 ],
             ),
             ("Scrape targets up", "short", [(f"up{j}", "{{job}} {{instance}}")]),
+            (
+                "Tenants with their own label, and records folded into __overflow__ per second",
+                "short",
+                [
+                    (f"max by (job) (bizmetrics_tenants_admitted{j})", "{{job}} tenants admitted"),
+                    (f"sum by (job) (rate(bizmetrics_tenant_overflow_total{j}[5m]))", "{{job}} folded per second"),
+                ],
+            ),
             (
                 "Batch jobs: time since last success",
                 "s",
