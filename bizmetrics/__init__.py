@@ -37,7 +37,7 @@ from .metrics import (
     set_db_pool_size,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MISS",
