@@ -110,6 +110,9 @@ def summarize(cases: list[Case], per_round: dict[int, list[float]]) -> tuple[lis
         "coroutine method, success / hand-written": ratio("coroutine", "success"),
         "sync method, error / hand-written": ratio("sync", "error"),
         "coroutine method, error / hand-written": ratio("coroutine", "error"),
+        "sync method, trace current / hand-written": next(
+            r["ratio_to_hand"] for r in rows if r["case"] == "bizmetrics method, trace current"
+        ),
         "generator ns per item": gen_item,
         "async generator ns per item": agen_item,
         "generator of 10, success / hand-written": ratio("generator", "success"),

@@ -17,7 +17,7 @@ from typing import Any
 
 import wrapt
 
-from bizmetrics import instrument_connector_operation, tenant_context
+from bizmetrics import instrument_connector_operation, tenant_context, trace_context
 from bizmetrics.metrics import CONNECTOR_OPERATION_DURATION as DURATION
 from bizmetrics.metrics import CONNECTOR_OPERATIONS as OPERATIONS
 
@@ -399,10 +399,15 @@ def _path_cases(path: str) -> list[Case]:
     ]
     if not fail:
         ctx_run = sync_loop(with_context, fail)
+        traced_run = sync_loop(lambda: c.deco(), fail)
 
         def in_context(n: int) -> int:
             with tenant_context(TENANT):
                 return ctx_run(n)
+
+        def in_trace(n: int) -> int:
+            with trace_context("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"):
+                return traced_run(n)
 
         cases[2:2] = [
             Case(
@@ -422,7 +427,15 @@ def _path_cases(path: str) -> list[Case]:
                 "bizmetrics",
                 in_context,
                 "instrument_connector_operation on a function, tenant from tenant_context",
-            )
+            ),
+            Case(
+                "bizmetrics method, trace current",
+                "sync",
+                path,
+                "bizmetrics",
+                in_trace,
+                "the bizmetrics method inside trace_context: exemplars on the counter and the histogram",
+            ),
         ]
     return cases
 
