@@ -246,7 +246,17 @@ def read_usage(result: Any) -> Usage | float:
             # A stream chunk without usage still names the model.
             return Usage({}, model)
     if usage is None:
-        _log.debug("bizmetrics: cannot find token usage in a %s; counted 0", type(result).__name__)
+        if isinstance(kind, str):
+            return 0  # a stream event that carries no usage (a text delta): nothing to say
+        if hasattr(result, "__aiter__") or hasattr(result, "__next__"):
+            _log.warn(
+                "agent-stream",
+                "bizmetrics: an agent returned a stream (%s): its tokens are not counted and its time ends "
+                "when the stream is created. Make the agent a generator that yields the chunks, or use tokens=",
+                type(result).__name__,
+            )
+        else:
+            _log.debug("bizmetrics: cannot find token usage in a %s; counted 0", type(result).__name__)
         return 0
     return usage
 

@@ -35,7 +35,7 @@ def method(raw: object) -> str:
 
 def trace_of(traceparent: str | bytes | None) -> dict[str, str] | None:
     """Return the exemplar of a request's W3C ``traceparent`` header, if sampled; never raise."""
-    if traceparent is None:
+    if traceparent is None or _trace.provider_set():
         return None
     try:
         return _trace.parse_traceparent(traceparent)

@@ -18,7 +18,7 @@ import inspect
 import pickle
 import sys
 import types
-from asyncio import CancelledError
+from asyncio import CancelledError, isfuture
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextvars import ContextVar
 from time import perf_counter_ns  # tests patch this name to get exact durations
@@ -556,6 +556,18 @@ def _coroutine_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callabl
     return call
 
 
+def _future_done(future: Any, bundle: Any, start: int, extract: Any, classify: Any) -> None:
+    ns = perf_counter_ns() - start
+    if future.cancelled():
+        _cancelled(bundle, ns, 0)
+        return
+    exc = future.exception()
+    if exc is not None:
+        _ended(bundle, ns, exc, 0, classify)
+    else:
+        _success(bundle, ns, 0 if extract is None else _measure(extract, future.result()))
+
+
 def _maybe_awaitable_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callable[..., Any]:
     """Body for a sync callable that may return an awaitable (a ``functools.wraps`` wrapper of a coroutine)."""
     resolve, extract, var, classify = site.resolve, site.extract, site.scope_var, site.error_type
@@ -572,10 +584,17 @@ def _maybe_awaitable_body(site: Site, func: Any, timed: Callable[..., Any]) -> C
         except BaseException as exc:
             _ended(bundle, perf_counter_ns() - start, exc, 0, classify)
             raise
-        if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
             pending = _Pending()
             pending.work, pending.bundle = result, bundle
             return timed(pending, extract, var, classify)
+        if isfuture(result):
+            # A Future or Task is returned as it is; its outcome is recorded when it is done.
+            try:
+                result.add_done_callback(lambda done: _future_done(done, bundle, start, extract, classify))
+            except Exception:
+                _log.internal_error("watching a future")
+            return result
         _success(bundle, perf_counter_ns() - start, 0 if extract is None else _measure(extract, result))
         return result
 
@@ -638,10 +657,13 @@ def _by_reference(proxy: Any, protocol: Any) -> Any:
     """
     module, qualname = proxy.__module__, proxy.__qualname__
     try:
-        _resolve_qualname(module, qualname)
+        found = _resolve_qualname(module, qualname)
     except Exception:
         pickle.dumps(proxy.__wrapped__, protocol)
         raise pickle.PicklingError(f"Can't pickle {qualname!r}: it is not found as {module}.{qualname}") from None
+    if found is not proxy and not isinstance(found, (_BoundBase, _FunctionBase)):
+        # That name holds something else (the undecorated function, say), as pickle says of functions.
+        raise pickle.PicklingError(f"Can't pickle {qualname!r}: it's not the same object as {module}.{qualname}")
     return _resolve_qualname, (module, qualname)
 
 

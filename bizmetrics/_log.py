@@ -49,6 +49,11 @@ def warn(key: str, msg: str, *args: object) -> None:
     _limited(logging.WARNING, key, msg, *args)
 
 
+def warning(msg: str, *args: object) -> None:
+    """Log a warning now (no rate limit): for configuration problems, said once."""
+    _emit(logging.WARNING, msg, *args)
+
+
 def internal_error(where: str) -> None:
     """Log, rate-limited and with the traceback, a failure inside bizmetrics."""
     _limited(

@@ -129,8 +129,8 @@ class Admission:
             self._warned = True
             _log.warn(
                 "tenant-cap",
-                "bizmetrics: %d tenants reached (BIZMETRICS_MAX_TENANTS / limit_tenants); further tenants "
-                "are recorded as tenant_id=%r, other labels kept",
+                "bizmetrics: the tenant cap (%s, BIZMETRICS_MAX_TENANTS or limit_tenants) is reached; further "
+                "tenants are recorded as tenant_id=%r, other labels kept",
                 cap,
                 OVERFLOW_TENANT,
             )
@@ -146,7 +146,8 @@ class Admission:
                     file.seek(self._file_offset)
                     added = file.read()
                     self._file_offset = file.tell()
-                    self.admitted.update(added.splitlines())
+                    # split("\n"), not splitlines(): a tenant may hold U+2028 and its kin.
+                    self.admitted.update(name for name in added.split("\n") if name)
                     if tenant in self.admitted:
                         return True
                     if len(self.admitted) >= cap:
@@ -181,6 +182,10 @@ def limit_tenants(max_tenants: int | None, *, pinned: Iterable[object] = ()) -> 
 
     .. versionadded:: 0.2.0
     """
-    if max_tenants is not None and (isinstance(max_tenants, bool) or int(max_tenants) < 0):
+    if max_tenants is not None and (not isinstance(max_tenants, int) or isinstance(max_tenants, bool)):
+        raise TypeError(f"max_tenants must be None or an int, not {max_tenants!r}")
+    if max_tenants is not None and max_tenants < 0:
         raise ValueError(f"max_tenants must be None or a count >= 0, not {max_tenants!r}")
-    ADMISSION.configure(None if max_tenants is None else int(max_tenants), pinned)
+    if isinstance(pinned, (str, bytes)):
+        pinned = (pinned,)  # one tenant, not its letters
+    ADMISSION.configure(max_tenants, pinned)

@@ -31,6 +31,7 @@ _provider: Callable[[], dict[str, str] | None] | None = None
 #: OpenMetrics allows at most 128 characters for an exemplar's label names and values together.
 MAX_EXEMPLAR_RUNES = 128
 
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?\Z")
 
 
@@ -53,7 +54,18 @@ def valid_exemplar(labels: object) -> dict[str, str] | None:
         _log.warn("exemplar:str", "bizmetrics: exemplar labels could not be turned into text; dropped")
         return None
     runes = sum(len(k) + len(v) for k, v in clean.items())
-    if runes > MAX_EXEMPLAR_RUNES or not all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) for k in clean):
+    try:
+        # Every character must survive UTF-8, or each scrape of the exemplar would fail.
+        "".join(clean).encode("utf-8")
+        "".join(clean.values()).encode("utf-8")
+        encodable = True
+    except UnicodeEncodeError:
+        encodable = False
+    if (
+        runes > MAX_EXEMPLAR_RUNES
+        or not encodable
+        or not all(_LABEL_NAME.fullmatch(k) and not k.startswith("__") for k in clean)
+    ):
         _log.warn(
             "exemplar:long",
             "bizmetrics: exemplar %r is invalid or longer than %d characters; dropped",
@@ -74,12 +86,19 @@ def exemplar() -> dict[str, str] | None:
             _log.internal_error("the exemplar provider")
             return None
     if labels is not None and multiprocess_enabled():
-        _log.warn(
-            "exemplar:multiprocess",
-            "bizmetrics: exemplars are not supported in prometheus_client's multiprocess mode; dropped",
-        )
+        global _warned_multiprocess
+        if not _warned_multiprocess:
+            _warned_multiprocess = True
+            _log.warn(
+                "exemplar:multiprocess",
+                "bizmetrics: exemplars are not supported in prometheus_client's multiprocess mode; "
+                "recording without them (this is said once)",
+            )
         return None
     return labels
+
+
+_warned_multiprocess = False
 
 
 def duration(ms: float | None) -> float | None:
@@ -113,8 +132,10 @@ def set_exemplar_provider(provider: Callable[[], dict[str, str] | None] | None) 
     """Let ``provider()`` supply the exemplar of each record when no ``trace_context`` is current.
 
     For applications with their own tracing (OpenTelemetry, say): return
-    ``{"trace_id": ..., "span_id": ...}`` or ``None``. ``None`` as the
-    provider restores the default.
+    ``{"trace_id": ..., "span_id": ...}`` or ``None``. While a provider is
+    set, the HTTP middleware no longer takes the trace from ``traceparent``
+    (the provider knows the server's own span). ``None`` as the provider
+    restores the default.
 
     .. versionadded:: 0.2.0
     """
@@ -128,6 +149,11 @@ def set_fixed_duration(ms: float | None) -> None:
     global FIXED_MS
     FIXED_MS = ms
     _refresh()
+
+
+def provider_set() -> bool:
+    """Return whether an exemplar provider is set (the middleware then ignores ``traceparent``)."""
+    return _provider is not None
 
 
 def parse_traceparent(header: str | bytes | None) -> dict[str, str] | None:

@@ -24,34 +24,46 @@ _AGENT: ContextVar[object] = ContextVar("bizmetrics_agent", default=None)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: The tokens of the ``with`` blocks entered in this context, innermost last: kept in a
+#: context variable so one ``ContextValue`` can be entered by several tasks or threads at once.
+_ENTERED: ContextVar[tuple[tuple[object, Token[object]], ...]] = ContextVar("bizmetrics_entered", default=())
+
+
 class ContextValue:
     """Sets a context variable inside a ``with`` block, or while a decorated function runs.
 
     As a decorator it takes sync and ``async def`` functions (for the latter
     the value is set while the coroutine runs, across its awaits); generator
     functions are refused, since their body runs after the call returns.
-    Reusable and re-entrant.
+    Reusable and re-entrant, also by several threads or asyncio tasks at once.
     """
 
-    __slots__ = ("_tokens", "_value", "_var")
+    __slots__ = ("_name", "_value", "_var")
 
-    def __init__(self, var: ContextVar[object], value: object) -> None:
+    def __init__(self, var: ContextVar[object], value: object, name: str) -> None:
         self._var = var
         self._value = value
-        self._tokens: list[Token[object]] = []
+        self._name = name
 
     def __enter__(self) -> None:
-        self._tokens.append(self._var.set(self._value))
+        token = self._var.set(self._value)
+        _ENTERED.set((*_ENTERED.get(), (self, token)))
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._var.reset(self._tokens.pop())
+        entered = _ENTERED.get()
+        for index in range(len(entered) - 1, -1, -1):
+            owner, token = entered[index]
+            if owner is self:
+                _ENTERED.set(entered[:index] + entered[index + 1 :])
+                self._var.reset(token)
+                return
 
     def __call__(self, func: F) -> F:
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError(
-                f"{self._var.name}: cannot decorate generator function {func.__qualname__!r}; "
+                f"{self._name}: cannot decorate generator function {func.__qualname__!r}; "
                 "use a `with` block inside it instead"
             )
         var, value = self._var, self._value
@@ -88,7 +100,7 @@ def tenant_context(tenant_id: object) -> ContextValue:
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 Works as a decorator of ``async def`` functions.
     """
-    return ContextValue(_TENANT, tenant_id)
+    return ContextValue(_TENANT, tenant_id, "tenant_context")
 
 
 def workflow_context(workflow_id: object) -> ContextValue:
@@ -99,7 +111,7 @@ def workflow_context(workflow_id: object) -> ContextValue:
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 Works as a decorator of ``async def`` functions.
     """
-    return ContextValue(_WORKFLOW, workflow_id)
+    return ContextValue(_WORKFLOW, workflow_id, "workflow_context")
 
 
 def current_tenant() -> object:

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _http, _log
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
+from ._trace import _TRACE
 from .context import _TENANT
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_view"]
@@ -73,36 +74,37 @@ class MetricsMiddleware:
             return _http.call_tenant(self.tenant, request)
         return None
 
-    def _finish(self, request: Any, status: int, start: int, tenant: object) -> None:
+    def _finish(self, request: Any, status: int, start: int, tenant: object, trace: dict[str, str] | None) -> None:
         try:
             template = route_template(request) or self.unmatched
             if not _http.excluded(template, self.exclude):
-                _http.record(request.method, template, status, start, perf_counter_ns(), tenant)
+                with _scope(tenant, trace):
+                    _http.record(request.method, template, status, start, perf_counter_ns(), tenant)
         except Exception:
             _log.internal_error("django middleware")
 
-    def _on_close(self, request: Any, response: Any, start: int, tenant: object) -> None:
+    def _on_close(self, request: Any, response: Any, start: int, tenant: object, trace: dict[str, str] | None) -> None:
         status = getattr(response, "status_code", 0)
+        if getattr(response, "streaming", False):
+            _stream_in_scope(response, tenant, trace)
         closers = getattr(response, "_resource_closers", None)
         if isinstance(closers, list):
             # Django closes the response after the server sent its body.
-            closers.append(lambda: self._finish(request, status, start, tenant))
+            closers.append(lambda: self._finish(request, status, start, tenant, trace))
         else:
-            self._finish(request, status, start, tenant)
+            self._finish(request, status, start, tenant, trace)
 
     @contextmanager
     def _handling(self, request: Any) -> Iterator[Callable[[Any], None]]:
         start = perf_counter_ns()
         tenant = self._tenant_of(request)
-        token = _TENANT.set(tenant) if tenant is not None else None
-        try:
-            yield lambda response: self._on_close(request, response, start, tenant)
-        except BaseException:
-            self._finish(request, 500, start, tenant)
-            raise
-        finally:
-            if token is not None:
-                _TENANT.reset(token)
+        trace = _http.trace_of(request.headers.get("traceparent"))
+        with _scope(tenant, trace):
+            try:
+                yield lambda response: self._on_close(request, response, start, tenant, trace)
+            except BaseException:
+                self._finish(request, 500, start, tenant, trace)
+                raise
 
     def __call__(self, request: Any) -> Any:
         """Handle one request."""
@@ -124,6 +126,53 @@ class MetricsMiddleware:
             response = await get_response(request)
             done(response)
         return response
+
+
+@contextmanager
+def _scope(tenant: object, trace: dict[str, str] | None) -> Iterator[None]:
+    """The request's tenant and trace, set while its code runs."""
+    token = _TENANT.set(tenant) if tenant is not None else None
+    trace_token = _TRACE.set(trace) if trace is not None else None
+    try:
+        yield
+    finally:
+        if trace_token is not None:
+            _TRACE.reset(trace_token)
+        if token is not None:
+            _TENANT.reset(token)
+
+
+def _stream_in_scope(response: Any, tenant: object, trace: dict[str, str] | None) -> None:
+    """Make a streaming response produce its body in the request's tenant and trace, as WSGI does."""
+    if tenant is None and trace is None:
+        return
+    content = response.streaming_content
+    if hasattr(content, "__aiter__"):
+
+        async def scoped_async() -> Any:
+            iterator = content.__aiter__()
+            while True:
+                with _scope(tenant, trace):
+                    try:
+                        chunk = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        return
+                yield chunk
+
+        response.streaming_content = scoped_async()
+    else:
+
+        def scoped() -> Any:
+            iterator = iter(content)
+            while True:
+                with _scope(tenant, trace):
+                    try:
+                        chunk = next(iterator)
+                    except StopIteration:
+                        return
+                yield chunk
+
+        response.streaming_content = scoped()
 
 
 def metrics_view(request: Any) -> Any:

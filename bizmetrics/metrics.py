@@ -541,27 +541,31 @@ def _error_label(error_type: str) -> str:
 _current_trace = _trace.current
 
 
+# prometheus_client counts first and validates the exemplar after, so a
+# rejected exemplar has already been counted: never count again.
+
+
 def _inc(child: Any, exemplar: dict[str, str] | None, amount: float = 1) -> None:
-    if exemplar is not None:
-        try:
-            child.inc(amount, exemplar=exemplar)
-            return
-        except Exception:
-            _log.warn("exemplar:rejected", "bizmetrics: prometheus_client rejected an exemplar; recorded without it")
-    child.inc(amount)
+    if exemplar is None:
+        child.inc(amount)
+        return
+    try:
+        child.inc(amount, exemplar=exemplar)
+    except Exception:
+        _log.warn("exemplar:rejected", "bizmetrics: prometheus_client rejected an exemplar; dropped")
 
 
 def _observe(child: Any, ms: float | None, exemplar: dict[str, str] | None) -> None:
     ms = _trace.duration(ms)
     if ms is None:
         return
-    if exemplar is not None:
-        try:
-            child.observe(ms, exemplar=exemplar)
-            return
-        except Exception:
-            _log.warn("exemplar:rejected", "bizmetrics: prometheus_client rejected an exemplar; recorded without it")
-    child.observe(ms)
+    if exemplar is None:
+        child.observe(ms)
+        return
+    try:
+        child.observe(ms, exemplar=exemplar)
+    except Exception:
+        _log.warn("exemplar:rejected", "bizmetrics: prometheus_client rejected an exemplar; dropped")
 
 
 class _Outcomes:
@@ -603,7 +607,11 @@ class _Outcomes:
             self.duration(ms)
 
     def _error(self, error_type: str) -> None:
-        add = self.errors.get(error_type)
+        try:
+            add = self.errors.get(error_type)
+        except TypeError:  # an unhashable error_type= result: keyed by its clean label
+            error_type = _error_label(error_type)
+            add = self.errors.get(error_type)
         if add is None:
             add = _by_error_type(self.errors, self.ERRORS, error_type, *self.key, _error_label(error_type), self.tenant)
         add(1)

@@ -35,14 +35,14 @@ def check_import_order() -> bool:
     """
     directory = os.environ.get(ENV) or os.environ.get(ENV.lower())
     if directory and not enabled():
-        _log.logger.warning(
+        _log.warning(
             "bizmetrics: %s is set but prometheus_client was imported before it was; "
             "metrics stay per process. Set the variable before anything imports prometheus_client.",
             ENV,
         )
         return False
     if directory and not os.path.isdir(directory):
-        _log.logger.warning("bizmetrics: %s=%r is not a directory; create it before the workers start", ENV, directory)
+        _log.warning("bizmetrics: %s=%r is not a directory; create it before the workers start", ENV, directory)
         return False
     return True
 

@@ -26,9 +26,15 @@ def _registry() -> CollectorRegistry:
     return _mp.registry() if _mp.enabled() else REGISTRY
 
 
+#: prometheus_client's own process, platform and GC collectors: they move on their own.
+_NOISE = ("process_", "python_gc_", "python_info")
+
+
 def _snapshot(registry: CollectorRegistry) -> dict[Key, float]:
     samples: dict[Key, float] = {}
     for family in registry.collect():
+        if family.name.startswith(_NOISE):
+            continue
         for sample in family.samples:
             if sample.name.endswith("_created"):
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter_ns
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -144,6 +144,16 @@ class _Body:
             self.request.finish(False)
 
 
+class _ListBody(list):  # type: ignore[type-arg]
+    """A list response, passed on as a list (servers take its ``len`` for Content-Length); records on close."""
+
+    __slots__ = ("request",)
+    request: _Request
+
+    def close(self) -> None:
+        self.request.finish(False)
+
+
 class MetricsMiddleware:
     """Record every HTTP request of a WSGI application in the ``api_*`` metrics.
 
@@ -184,7 +194,7 @@ class MetricsMiddleware:
             if url_map is not None:
                 route = flask_route(url_map)
             else:
-                _log.logger.warning(
+                _log.warning(
                     "bizmetrics: no route templates for %r; every request is endpoint=%r unless route= is given",
                     app,
                     unmatched,
@@ -229,6 +239,18 @@ class MetricsMiddleware:
             _log.internal_error("wsgi middleware")
             return self.app(environ, start_response)
         result = request.call(self.app, environ, wrapped)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+            # The server sends it with sendfile only if it gets it back as it is:
+            # recorded now, timed to the application's return.
+            request.started = True
+            request.finish(False)
+            return cast("Iterable[bytes]", result)
+        if type(result) in (list, tuple):
+            body = _ListBody(result)
+            body.request = request
+            request.started = True
+            return body
         return _Body(result, request)
 
 

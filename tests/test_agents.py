@@ -537,3 +537,24 @@ def test_agent_metrics_go_through_the_tenant_cap(monkeypatch):
     assert (
         value("agent_tool_calls_total", agent_id=agent, tool="search", status="success", tenant_id="__overflow__") == 1
     )
+
+
+def test_an_agent_returning_a_stream_object_is_said_to_count_nothing(caplog):
+    """An agent that returns an SDK stream (an async iterator) instead of yielding it: a warning says so."""
+    from bizmetrics import _log
+
+    _log.reset()
+
+    class AsyncStream:
+        def __aiter__(self) -> Any:
+            return self
+
+        async def __anext__(self) -> Any:
+            raise StopAsyncIteration
+
+    @instrument_agent(unique("agent"))
+    async def answer(tenant_id: str) -> Any:
+        return AsyncStream()
+
+    asyncio.run(answer("acme"))
+    assert any("returned a stream" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

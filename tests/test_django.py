@@ -43,12 +43,16 @@ def boom(request: HttpRequest) -> HttpResponse:
 
 
 NOW = [0]
+#: The tenant current while each streamed chunk was produced.
+STREAMED_IN: list[object] = []
 
 
 def stream(request: HttpRequest) -> StreamingHttpResponse:
     def chunks() -> Iterator[bytes]:
+        STREAMED_IN.append(bizmetrics.current_tenant())
         yield b"a"
         NOW[0] += 3_000_000
+        STREAMED_IN.append(bizmetrics.current_tenant())
         yield b"b"
         NOW[0] += 5_000_000
 
@@ -153,7 +157,9 @@ def test_streaming_response_is_timed_until_django_closes_it(monkeypatch: pytest.
     before = value("api_request_duration_sum", method="GET", endpoint="/stream/")
     answer = client().get("/stream/", headers={"X-Tenant-ID": tenant})
     assert count("/stream/", tenant) == 0, "not recorded before the body is consumed"
+    STREAMED_IN.clear()
     assert b"".join(answer.streaming_content) == b"ab"  # type: ignore[attr-defined]
+    assert STREAMED_IN == [tenant, tenant], "the body is produced in the request's tenant context"
     assert count("/stream/", tenant) == 1
     assert value("api_request_duration_sum", method="GET", endpoint="/stream/") - before == 8.0
 

@@ -294,7 +294,9 @@ def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
         (["--batch-stale-after", "5x"], "not a Prometheus duration"),
         (["--for", "BizmetricsNoSuchAlert=5m"], "no alert BizmetricsNoSuchAlert"),
         (["--for", "BizmetricsTargetDown"], "NAME=VALUE"),
-        (["--jobs", "("], "("),
+        (["--jobs", "("], "is not a regex"),
+        (["--jobs", "(?!billing).+"], "RE2"),
+        (["--namespace", "1acme"], "not a valid metric name prefix"),
     ],
 )
 def test_export_assets_rejects_bad_options(tmp_path, args, message):
@@ -303,6 +305,15 @@ def test_export_assets_rejects_bad_options(tmp_path, args, message):
     assert done.returncode == 1, done.stderr
     assert message in done.stderr
     assert _files(tmp_path) == []
+
+
+def test_export_assets_namespace_gives_the_dashboards_their_own_identity(tmp_path):
+    """--namespace acme: prefixed names, and dashboard uids and titles of their own beside the plain ones."""
+    assert _export(tmp_path, "--namespace", "acme").returncode == 0
+    board = json.loads((tmp_path / "grafana" / "connector-health.json").read_text())
+    plain = json.loads(dashboards.render(dashboards.DASHBOARDS["connector-health.json"]))
+    assert board["uid"] == plain["uid"] + "-acme" and board["title"] == plain["title"] + " (acme)"
+    assert all("acme_connector" in t["expr"] for p in board["panels"] for t in p["targets"])
 
 
 def test_export_assets_never_overwrites_a_differing_file_without_force(tmp_path):

@@ -47,6 +47,21 @@ def test_version_on_the_command_line():
 
 
 def test_the_pytest_plugin_is_registered():
-    """The installed distribution registers bizmetrics.pytest_plugin under pytest11."""
+    """The installed distribution registers the bizmetrics_pytest plugin under pytest11."""
     points = importlib.metadata.entry_points(group="pytest11")
-    assert any(p.name == "bizmetrics" and p.value == "bizmetrics.pytest_plugin" for p in points)
+    assert any(p.name == "bizmetrics" and p.value == "bizmetrics_pytest" for p in points)
+
+
+def test_loading_the_pytest_plugin_imports_neither_bizmetrics_nor_prometheus_client():
+    """The plugin pytest loads at start-up leaves prometheus_client unimported, so a conftest can still
+    set PROMETHEUS_MULTIPROC_DIR."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, bizmetrics_pytest\n"
+        "print(sorted(m for m in ('bizmetrics', 'prometheus_client') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -911,3 +911,89 @@ def test_executors_drop_the_context_and_copy_context_carries_it():
             return await asyncio.to_thread(current_tenant)
 
     assert asyncio.run(main()) == "acme"
+
+
+def test_one_context_object_shared_by_concurrent_tasks_and_threads():
+    """A module-level tenant_context(...) entered by several tasks (and threads) at once never raises."""
+    shared = tenant_context("acme")
+
+    async def handler(delay: float) -> object:
+        with shared:
+            await asyncio.sleep(delay)
+            inner = current_tenant()
+        return inner, current_tenant()
+
+    async def main() -> list[object]:
+        return await asyncio.gather(handler(0.02), handler(0.01), handler(0))
+
+    assert asyncio.run(main()) == [("acme", None)] * 3
+
+    seen: list[object] = []
+
+    def work() -> None:
+        for _ in range(200):
+            with shared:
+                seen.append(current_tenant())
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == ["acme"] * 800
+    with shared, shared:
+        assert current_tenant() == "acme"
+    assert current_tenant() is None
+
+
+def test_a_wraps_wrapper_returning_a_future_returns_it_unchanged_and_records_its_outcome():
+    """A functools.wraps sync wrapper that returns a Task gets the Task back; the outcome is recorded when done."""
+    op = unique()
+
+    @functools.wraps(_fail_later)
+    def schedule(delay: float, fail: bool) -> Any:
+        return asyncio.ensure_future(_fail_later(delay, fail))
+
+    decorated = instrument_connector_operation(op, connector_type="fut")(schedule)
+
+    async def main() -> None:
+        ok = decorated(0, False)
+        assert isinstance(ok, asyncio.Task) and await ok == "done"
+        bad = decorated(0, True)
+        assert isinstance(bad, asyncio.Task)
+        with pytest.raises(ConnectionError):
+            await bad
+        await asyncio.sleep(0)  # done callbacks run soon after
+
+    asyncio.run(main())
+    labels = {"connector_type": "fut", "operation": op, "tenant_id": "default_tenant"}
+    assert value("connector_operations_total", status="success", **labels) == 1
+    assert value("connector_errors_total", error_type="ConnectionError", **labels) == 1
+
+
+def test_an_unhashable_error_type_result_records_under_its_str():
+    """error_type= returning a list: the error counter and the duration are still recorded, under str()."""
+    ct = unique()
+
+    @instrument_connector_operation("op", connector_type=ct, error_type=lambda exc: ["http", 503])
+    def op() -> None:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        op()
+    labels = {"connector_type": ct, "operation": "op", "tenant_id": "default_tenant"}
+    assert value("connector_errors_total", error_type="['http', 503]", **labels) == 1
+    assert value("connector_operation_duration_count", connector_type=ct, operation="op") == 1
+
+
+def _impl_kept_undecorated() -> int:
+    return 1
+
+
+decorated_under_another_name = instrument_connector_operation("other")(_impl_kept_undecorated)
+
+
+def test_pickling_a_decorated_function_whose_name_holds_something_else_fails():
+    """If the qualified name resolves to the undecorated function, pickling fails, as pickle does for functions."""
+    with pytest.raises(pickle.PicklingError, match="not the same object"):
+        pickle.dumps(decorated_under_another_name)

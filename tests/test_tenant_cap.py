@@ -155,14 +155,27 @@ def test_reaching_the_cap_warns_once(cap, caplog):
     ct = unique("ct")
     for _ in range(5):
         bizmetrics.record_connector_operation(ct, "fetch", 1, True, unique())
-    warnings = [r for r in caplog.records if "tenants reached" in r.getMessage()]
+    warnings = [r for r in caplog.records if "tenant cap (1" in r.getMessage()]
     assert len(warnings) == 1
 
 
-def test_limit_tenants_refuses_negative_caps():
-    """A negative cap is a programming error, refused at once."""
+def test_limit_tenants_refuses_caps_that_are_not_counts():
+    """A negative cap, or one that is not an int, is a programming error, refused at once."""
     with pytest.raises(ValueError, match="max_tenants"):
         bizmetrics.limit_tenants(-1)
+    for wrong in ("5", 2.5, True):
+        with pytest.raises(TypeError, match="max_tenants"):
+            bizmetrics.limit_tenants(wrong)  # type: ignore[arg-type]
+
+
+def test_a_single_pinned_tenant_may_be_given_as_a_string(cap):
+    """pinned="acme" pins the tenant acme, not the letters a, c, m and e."""
+    cap(0, pinned="acme")  # type: ignore[arg-type]
+    ct = unique("ct")
+    for tenant in ("acme", "a"):
+        bizmetrics.record_connector_operation(ct, "fetch", 1, True, tenant)
+    assert _ops(ct, "acme") == 1
+    assert _ops(ct, OVERFLOW_TENANT) == 1
 
 
 def _run(script: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

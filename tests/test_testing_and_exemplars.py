@@ -77,6 +77,16 @@ def test_changes_lists_every_changed_sample():
     assert all(delta != 0 for delta in changes.values())
 
 
+def test_changes_leave_out_prometheus_clients_own_process_and_gc_metrics():
+    """The process, platform and GC collectors move on their own: capture() ignores them."""
+    with capture() as captured:
+        _ = [bytearray(1 << 20) for _ in range(20)]
+        import gc
+
+        gc.collect()
+    assert not [name for name, _ in captured.changes() if name.startswith(("process_", "python_gc_"))]
+
+
 def test_fixed_durations_land_in_the_expected_bucket():
     """Under fixed_durations(42), every decorated call of every kind observes exactly 42 ms."""
     ct = unique("ct")
@@ -171,6 +181,38 @@ def test_the_pytest_fixture_works_in_a_users_test_run(tmp_path):
     assert "2 passed" in out.stdout
 
 
+def test_a_conftest_can_still_turn_on_multiprocess_mode_with_the_plugin_installed(tmp_path):
+    """The plugin is loaded before any conftest: a conftest setting PROMETHEUS_MULTIPROC_DIR still gets that mode."""
+    directory = str(tmp_path / "mp")
+    (tmp_path / "conftest.py").write_text(
+        f"import os\nos.makedirs({directory!r})\nos.environ['PROMETHEUS_MULTIPROC_DIR'] = {directory!r}\n"
+    )
+    (tmp_path / "test_mode.py").write_text(
+        textwrap.dedent(
+            """
+            from prometheus_client import values
+            import bizmetrics
+
+
+            def test_multiprocess_mode(bizmetrics_capture):
+                assert values.ValueClass is not values.MutexValue
+                bizmetrics.record_connector_sync("mp", "rows", 3, "acme")
+                bizmetrics_capture.assert_delta("connector_sync_records_total", 3, connector_type="mp")
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "BIZMETRICS_", "PROMETHEUS_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mode.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 # --- exemplars --------------------------------------------------------------------------------
 
 
@@ -259,6 +301,34 @@ def test_over_long_exemplars_are_dropped_never_raised(caplog):
     assert any("exemplar" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [{"__trace_id": "abc"}, {"trace id": "abc"}, {"trace_id": "\ud800"}, {"trace_id": "x" * 130}, {}, ["trace"]],
+)
+def test_an_exemplar_prometheus_would_refuse_is_dropped_and_the_record_counted_once(bad):
+    """Reserved or invalid names, lone surrogates, over-long values: no exemplar, the record counted once,
+    and the OpenMetrics exposition still renders."""
+    t = unique("x")
+    set_exemplar_provider(lambda: bad)
+    try:
+        with capture() as captured:
+            bizmetrics.record_connector_operation(t, "op", 12, True, "acme")
+    finally:
+        set_exemplar_provider(None)
+    captured.assert_delta("connector_operations_total", 1, connector_type=t)
+    captured.assert_delta("connector_operation_duration_count", 1, connector_type=t)
+    captured.assert_delta("connector_operation_duration_sum", 12, connector_type=t)
+    assert _exemplar_lines("connector_operations_total", t) == []
+
+
+def test_a_surrogate_in_a_trace_context_never_breaks_the_scrape():
+    """trace_context with a lone surrogate: dropped, and the OpenMetrics scrape still renders."""
+    t = unique("x")
+    with trace_context("\ud800"):
+        bizmetrics.record_db_query(t, 1)
+    assert _exemplar_lines("db_query_duration_bucket", t) == []
+
+
 def test_the_exemplar_provider_supplies_traces_and_none_restores_the_default():
     """set_exemplar_provider(fn) gives each record fn()'s exemplar; a raising or None provider records plain."""
     t = unique("x")
@@ -307,7 +377,9 @@ def test_multiprocess_mode_records_without_exemplars_and_warns_once(tmp_path):
         import logging
         logging.basicConfig()
         import bizmetrics
+        from bizmetrics import _log
         from bizmetrics.testing import capture
+        _log.LOG_INTERVAL = 0  # no rate limit: "once" must come from bizmetrics itself
         with capture() as captured, bizmetrics.trace_context("abc"):
             for _ in range(3):
                 bizmetrics.record_db_query("q", 1)
@@ -350,6 +422,31 @@ def test_the_asgi_middleware_sets_the_trace_from_a_sampled_traceparent():
     assert any(marker in line for line in _exemplar_lines("api_requests_total", t))
     assert any(marker in line for line in _exemplar_lines("db_query_duration_bucket", t))
     assert not any("1" * 32 in line for line in _exemplar_lines("api_requests_total", t))
+
+
+def test_a_provider_wins_over_the_traceparent_header():
+    """With an exemplar provider set, the middleware leaves traceparent alone: the provider's span is used."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from test_asgi import run
+
+    from bizmetrics.asgi import MetricsMiddleware
+
+    t = unique("x")
+
+    async def handler(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/" + t, handler)], middleware=[Middleware(MetricsMiddleware)])
+    set_exemplar_provider(lambda: {"trace_id": "server", "span_id": "aaaaaaaaaaaaaaaa"})
+    try:
+        run(app, "/" + t, traceparent=f"00-{TRACE}-{SPAN}-01")
+    finally:
+        set_exemplar_provider(None)
+    lines = _exemplar_lines("api_requests_total", t)
+    assert lines and all('span_id="aaaaaaaaaaaaaaaa"' in line and TRACE not in line for line in lines)
 
 
 def test_the_wsgi_middleware_sets_the_trace_from_a_sampled_traceparent():

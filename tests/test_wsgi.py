@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import logging
 import threading
 from collections.abc import Iterator
@@ -248,3 +249,29 @@ def test_real_wsgiref_server_counts_exactly():
         server.server_close()
         thread.join(timeout=10)
     assert count("/users/<int:user_id>", tenant) == 20
+
+
+def test_a_list_body_stays_a_list_and_a_file_wrapper_is_passed_through():
+    """A list body reaches the server as a list (len for Content-Length); a wsgi.file_wrapper one unchanged."""
+    from wsgiref.util import FileWrapper
+
+    endpoint = "/" + unique("p")
+
+    def listing(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"one chunk"]
+
+    def filing(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"file"))
+
+    for app in (listing, filing):
+        wrapped = MetricsMiddleware(app, route=lambda environ: endpoint)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": endpoint, "wsgi.file_wrapper": FileWrapper}
+        body = wrapped(environ, lambda status, headers, exc_info=None: None)
+        if app is listing:
+            assert isinstance(body, list) and len(body) == 1 and body == [b"one chunk"]
+        else:
+            assert isinstance(body, FileWrapper)
+        getattr(body, "close", lambda: None)()
+    assert count(endpoint, "default_tenant") == 2

@@ -6,6 +6,7 @@ options; see README, "Operations kit".
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,20 @@ def _promql_string(value: str) -> str:
 
 def _yaml_single_quoted(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def check_jobs_regex(jobs: str) -> None:
+    """Raise ``ValueError`` unless ``jobs`` is a regex Prometheus (RE2) accepts.
+
+    .. versionadded:: 0.2.0
+    """
+    try:
+        re.compile(jobs)
+    except re.error as exc:
+        raise ValueError(f"--jobs {jobs!r} is not a regex: {exc}") from None
+    # RE2, Prometheus' regex engine, has no lookaround and no backreferences.
+    if re.search(r"\(\?<?[=!]|\\[1-9]", jobs):
+        raise ValueError(f"--jobs {jobs!r}: Prometheus regexes (RE2) have no lookaround or backreferences")
 
 
 def _check_ratio(what: str, value: float) -> None:
@@ -173,7 +188,7 @@ def tune_alerts(
     """
     text = alerting_rules
     if jobs is not None:
-        re.compile(jobs)
+        check_jobs_regex(jobs)
         new = "expr: " + _yaml_single_quoted(f"up{{job=~{_promql_string(jobs)}}} == 0")
         text = _replace_in_alert(text, "BizmetricsTargetDown", _SHIPPED_JOBS_EXPR, new)
     for name, value in (thresholds or {}).items():
@@ -314,6 +329,13 @@ def render(
         if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", namespace):
             raise ValueError(f"--namespace {namespace!r} is not a valid metric name prefix")
         files = {name: with_namespace(text, namespace) for name, text in files.items()}
+        for name, text in files.items():
+            if name.startswith("grafana/"):
+                # Their own identity, so they sit beside the unprefixed dashboards in one Grafana.
+                board = json.loads(text)
+                board["uid"] = f"{board['uid']}-{namespace}"[:40]
+                board["title"] = f"{board['title']} ({namespace})"
+                files[name] = json.dumps(board, indent=2, sort_keys=True) + "\n"
     return files
 
 

@@ -1,9 +1,12 @@
 """The bizmetrics pytest plugin: the ``bizmetrics_capture`` fixture.
 
-Registered with a ``pytest11`` entry point, so it is there in every test run
-of an environment where bizmetrics is installed.  It imports bizmetrics (and
-so prometheus_client) only when a test uses the fixture, so it never fixes
-prometheus_client's mode before your tests set ``PROMETHEUS_MULTIPROC_DIR``.
+Installed as the top-level package ``bizmetrics_pytest`` (see setup.cfg's
+``package_dir``) and registered with a ``pytest11`` entry point, so it is
+there in every test run of an environment where bizmetrics is installed.
+Being outside the ``bizmetrics`` package, loading it imports neither
+bizmetrics nor prometheus_client: the fixture imports them when a test uses
+it, so the plugin never fixes prometheus_client's mode before a conftest
+sets ``PROMETHEUS_MULTIPROC_DIR``.
 """
 
 from __future__ import annotations
