@@ -424,6 +424,7 @@ def test_decorating_survives_a_failing_labels_and_the_function_still_runs(monkey
     assert any("registry is broken" in r.getMessage() or r.exc_info for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_missing_multiprocess_directory_never_stops_an_import_or_a_call(tmp_path):
     """PROMETHEUS_MULTIPROC_DIR pointing nowhere: the module imports, decorates, and its functions return."""
     script = textwrap.dedent(

@@ -187,6 +187,7 @@ def _run(script: str, env: dict[str, str] | None = None, timeout: float = 60) ->
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [(None, 2000), ("5", 5), ("0", 0), ("none", None), ("lots", 2000), ("-3", 2000)],
@@ -224,6 +225,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_workers_share_admission_through_the_multiprocess_directory(tmp_path):
     """Three processes, a cap of 4, ten tenants each in another order: 4 admitted in all, the same everywhere."""
     tenants = [f"tenant_{i}" for i in range(10)]
@@ -263,6 +265,7 @@ def test_workers_share_admission_through_the_multiprocess_directory(tmp_path):
 # --- namespace, clashes, buckets --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_namespace_prefixes_every_catalogue_metric():
     """BIZMETRICS_NAMESPACE=acme exposes acme_connector_operations_total and so on; self-metrics keep their names."""
     script = """
@@ -289,6 +292,7 @@ def test_the_namespace_prefixes_every_catalogue_metric():
     assert "\nconnector_operations_total{" in plain.stdout
 
 
+@pytest.mark.slow
 def test_a_name_clash_names_the_metric_and_the_remedy():
     """An application metric already called cache_hits: importing bizmetrics fails and says what to do."""
     script = """
@@ -302,6 +306,7 @@ def test_a_name_clash_names_the_metric_and_the_remedy():
     assert _run(script, {"BIZMETRICS_NAMESPACE": "acme"}).returncode == 0
 
 
+@pytest.mark.slow
 def test_bucket_settings_from_the_environment():
     """BIZMETRICS_BUCKETS_<FAMILY> sets a family's buckets; a bad value warns once and keeps the defaults."""
     script = """

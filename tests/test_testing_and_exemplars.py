@@ -116,6 +116,7 @@ def test_fixed_durations_land_in_the_expected_bucket():
     assert after.delta("connector_operation_duration_sum", connector_type=ct) < 42
 
 
+@pytest.mark.slow
 def test_capture_reads_the_multiprocess_collector(tmp_path):
     """In multiprocess mode, capture() sees what other processes recorded."""
     script = textwrap.dedent(
@@ -135,6 +136,7 @@ def test_capture_reads_the_multiprocess_collector(tmp_path):
     assert out.stdout.strip() == "10.0"
 
 
+@pytest.mark.slow
 def test_the_pytest_fixture_works_in_a_users_test_run(tmp_path):
     """A user's test file uses bizmetrics_capture (from the pytest11 entry point) in a real pytest run."""
     (tmp_path / "test_user.py").write_text(
@@ -181,6 +183,7 @@ def test_the_pytest_fixture_works_in_a_users_test_run(tmp_path):
     assert "2 passed" in out.stdout
 
 
+@pytest.mark.slow
 def test_a_conftest_can_still_turn_on_multiprocess_mode_with_the_plugin_installed(tmp_path):
     """The plugin is loaded before any conftest: a conftest setting PROMETHEUS_MULTIPROC_DIR still gets that mode."""
     directory = str(tmp_path / "mp")
@@ -370,6 +373,7 @@ def test_traceparent_parsing(header, expected):
     assert parse_traceparent(header) == expected
 
 
+@pytest.mark.slow
 def test_multiprocess_mode_records_without_exemplars_and_warns_once(tmp_path):
     """In multiprocess mode a trace gives no exemplar, one warning, and the records are kept."""
     script = textwrap.dedent(
