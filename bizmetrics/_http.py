@@ -14,8 +14,9 @@ from prometheus_client import exposition
 from prometheus_client.registry import CollectorRegistry
 
 from . import _log, _trace, multiprocess
-from .context import tenant_or_current
-from .metrics import APIS, HTTP_METHODS, http_method, status_class
+from ._trace import _TRACE
+from .context import _TENANT, tenant_or_current
+from .metrics import APIS, http_method, status_class
 
 #: Paths not recorded unless ``exclude=`` says otherwise: the scrape and the usual probes.
 DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez"))
@@ -24,13 +25,6 @@ DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", 
 UNMATCHED = "__unmatched__"
 
 _CLASSES = {code: f"{code // 100}xx" for code in range(100, 600)}
-
-
-def method(raw: object) -> str:
-    """Return the method label, by ``record_api_request``'s rules (``http_method``)."""
-    if type(raw) is str and raw in HTTP_METHODS:
-        return raw
-    return http_method(raw)
 
 
 def trace_of(traceparent: str | bytes | None) -> dict[str, str] | None:
@@ -48,11 +42,34 @@ def record(method_: object, endpoint: str, status: object, start_ns: int, end_ns
     """Record one request with the rules of ``record_api_request``; never raise."""
     try:
         cls = _CLASSES.get(status) if type(status) is int else None
-        APIS.get(method(method_), endpoint, tenant_or_current(tenant)).record(
+        APIS.get(http_method(method_), endpoint, tenant_or_current(tenant)).record(
             (end_ns - start_ns) / 1e6, cls or status_class(status)
         )
     except Exception:
         _log.internal_error("http middleware")
+
+
+class RequestScope:
+    """Sets a request's tenant and trace (either may be ``None``: left as it is) while its code runs."""
+
+    __slots__ = ("tenant", "tokens", "trace")
+
+    def __init__(self, tenant: object, trace: dict[str, str] | None) -> None:
+        self.tenant, self.trace = tenant, trace
+
+    def __enter__(self) -> None:
+        tenant, trace = self.tenant, self.trace
+        self.tokens = (
+            None if tenant is None else _TENANT.set(tenant),
+            None if trace is None else _TRACE.set(trace),
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        tenant_token, trace_token = self.tokens
+        if trace_token is not None:
+            _TRACE.reset(trace_token)
+        if tenant_token is not None:
+            _TENANT.reset(tenant_token)
 
 
 def exclusions(exclude: Iterable[str] | None) -> frozenset[str]:

@@ -15,8 +15,6 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import _http, _log
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
-from ._trace import _TRACE
-from .context import _TENANT
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_app"]
 
@@ -258,26 +256,20 @@ class MetricsMiddleware:
         except Exception:
             _log.internal_error("asgi middleware")
             tenant = before = trace = None
-        token = _TENANT.set(tenant) if tenant is not None else None
-        # The request's trace, for the exemplars of what the handler records and of the request itself.
-        trace_token = _TRACE.set(trace) if trace is not None else None
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            # No response started: an exception, or an app that returned without
-            # answering; either way the server answers 500.
-            status = status or 500
-            if token is not None:
-                _TENANT.reset(token)
+        # The request's tenant and trace, for what the handlers record and for the request itself.
+        with _http.RequestScope(tenant, trace):
             try:
-                template = self._template(scope, before)
-                if not _http.excluded(template, self.exclude):
-                    _http.record(scope.get("method"), template, status, start, end or perf_counter_ns(), tenant)
-            except Exception:
-                _log.internal_error("asgi middleware")
+                await self.app(scope, receive, send_wrapper)
             finally:
-                if trace_token is not None:
-                    _TRACE.reset(trace_token)
+                # No response started: an exception, or an app that returned without
+                # answering; either way the server answers 500.
+                status = status or 500
+                try:
+                    template = self._template(scope, before)
+                    if not _http.excluded(template, self.exclude):
+                        _http.record(scope.get("method"), template, status, start, end or perf_counter_ns(), tenant)
+                except Exception:
+                    _log.internal_error("asgi middleware")
 
 
 class _MetricsApp:

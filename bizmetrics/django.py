@@ -18,8 +18,6 @@ from typing import Any
 
 from . import _http, _log
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
-from ._trace import _TRACE
-from .context import _TENANT
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_view"]
 
@@ -78,7 +76,7 @@ class MetricsMiddleware:
         try:
             template = route_template(request) or self.unmatched
             if not _http.excluded(template, self.exclude):
-                with _scope(tenant, trace):
+                with _http.RequestScope(tenant, trace):
                     _http.record(request.method, template, status, start, perf_counter_ns(), tenant)
         except Exception:
             _log.internal_error("django middleware")
@@ -99,7 +97,7 @@ class MetricsMiddleware:
         start = perf_counter_ns()
         tenant = self._tenant_of(request)
         trace = _http.trace_of(request.headers.get("traceparent"))
-        with _scope(tenant, trace):
+        with _http.RequestScope(tenant, trace):
             try:
                 yield lambda response: self._on_close(request, response, start, tenant, trace)
             except BaseException:
@@ -128,20 +126,6 @@ class MetricsMiddleware:
         return response
 
 
-@contextmanager
-def _scope(tenant: object, trace: dict[str, str] | None) -> Iterator[None]:
-    """The request's tenant and trace, set while its code runs."""
-    token = _TENANT.set(tenant) if tenant is not None else None
-    trace_token = _TRACE.set(trace) if trace is not None else None
-    try:
-        yield
-    finally:
-        if trace_token is not None:
-            _TRACE.reset(trace_token)
-        if token is not None:
-            _TENANT.reset(token)
-
-
 def _stream_in_scope(response: Any, tenant: object, trace: dict[str, str] | None) -> None:
     """Make a streaming response produce its body in the request's tenant and trace, as WSGI does."""
     if tenant is None and trace is None:
@@ -152,7 +136,7 @@ def _stream_in_scope(response: Any, tenant: object, trace: dict[str, str] | None
         async def scoped_async() -> Any:
             iterator = content.__aiter__()
             while True:
-                with _scope(tenant, trace):
+                with _http.RequestScope(tenant, trace):
                     try:
                         chunk = await iterator.__anext__()
                     except StopAsyncIteration:
@@ -165,7 +149,7 @@ def _stream_in_scope(response: Any, tenant: object, trace: dict[str, str] | None
         def scoped() -> Any:
             iterator = iter(content)
             while True:
-                with _scope(tenant, trace):
+                with _http.RequestScope(tenant, trace):
                     try:
                         chunk = next(iterator)
                     except StopIteration:

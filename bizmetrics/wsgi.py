@@ -15,8 +15,6 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import _http, _log
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
-from ._trace import _TRACE
-from .context import _TENANT
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_app"]
 
@@ -88,21 +86,15 @@ class _Request:
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Call ``function`` in the request's tenant context; a failure ends the request."""
-        token = _TENANT.set(self.tenant) if self.tenant is not None else None
-        trace_token = _TRACE.set(self.trace) if self.trace is not None else None
         try:
-            return function(*args)
+            with _http.RequestScope(self.tenant, self.trace):
+                return function(*args)
         except StopIteration:
             self.finish(False)
             raise
         except BaseException:
             self.finish(True)
             raise
-        finally:
-            if trace_token is not None:
-                _TRACE.reset(trace_token)
-            if token is not None:
-                _TENANT.reset(token)
 
     def finish(self, failed: bool) -> None:
         if self.recorded:
@@ -219,12 +211,8 @@ class MetricsMiddleware:
             if not template:
                 template = self.unmatched
             if not _http.excluded(template, self.exclude):
-                trace_token = _TRACE.set(request.trace) if request.trace is not None else None
-                try:
+                with _http.RequestScope(None, request.trace):
                     _http.record(request.method, template, status, request.start, end, request.tenant)
-                finally:
-                    if trace_token is not None:
-                        _TRACE.reset(trace_token)
         except Exception:
             _log.internal_error("wsgi middleware")
 
