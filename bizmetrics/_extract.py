@@ -272,12 +272,12 @@ def tokens_counter(tokens: Callable[[Any], Any] | str | None) -> Callable[[Any],
     if tokens is None:
         return read_usage
     if callable(tokens):
-        return lambda result: _as_tokens(tokens(result), "tokens()")
+        return lambda result: as_tokens(tokens(result), "tokens()")
     name = tokens
-    return lambda result: _as_tokens(_field(result, name), name)
+    return lambda result: as_tokens(_field(result, name), name)
 
 
-def _as_tokens(value: Any, what: str) -> Usage | float:
+def as_tokens(value: Any, what: str) -> Usage | float:
     """A ``tokens=`` result: a count, or a mapping of token types to counts."""
     if isinstance(value, Mapping):
         found = {kind: _num(value, kind) for kind in TOKEN_TYPES}

@@ -124,28 +124,24 @@ def current_workflow() -> object:
     return _WORKFLOW.get()
 
 
-def tenant_or_current(tenant_id: object) -> object:
-    """Return ``tenant_id``, else the ``tenant_context`` tenant, else ``default_tenant``."""
-    if tenant_id is None:
-        tenant_id = _TENANT.get()
-        if tenant_id is None:
-            return DEFAULT_TENANT
-    return tenant_id
+def _or_current(var: ContextVar[object], default: object, doc: str) -> Callable[[object], object]:
+    def given_or_current(value: object) -> object:
+        if value is None:
+            value = var.get()
+            if value is None:
+                return default
+        return value
+
+    given_or_current.__doc__ = doc
+    return given_or_current
 
 
-def workflow_or_current(workflow_id: object) -> object:
-    """Return ``workflow_id``, else the ``workflow_context`` workflow, else ``unknown``."""
-    if workflow_id is None:
-        workflow_id = _WORKFLOW.get()
-        if workflow_id is None:
-            return UNKNOWN
-    return workflow_id
-
-
-def agent_or_current(agent_id: object) -> object:
-    """Return ``agent_id``, else the agent of the enclosing ``instrument_agent`` call, else ``unknown``."""
-    if agent_id is None:
-        agent_id = _AGENT.get()
-        if agent_id is None:
-            return UNKNOWN
-    return agent_id
+tenant_or_current = _or_current(
+    _TENANT, DEFAULT_TENANT, "Return the tenant given, else the ``tenant_context`` tenant, else ``default_tenant``."
+)
+workflow_or_current = _or_current(
+    _WORKFLOW, UNKNOWN, "Return the workflow given, else the ``workflow_context`` workflow, else ``unknown``."
+)
+agent_or_current = _or_current(
+    _AGENT, UNKNOWN, "Return the agent given, else the enclosing ``instrument_agent`` call's, else ``unknown``."
+)

@@ -957,7 +957,7 @@ def record_agent_invocation(
         else:
             bundle.failure(ms, _error_type(error_type), tokens)
         if usage is not None:
-            typed = _extract.tokens_counter(lambda given: given)(usage)
+            typed = _extract.as_tokens(usage, "usage")
             if isinstance(typed, _extract.Usage) and typed.tokens:
                 AGENT_USAGES.get(agent_id, UNKNOWN if model is None else model, tenant).add(typed)
             else:
@@ -1012,6 +1012,8 @@ def http_method(method: object) -> str:
 
     ``bytes`` (as ASGI servers may hand them out) are decoded as Latin-1.
     """
+    if type(method) is str and method in HTTP_METHODS:
+        return method
     if isinstance(method, (bytes, bytearray)):
         method = bytes(method).decode("latin-1")
     if isinstance(method, str):
@@ -1038,8 +1040,7 @@ def record_api_request(
     .. versionadded:: 0.1.0
     """
     try:
-        if type(method) is not str or method not in HTTP_METHODS:
-            method = http_method(method)
+        method = http_method(method)
         APIS.get(method, endpoint, tenant_or_current(tenant_id)).record(
             _values.duration(duration_ms), status_class(status_code)
         )
