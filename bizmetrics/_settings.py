@@ -24,10 +24,15 @@ DEFAULT_MAX_TENANTS = 2000
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 
+def valid_namespace(value: str) -> bool:
+    """Return whether ``value`` can prefix metric names."""
+    return bool(_NAME.match(value))
+
+
 def namespace() -> str:
     """Return the prefix of every catalogue metric (``BIZMETRICS_NAMESPACE``), or ``""``."""
     value = os.environ.get(NAMESPACE_ENV, "").strip()
-    if value and not _NAME.match(value):
+    if value and not valid_namespace(value):
         _log.warn(
             "env:" + NAMESPACE_ENV, "bizmetrics: %s=%r is not a valid metric name prefix; ignored", NAMESPACE_ENV, value
         )

@@ -98,8 +98,8 @@ class Admission:
         """Return ``tenant`` if it keeps its label, else ``OVERFLOW_TENANT`` (counting the folded record)."""
         if tenant in self.admitted or tenant in self.always:
             return tenant
-        with self._lock:
-            admitted = self._admit_locked(tenant)
+        # Once full, a flood of new tenants (forged headers) folds without taking the lock.
+        admitted = False if self._full else self._admit_with_lock(tenant)
         if admitted:
             return tenant
         try:
@@ -107,6 +107,10 @@ class Admission:
         except Exception:
             _log.internal_error("counting a tenant overflow")
         return OVERFLOW_TENANT
+
+    def _admit_with_lock(self, tenant: str) -> bool:
+        with self._lock:
+            return self._admit_locked(tenant)
 
     def _admit_locked(self, tenant: str) -> bool:
         if tenant in self.admitted:
@@ -120,6 +124,7 @@ class Admission:
             admitted = True
         else:
             admitted = False
+            self._full = True
         if admitted:
             try:
                 TENANTS_ADMITTED.set(len(self.admitted))
@@ -137,8 +142,6 @@ class Admission:
         return admitted
 
     def _admit_shared(self, tenant: str, cap: int, path: str) -> bool:
-        if self._full:
-            return False
         try:
             with open(path, "a+", encoding="utf-8") as file:
                 fcntl.flock(file, fcntl.LOCK_EX)

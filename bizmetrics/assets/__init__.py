@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .._settings import valid_namespace
+
 __all__ = [
     "DEFAULT_JOBS",
     "RULE_FILES",
@@ -326,7 +328,7 @@ def render(
         package.joinpath("alertmanager").joinpath("alertmanager.yml").read_text(encoding="utf-8")
     )
     if namespace:
-        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", namespace):
+        if not valid_namespace(namespace):
             raise ValueError(f"--namespace {namespace!r} is not a valid metric name prefix")
         files = {name: with_namespace(text, namespace) for name, text in files.items()}
         for name, text in files.items():
