@@ -136,6 +136,21 @@ def test_capture_reads_the_multiprocess_collector(tmp_path):
     assert out.stdout.strip() == "10.0"
 
 
+def _users_pytest(directory: object, test_file: str) -> str:
+    """Run pytest on a user's test file in a fresh process, as the user would; return its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "BIZMETRICS_", "PROMETHEUS_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
 @pytest.mark.slow
 def test_the_pytest_fixture_works_in_a_users_test_run(tmp_path):
     """A user's test file uses bizmetrics_capture (from the pytest11 entry point) in a real pytest run."""
@@ -170,17 +185,7 @@ def test_the_pytest_fixture_works_in_a_users_test_run(tmp_path):
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "BIZMETRICS_"))}
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_user.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "2 passed" in out.stdout
+    assert "2 passed" in _users_pytest(tmp_path, "test_user.py")
 
 
 @pytest.mark.slow
@@ -204,16 +209,7 @@ def test_a_conftest_can_still_turn_on_multiprocess_mode_with_the_plugin_installe
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "BIZMETRICS_", "PROMETHEUS_"))}
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mode.py"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in _users_pytest(tmp_path, "test_mode.py")
 
 
 # --- exemplars --------------------------------------------------------------------------------
