@@ -14,9 +14,10 @@ from prometheus_client import exposition
 from prometheus_client.registry import CollectorRegistry
 
 from . import _log, _trace, multiprocess
-from ._trace import _TRACE
-from .context import _TENANT, tenant_or_current
-from .metrics import APIS, http_method, status_class
+from ._families import API_FAMILY
+from ._trace import TRACE
+from .context import TENANT, tenant_or_current
+from .helpers import http_method, status_class
 
 #: Paths not recorded unless ``exclude=`` says otherwise: the scrape and the usual probes.
 DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez"))
@@ -42,7 +43,7 @@ def record(method_: object, endpoint: str, status: object, start_ns: int, end_ns
     """Record one request with the rules of ``record_api_request``; never raise."""
     try:
         cls = _CLASSES.get(status) if type(status) is int else None
-        APIS.get(http_method(method_), endpoint, tenant_or_current(tenant)).record(
+        API_FAMILY.get(http_method(method_), endpoint, tenant_or_current(tenant)).record(
             (end_ns - start_ns) / 1e6, cls or status_class(status)
         )
     except Exception:
@@ -60,16 +61,16 @@ class RequestScope:
     def __enter__(self) -> None:
         tenant, trace = self.tenant, self.trace
         self.tokens = (
-            None if tenant is None else _TENANT.set(tenant),
-            None if trace is None else _TRACE.set(trace),
+            None if tenant is None else TENANT.set(tenant),
+            None if trace is None else TRACE.set(trace),
         )
 
     def __exit__(self, *exc: object) -> None:
         tenant_token, trace_token = self.tokens
         if trace_token is not None:
-            _TRACE.reset(trace_token)
+            TRACE.reset(trace_token)
         if tenant_token is not None:
-            _TENANT.reset(tenant_token)
+            TENANT.reset(tenant_token)
 
 
 def exclusions(exclude: Iterable[str] | None) -> frozenset[str]:

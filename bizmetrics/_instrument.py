@@ -1,12 +1,17 @@
 """The engine every bizmetrics decorator shares.
 
-A decorator describes *what* to record (a ``Site``: how to find the label
-bundle for a call, and what to count in a result); this module decides *how*
-to time it.  The kind of callable (plain, coroutine, generator, async
-generator) is decided once, when decorating, and one of the bodies below
-becomes the ``__call__`` of a wrapt ``FunctionWrapper`` subclass.  Those
-bodies are the hot path: everything that can be resolved at decoration time
-is, and every failure inside recording is caught and logged so the
+A decorator describes *what* to record: a ``Site``, whose ``resolve(args,
+kwargs)`` returns the call's label bundle (see ``_families.Bundle``) and
+whose ``count`` says what the family counts in a result.  This module
+decides *how* to time it, and knows nothing of labels or metrics.
+
+The kind of callable (plain, coroutine, generator, async generator) is
+decided once, when decorating; its body becomes the ``__call__`` of a wrapt
+``FunctionWrapper`` subclass generated for, and named after, the wrapped
+function, so a decorated call is one Python frame.  Coroutines and
+generators run in one relay per kind, which times each resume of the user's
+code and sets the bundle's scope around it.  ``_outcome`` states the outcome
+rules once.  Every failure inside recording is caught and logged, so the
 application's result or exception is untouched.
 """
 
@@ -19,33 +24,38 @@ import pickle
 import sys
 import types
 from asyncio import CancelledError, isfuture
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar
 from time import perf_counter_ns  # tests patch this name to get exact durations
 from types import MethodType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import wrapt
 
 from . import _log
-from .context import tenant_or_current
 
-SYNC, COROUTINE, GENERATOR, ASYNC_GENERATOR = "sync", "coroutine", "generator", "async generator"
+if TYPE_CHECKING:
+    from ._families import Bundle
+
+Kind = Literal["sync", "coroutine", "generator", "async generator", "maybe awaitable"]
+SYNC: Kind = "sync"
+COROUTINE: Kind = "coroutine"
+GENERATOR: Kind = "generator"
+ASYNC_GENERATOR: Kind = "async generator"
 #: A sync callable whose code is a coroutine function behind ``functools.wraps``: it may return an awaitable.
-MAYBE_AWAITABLE = "maybe awaitable"
+MAYBE_AWAITABLE: Kind = "maybe awaitable"
 
 _SELF_NAMES = ("self", "cls")
 
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+#: What a family counts in a result or an item (records, tokens, hits).
+Count = Callable[[Any], Any]
+#: ``error_type=``: turns an exception into its ``error_type`` label.
+Classify = Callable[[BaseException], object]
 
-def _attr(obj: Any, name: str) -> Any:
-    """``getattr`` that never raises (a property may): missing or broken is ``None``."""
-    try:
-        return getattr(obj, name, None)
-    except Exception:
-        return None
 
-
-def _code_of(func: Any) -> Any:
+def _code_of(func: object) -> object:
     """Return the function whose code runs when ``func`` is called: through partials and ``__call__``."""
     while isinstance(func, functools.partial):
         func = func.func
@@ -56,7 +66,7 @@ def _code_of(func: Any) -> Any:
     return func
 
 
-def _kind_of(func: Any) -> str:
+def _kind_of(func: object) -> Kind:
     code = _code_of(func)
     if inspect.isasyncgenfunction(code):
         return ASYNC_GENERATOR
@@ -65,7 +75,7 @@ def _kind_of(func: Any) -> str:
     if inspect.isgeneratorfunction(code):
         return GENERATOR
     try:
-        unwrapped = inspect.unwrap(func)
+        unwrapped = inspect.unwrap(func)  # type: ignore[arg-type]
     except ValueError:
         return SYNC
     if unwrapped is not func and inspect.iscoroutinefunction(_code_of(unwrapped)):
@@ -73,35 +83,21 @@ def _kind_of(func: Any) -> str:
     return SYNC
 
 
-def _fixed_arguments(func: Any, params: list[inspect.Parameter]) -> dict[str, Any]:
-    """Arguments a call gets without passing them: parameter defaults and ``functools.partial`` bindings."""
-    fixed = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    if isinstance(func, functools.partial):
-        try:
-            bound = inspect.signature(func.func).bind_partial(*func.args, **func.keywords).arguments
-        except (TypeError, ValueError):
-            bound = {}
-        for name, value in bound.items():
-            fixed.setdefault(name, value)
-    return fixed
-
-
 class Target:
     """What decorating learned about the wrapped callable.
 
-    Every call reaches the body with the arguments of the underlying
-    function, ``self`` or ``cls`` first for methods: ``args`` is what
-    ``func`` is called with.
+    Every call reaches the body with the arguments of ``func``: ``self`` or
+    ``cls`` first when ``self_like``.
     """
 
-    __slots__ = ("_fixed", "_positions", "func", "kind", "name", "qualname", "self_like")
+    __slots__ = ("func", "kind", "name", "qualname", "self_like")
 
-    def __init__(self, wrapped: Any) -> None:
+    def __init__(self, wrapped: Any, in_class: bool = False) -> None:
         if isinstance(wrapped, (classmethod, staticmethod)) or inspect.ismethod(wrapped):
             func = wrapped.__func__
         else:
             func = wrapped
-        self.func = func
+        self.func: Callable[..., Any] = func
         self.kind = _kind_of(func)
         code = _code_of(func)
         self.name: str = getattr(func, "__name__", None) or getattr(code, "__name__", None) or type(func).__name__
@@ -111,94 +107,50 @@ class Target:
             getattr(code, "__qualname__", None) or self.name,
         )
         try:
-            params = list(inspect.signature(func).parameters.values())
+            first = next(iter(inspect.signature(func).parameters), None)
         except (TypeError, ValueError):
-            params = []
-        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            first = None
+        #: Whether ``args[0]`` is the instance or class: a method, a classmethod, a function
+        #: assigned in a class body, or a function whose first parameter is ``self`` or ``cls``.
         self.self_like = (
             isinstance(wrapped, classmethod)
             or inspect.ismethod(wrapped)
-            or (not isinstance(wrapped, staticmethod) and bool(params) and params[0].name in _SELF_NAMES)
+            or (not isinstance(wrapped, staticmethod) and (in_class or first in _SELF_NAMES))
         )
-        self._positions = {p.name: i for i, p in enumerate(params) if p.kind in kinds}
-        self._fixed = _fixed_arguments(func, params)
-
-    def source(self, args: tuple[Any, ...]) -> Any:
-        """Return the object labels are read from: ``self``, ``cls`` or ``None``."""
-        return args[0] if args and self.self_like else None
-
-    def has_param(self, name: str) -> bool:
-        """Return whether a call can get ``name`` other than by keyword: a position, a default, a partial."""
-        return name in self._positions or name in self._fixed
-
-    def arg_reader(self, name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
-        """Return a reader of argument ``name`` of a call: by keyword, position, else its default or binding."""
-        pos = self._positions.get(name)
-        fixed = self._fixed.get(name)
-        if pos is None:
-            return lambda args, kwargs: kwargs.get(name, fixed)
-
-        def read(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if name in kwargs:
-                return kwargs[name]
-            return args[pos] if pos < len(args) else fixed
-
-        return read
-
-    def tenant_reader(self) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
-        """Return ``(source, args, kwargs) -> tenant``: argument, ``self.tenant_id``, context, default."""
-        read_arg = self.arg_reader("tenant_id")
-
-        def tenant(source: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            value = read_arg(args, kwargs)
-            if value is None:
-                if source is not None:
-                    value = _attr(source, "tenant_id")
-            return tenant_or_current(value)
-
-        return tenant
 
 
 class Site:
     """What one decorator records, resolved when decorating.
 
-    ``resolve(args, kwargs)`` returns the label bundle of a call;
-    ``extract(result)`` and ``extract_item(item)`` return what the family
-    counts (records, tokens, cache hits) from a return value or from each
-    yielded item (``None``: count the items); ``scope_var``, when set, is a
-    context variable set to ``bundle.scope`` while the body runs;
+    ``resolve(args, kwargs)`` returns the bundle of a call; ``count(result)``
+    and ``count_item(item)`` what the family counts in a return value or in
+    each yielded item (``None``: nothing, and one per item); ``scope``, when
+    set, is a context variable set to ``bundle.scope`` while the body runs;
     ``error_type``, when set, turns an exception into its ``error_type``
     label (else the exception's class name).
     """
 
-    __slots__ = ("error_type", "extract", "extract_item", "resolve", "scope_var")
+    __slots__ = ("count", "count_item", "error_type", "resolve", "scope")
 
     def __init__(
         self,
-        resolve: Callable[[tuple[Any, ...], dict[str, Any]], Any],
-        extract: Callable[[Any], Any] | None = None,
-        extract_item: Callable[[Any], Any] | None = None,
-        scope_var: ContextVar[Any] | None = None,
-        error_type: Callable[[BaseException], object] | None = None,
+        resolve: Callable[[Args, Kwargs], Bundle],
+        count: Count | None = None,
+        count_item: Count | None = None,
+        scope: ContextVar[object] | None = None,
+        error_type: Classify | None = None,
     ) -> None:
         self.resolve = resolve
-        self.extract = extract
-        self.extract_item = extract_item
-        self.scope_var = scope_var
+        self.count = count
+        self.count_item = count_item
+        self.scope = scope
         self.error_type = error_type
 
 
-# --- Recording, never raising --------------------------------------------------
+# --- The outcome rules ---------------------------------------------------------------
 
 
-def _success(bundle: Any, ns: int, amount: float) -> None:
-    try:
-        bundle.success(ns / 1e6, amount)
-    except Exception:
-        _log.internal_error("success")
-
-
-def _error_name(classify: Callable[[BaseException], object] | None, exc: BaseException) -> Any:
+def _error_name(classify: Classify | None, exc: BaseException) -> object:
     """The ``error_type`` label of ``exc``: the decorator's ``error_type=`` of it, else its class name."""
     if classify is not None:
         try:
@@ -211,95 +163,81 @@ def _error_name(classify: Callable[[BaseException], object] | None, exc: BaseExc
     return type(exc).__name__
 
 
-def _failure(bundle: Any, ns: int, exc: BaseException, amount: float, classify: Any = None) -> None:
-    try:
-        bundle.failure(ns / 1e6, _error_name(classify, exc), amount)
-    except Exception:
-        _log.internal_error("failure")
+def _outcome(bundle: Bundle, ns: int | None, exc: BaseException | None, amount: Any, classify: Classify | None) -> None:
+    """Record how a call ended; never raises.
 
-
-def _cancelled(bundle: Any, ns: int, amount: float) -> None:
-    try:
-        bundle.cancelled(ns / 1e6, amount)
-    except Exception:
-        _log.internal_error("cancelled")
-
-
-def _ended(bundle: Any, ns: int | None, exc: BaseException, amount: float, classify: Any = None) -> None:
-    """Record a call that ended with ``exc``: an error, a cancellation, or (anything else) nothing."""
+    No exception is a success (a generator closed early by its consumer
+    too); an ``Exception`` is a failure, by its error type; a
+    ``CancelledError`` is a cancellation; anything else (``KeyboardInterrupt``,
+    ``SystemExit``, ``GeneratorExit``) records nothing.  ``ns`` is ``None``
+    for a call that never ran.
+    """
     ms = None if ns is None else ns / 1e6
     try:
-        if isinstance(exc, Exception):
-            bundle.failure(ms, _error_name(classify, exc), amount)
+        if exc is None:
+            bundle.success(ms, amount)
+        elif isinstance(exc, Exception):
+            bundle.failure(ms, type(exc).__name__ if classify is None else _error_name(classify, exc), amount)
         elif isinstance(exc, CancelledError):
             bundle.cancelled(ms, amount)
     except Exception:
         _log.internal_error("recording an outcome")
 
 
-def _measure(extract: Callable[[Any], float], value: Any) -> float:
+def _measure(count: Count, value: object) -> Any:
     try:
-        return extract(value)
+        return count(value)
     except Exception:
         _log.internal_error("extracting a count")
         return 0
 
 
-# --- The wrapper bodies ----------------------------------------------------------
+def _resolved(resolve: Callable[[Args, Kwargs], Bundle], args: Args, kwargs: Kwargs) -> Bundle | None:
+    try:
+        return resolve(args, kwargs)
+    except Exception:
+        _log.internal_error("resolving labels")
+        return None
+
+
+# --- The bodies and relays -------------------------------------------------------------
 #
 # A body is ``call(self, *args, **kwargs)``: it becomes the ``__call__`` of the
-# wrapper itself, so a decorated call is one Python frame (an exception
-# passing through a frame costs ~230 ns).  ``func`` is the undecorated
-# function and ``args`` include ``self`` / ``cls``.  Labels are resolved at
-# call time (so a coroutine or generator carries its caller's tenant); the
-# clock runs while the body runs.
+# wrapper itself (an exception passing through a frame costs ~230 ns).
+# ``func`` is the undecorated function and ``args`` include ``self`` /
+# ``cls``.  Labels are resolved at call time (so a coroutine or generator
+# carries its caller's tenant); the clock runs while the user's code runs.
+
+Body = Callable[..., Any]
 
 
-def _sync_body(site: Site, func: Any) -> Callable[..., Any]:
-    resolve, extract, var, classify = site.resolve, site.extract, site.scope_var, site.error_type
+def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
+    resolve, count, var, classify = site.resolve, site.count, site.scope, site.error_type
 
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self: object, *args: Any, **kwargs: Any) -> Any:
         try:
             bundle = resolve(args, kwargs)
         except Exception:
             _log.internal_error("resolving labels")
             return func(*args, **kwargs)
+        token = None if var is None else var.set(bundle.scope)
         start = perf_counter_ns()
         try:
-            if var is None:
-                result = func(*args, **kwargs)
-            else:
-                token = var.set(bundle.scope)
-                try:
-                    result = func(*args, **kwargs)
-                finally:
-                    var.reset(token)
-        except Exception as exc:
-            end = perf_counter_ns()
-            # _failure inlined: the error path is hot when a remote service is down.
-            try:
-                bundle.failure(
-                    (end - start) / 1e6, type(exc).__name__ if classify is None else _error_name(classify, exc), 0
-                )
-            except Exception:
-                _log.internal_error("failure")
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            _outcome(bundle, perf_counter_ns() - start, exc, 0, classify)
             raise
-        except CancelledError:
-            _cancelled(bundle, perf_counter_ns() - start, 0)
-            raise
-        end = perf_counter_ns()
-        # _success inlined: this is the hottest path of all.
-        try:
-            bundle.success((end - start) / 1e6, 0 if extract is None else _measure(extract, result))
-        except Exception:
-            _log.internal_error("success")
+        finally:
+            if token is not None:
+                var.reset(token)  # type: ignore[union-attr]
+        _outcome(bundle, perf_counter_ns() - start, None, 0 if count is None else _measure(count, result), classify)
         return result
 
     return call
 
 
-def _close(work: Any) -> None:
-    close = _attr(work, "close")
+def _close(work: object) -> None:
+    close = getattr(work, "close", None)
     if close is not None:
         try:
             close()
@@ -312,99 +250,95 @@ class _Pending:
 
     A decorated coroutine that never starts (a task cancelled before its
     first step, a coroutine closed or dropped un-awaited) never runs the
-    timed body; this holder's finaliser then closes the user's coroutine, so
-    it cannot warn "never awaited" a second time (the timed coroutine, named
-    after the user's function, warns if it was dropped, as an undecorated
-    one would), and counts the call as cancelled, with no duration.
+    relay; this holder's finaliser then closes the user's coroutine, so it
+    cannot warn "never awaited" a second time (the relay, named after the
+    user's function, warns if it was dropped, as an undecorated one would),
+    and counts the call as cancelled, with no duration.
     """
 
     __slots__ = ("bundle", "work")
-    bundle: Any
-    work: Any
+    bundle: Bundle
+    work: Awaitable[Any] | None
 
     def __del__(self) -> None:
         work = self.work
         if work is not None:
             _close(work)
-            try:
-                self.bundle.cancelled(None, 0)
-            except Exception:
-                _log.internal_error("cancelled")
+            _outcome(self.bundle, None, CancelledError(), 0, None)
 
 
-async def _timed_coroutine(pending: _Pending, extract: Any, var: ContextVar[Any] | None, classify: Any) -> Any:
-    coro, bundle = pending.work, pending.bundle
+async def _timed_coroutine(
+    pending: _Pending, count: Count | None, var: ContextVar[object] | None, classify: Classify | None
+) -> Any:
+    work, bundle = pending.work, pending.bundle
     pending.work = None
     token = None if var is None else var.set(bundle.scope)
     start = perf_counter_ns()
     try:
-        result = await coro
-    except Exception as exc:
-        end = perf_counter_ns()
-        try:
-            bundle.failure(
-                (end - start) / 1e6, type(exc).__name__ if classify is None else _error_name(classify, exc), 0
-            )
-        except Exception:
-            _log.internal_error("failure")
-        raise
-    except CancelledError:
-        _cancelled(bundle, perf_counter_ns() - start, 0)
+        result = await work  # type: ignore[misc]
+    except BaseException as exc:
+        _outcome(bundle, perf_counter_ns() - start, exc, 0, classify)
         raise
     finally:
         if token is not None:
             var.reset(token)  # type: ignore[union-attr]
-    end = perf_counter_ns()
-    try:
-        bundle.success((end - start) / 1e6, 0 if extract is None else _measure(extract, result))
-    except Exception:
-        _log.internal_error("success")
+    _outcome(bundle, perf_counter_ns() - start, None, 0 if count is None else _measure(count, result), classify)
     return result
 
 
-def _first_item(first: Callable[[float], None], ns: int) -> None:
-    try:
-        first(ns / 1e6)
-    except Exception:
-        _log.internal_error("time to first item")
-
-
 def _timed_generator(
-    gen: Generator[Any, Any, Any], bundle: Any, per_item: Any, classify: Any
+    gen: Generator[Any, Any, Any],
+    bundle: Bundle,
+    count_item: Count | None,
+    classify: Classify | None,
+    var: ContextVar[object] | None,
 ) -> Generator[Any, Any, Any]:
     # A hand-expanded ``yield from`` that times each resume of the body, so
-    # the consumer's time between items is never counted.
+    # the consumer's time between items is never counted, and sets the scope
+    # around each resume only: between items the consumer runs in its own context.
     elapsed = 0
     amount: Any = 0
-    first = getattr(bundle, "first_item", None)
+    first = True
+    scope = bundle.scope
     send = action = gen.send
     arg: Any = None
+    token = None
     while True:
+        if var is not None:
+            token = var.set(scope)
         start = perf_counter_ns()
         try:
             item = action(arg)
         except StopIteration as stop:
-            _success(bundle, elapsed + perf_counter_ns() - start, amount)
+            _outcome(bundle, elapsed + perf_counter_ns() - start, None, amount, classify)
             return stop.value
         except BaseException as exc:
-            _ended(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
+            _outcome(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
             raise
+        finally:
+            if token is not None:
+                var.reset(token)  # type: ignore[union-attr]
         elapsed += perf_counter_ns() - start
-        if first is not None:
-            _first_item(first, elapsed)
-            first = None
-        amount += 1 if per_item is None else _measure(per_item, item)
+        if first:
+            first = False
+            _first_item(bundle, elapsed)
+        amount += 1 if count_item is None else _measure(count_item, item)
         try:
             arg = yield item
         except GeneratorExit:
-            # The consumer stopped early: close the body, and count what it yielded as a success.
+            # Closed early (or collected): close the body in its scope, and count what it yielded as a success.
+            if var is not None:
+                token = var.set(scope)
             start = perf_counter_ns()
             try:
                 gen.close()
-            except Exception as exc:
-                _failure(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
+            except BaseException as exc:
+                _outcome(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
                 raise
-            _success(bundle, elapsed + perf_counter_ns() - start, amount)
+            finally:
+                if token is not None:
+                    var.reset(token)  # type: ignore[union-attr]
+            _outcome(bundle, elapsed + perf_counter_ns() - start, None, amount, classify)
             raise
         except BaseException as exc:
             action, arg = gen.throw, exc
@@ -412,10 +346,17 @@ def _timed_generator(
             action = send
 
 
+def _first_item(bundle: Bundle, ns: int) -> None:
+    try:
+        bundle.first_item(ns / 1e6)
+    except Exception:
+        _log.internal_error("time to first item")
+
+
 def _first_asend(agen: AsyncGenerator[Any, Any]) -> Awaitable[Any]:
     """Return ``agen.asend(None)``, made with the event loop's async generator hooks off.
 
-    The wrapper that iterates ``agen`` closes it; registered with the loop
+    The relay that iterates ``agen`` closes it; registered with the loop
     too, ``agen`` would be closed twice at once when the loop finalises an
     abandoned stream ("aclose(): asynchronous generator is already running").
     """
@@ -430,97 +371,54 @@ def _first_asend(agen: AsyncGenerator[Any, Any]) -> Awaitable[Any]:
 
 
 async def _timed_async_generator(
-    agen: AsyncGenerator[Any, Any], bundle: Any, per_item: Any, classify: Any
+    agen: AsyncGenerator[Any, Any],
+    bundle: Bundle,
+    count_item: Count | None,
+    classify: Classify | None,
+    var: ContextVar[object] | None,
 ) -> AsyncGenerator[Any, Any]:
     elapsed = 0
     amount: Any = 0
-    first = getattr(bundle, "first_item", None)
+    first = True
+    scope = bundle.scope
     asend = agen.asend
     step = _first_asend(agen)
+    token = None
     while True:
+        if var is not None:
+            token = var.set(scope)
         start = perf_counter_ns()
         try:
             item = await step
         except StopAsyncIteration:
-            _success(bundle, elapsed + perf_counter_ns() - start, amount)
+            _outcome(bundle, elapsed + perf_counter_ns() - start, None, amount, classify)
             return
         except BaseException as exc:
-            _ended(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
+            _outcome(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
             raise
+        finally:
+            if token is not None:
+                var.reset(token)  # type: ignore[union-attr]
         elapsed += perf_counter_ns() - start
-        if first is not None:
-            _first_item(first, elapsed)
-            first = None
-        amount += 1 if per_item is None else _measure(per_item, item)
+        if first:
+            first = False
+            _first_item(bundle, elapsed)
+        amount += 1 if count_item is None else _measure(count_item, item)
         try:
             arg = yield item
         except GeneratorExit:
+            if var is not None:
+                token = var.set(scope)
             start = perf_counter_ns()
             try:
                 await agen.aclose()
-            except Exception as exc:
-                _failure(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
+            except BaseException as exc:
+                _outcome(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
                 raise
-            _success(bundle, elapsed + perf_counter_ns() - start, amount)
-            raise
-        except BaseException as exc:
-            step = agen.athrow(exc)
-        else:
-            step = asend(arg)
-
-
-# --- Scope: a context variable set while a generator's body runs (workflows) -------
-
-
-def _scoped_generator(gen: Generator[Any, Any, Any], var: ContextVar[Any], value: Any) -> Generator[Any, Any, Any]:
-    # Set around each resume only: between items the consumer runs, in its own context.
-    send = action = gen.send
-    arg: Any = None
-    while True:
-        token = var.set(value)
-        try:
-            item = action(arg)
-        except StopIteration as stop:
-            return stop.value
-        finally:
-            var.reset(token)
-        try:
-            arg = yield item
-        except GeneratorExit:
-            # Closed early or collected: the body's finally blocks run in its scope too.
-            token = var.set(value)
-            try:
-                gen.close()
             finally:
-                var.reset(token)
-            raise
-        except BaseException as exc:
-            action, arg = gen.throw, exc
-        else:
-            action = send
-
-
-async def _scoped_async_generator(
-    agen: AsyncGenerator[Any, Any], var: ContextVar[Any], value: Any
-) -> AsyncGenerator[Any, Any]:
-    asend = agen.asend
-    step = _first_asend(agen)
-    while True:
-        token = var.set(value)
-        try:
-            item = await step
-        except StopAsyncIteration:
-            return
-        finally:
-            var.reset(token)
-        try:
-            arg = yield item
-        except GeneratorExit:
-            token = var.set(value)
-            try:
-                await agen.aclose()
-            finally:
-                var.reset(token)
+                if token is not None:
+                    var.reset(token)  # type: ignore[union-attr]
+            _outcome(bundle, elapsed + perf_counter_ns() - start, None, amount, classify)
             raise
         except BaseException as exc:
             step = agen.athrow(exc)
@@ -539,10 +437,10 @@ def _named(relay: Callable[..., Any], target: Target) -> Callable[..., Any]:
     return clone
 
 
-def _coroutine_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callable[..., Any]:
-    resolve, extract, var, classify = site.resolve, site.extract, site.scope_var, site.error_type
+def _coroutine_body(site: Site, func: Callable[..., Any], relay: Callable[..., Coroutine[Any, Any, Any]]) -> Body:
+    resolve, count, var, classify = site.resolve, site.count, site.scope, site.error_type
 
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self: object, *args: Any, **kwargs: Any) -> Any:
         try:
             bundle = resolve(args, kwargs)
         except Exception:
@@ -551,74 +449,68 @@ def _coroutine_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callabl
         work = func(*args, **kwargs)  # bad arguments raise here, at the call, as undecorated
         pending = _Pending()
         pending.work, pending.bundle = work, bundle
-        return timed(pending, extract, var, classify)
+        return relay(pending, count, var, classify)
 
     return call
 
 
-def _future_done(future: Any, bundle: Any, start: int, extract: Any, classify: Any) -> None:
+def _future_done(future: Any, bundle: Bundle, start: int, count: Count | None, classify: Classify | None) -> None:
     ns = perf_counter_ns() - start
     if future.cancelled():
-        _cancelled(bundle, ns, 0)
+        _outcome(bundle, ns, CancelledError(), 0, classify)
         return
     exc = future.exception()
     if exc is not None:
-        _ended(bundle, ns, exc, 0, classify)
+        _outcome(bundle, ns, exc, 0, classify)
     else:
-        _success(bundle, ns, 0 if extract is None else _measure(extract, future.result()))
+        _outcome(bundle, ns, None, 0 if count is None else _measure(count, future.result()), classify)
 
 
-def _maybe_awaitable_body(site: Site, func: Any, timed: Callable[..., Any]) -> Callable[..., Any]:
+def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[..., Coroutine[Any, Any, Any]]) -> Body:
     """Body for a sync callable that may return an awaitable (a ``functools.wraps`` wrapper of a coroutine)."""
-    resolve, extract, var, classify = site.resolve, site.extract, site.scope_var, site.error_type
+    resolve, count, var, classify = site.resolve, site.count, site.scope, site.error_type
 
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            bundle = resolve(args, kwargs)
-        except Exception:
-            _log.internal_error("resolving labels")
+    def call(self: object, *args: Any, **kwargs: Any) -> Any:
+        bundle = _resolved(resolve, args, kwargs)
+        if bundle is None:
             return func(*args, **kwargs)
         start = perf_counter_ns()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            _ended(bundle, perf_counter_ns() - start, exc, 0, classify)
+            _outcome(bundle, perf_counter_ns() - start, exc, 0, classify)
             raise
         if inspect.iscoroutine(result):
             pending = _Pending()
             pending.work, pending.bundle = result, bundle
-            return timed(pending, extract, var, classify)
+            return relay(pending, count, var, classify)
         if isfuture(result):
             # A Future or Task is returned as it is; its outcome is recorded when it is done.
             try:
-                result.add_done_callback(lambda done: _future_done(done, bundle, start, extract, classify))
+                result.add_done_callback(lambda done: _future_done(done, bundle, start, count, classify))
             except Exception:
                 _log.internal_error("watching a future")
             return result
-        _success(bundle, perf_counter_ns() - start, 0 if extract is None else _measure(extract, result))
+        _outcome(bundle, perf_counter_ns() - start, None, 0 if count is None else _measure(count, result), classify)
         return result
 
     return call
 
 
-def _generator_body(site: Site, func: Any, timed: Callable[..., Any], scoped: Callable[..., Any]) -> Callable[..., Any]:
-    resolve, per_item, var, classify = site.resolve, site.extract_item, site.scope_var, site.error_type
+def _generator_body(site: Site, func: Callable[..., Any], relay: Callable[..., Any]) -> Body:
+    """Body for generator and async generator functions: ``relay`` times the iteration."""
+    resolve, count_item, var, classify = site.resolve, site.count_item, site.scope, site.error_type
 
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            bundle = resolve(args, kwargs)
-        except Exception:
-            _log.internal_error("resolving labels")
+    def call(self: object, *args: Any, **kwargs: Any) -> Any:
+        bundle = _resolved(resolve, args, kwargs)
+        if bundle is None:
             return func(*args, **kwargs)
-        work = func(*args, **kwargs)
-        if var is not None:
-            work = scoped(work, var, bundle.scope)
-        return timed(work, bundle, per_item, classify)
+        return relay(func(*args, **kwargs), bundle, count_item, classify, var)
 
     return call
 
 
-def _body(site: Site, target: Target) -> Callable[..., Any]:
+def _body(site: Site, target: Target) -> Body:
     """Return the body for the wrapped callable's kind."""
     kind, func = target.kind, target.func
     if kind == SYNC:
@@ -628,8 +520,8 @@ def _body(site: Site, target: Target) -> Callable[..., Any]:
     if kind == MAYBE_AWAITABLE:
         return _maybe_awaitable_body(site, func, _named(_timed_coroutine, target))
     if kind == GENERATOR:
-        return _generator_body(site, func, _named(_timed_generator, target), _scoped_generator)
-    return _generator_body(site, func, _named(_timed_async_generator, target), _scoped_async_generator)
+        return _generator_body(site, func, _named(_timed_generator, target))
+    return _generator_body(site, func, _named(_timed_async_generator, target))
 
 
 # --- wrapt proxies that pickle -------------------------------------------------
@@ -699,14 +591,14 @@ class _Wrapper(_Copyable, _FunctionBase):  # type: ignore[misc]
         return _by_reference(self, protocol)
 
 
-class _Direct(_Wrapper):
-    """Base of the per-function wrapper classes, whose ``__call__`` is the body."""
+class _Callable(_Wrapper):
+    """Base of the wrapper classes generated per decorated callable: their ``__call__`` is the body."""
 
     __slots__ = ()
 
 
-class _Method(_Direct):
-    """A wrapper of a plain function, which becomes an instance method in a class.
+class _Function(_Callable):
+    """Base of the wrapper classes of plain functions, which bind as methods in a class.
 
     wrapt binds by building a ``BoundFunctionWrapper`` proxy at every attribute
     access, which costs more than the rest of a call's recording.  A bound
@@ -716,24 +608,35 @@ class _Method(_Direct):
     """
 
     __slots__ = ()
+    #: ``(wrapped, make_site)`` of a function not yet known to be a method (see ``__set_name__``).
+    _bizmetrics_source: tuple[Callable[..., Any], Callable[[Target], Site]] | None = None
 
-    def __get__(self, instance: Any, owner: Any = None) -> Any:
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None:
             return self
         return MethodType(self, instance)
 
-    def __set_name__(self, owner: Any, name: str) -> None:
-        # Assigned in a class body: it is a method even if its first
-        # parameter is not called self.
-        target = getattr(self._self_wrapper, "target", None)
-        if target is not None:
-            target.self_like = True
-        super().__set_name__(owner, name)
+    def __set_name__(self, owner: type, name: str) -> None:
+        # Assigned in a class body, a function is a method even if its first
+        # parameter is not called self: the class gets a wrapper built as one
+        # (this one, which the caller may hold, is left as it is).
+        source = type(self)._bizmetrics_source
+        if source is not None:
+            try:
+                setattr(owner, name, _build(*source, in_class=True))
+            except Exception:
+                _log.internal_error("decorating")
+        set_name = getattr(super(), "__set_name__", None)
+        if set_name is not None:
+            set_name(owner, name)
 
 
-def _direct(base: type[_Direct], call: Callable[..., Any]) -> type[_Direct]:
-    # One class per decorated function, so that ``__call__`` is the body itself.
-    return type(base.__name__, (base,), {"__slots__": (), "__call__": call})
+def _generated(base: type[_Callable], target: Target, call: Body, source: Any = None) -> type[_Callable]:
+    """A wrapper class for one decorated callable, named after it, whose ``__call__`` is ``call``."""
+    namespace = {"__slots__": (), "__call__": call, "__qualname__": target.qualname[1]}
+    if source is not None:
+        namespace["_bizmetrics_source"] = source
+    return type(target.name, (base,), namespace)
 
 
 def wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
@@ -743,31 +646,31 @@ def wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
     fails, the failure is logged and ``wrapped`` is returned undecorated.
     """
     try:
-        return _wrap(wrapped, make_site)
+        return _build(wrapped, make_site)
     except Exception:
         _log.internal_error("decorating")
         return wrapped
 
 
-def _wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
-    target = Target(wrapped)
+def _build(wrapped: Any, make_site: Callable[[Target], Site], in_class: bool = False) -> Any:
+    target = Target(wrapped, in_class)
     call = _body(make_site(target), target)
 
     # For wrapt's own binding (classmethod, staticmethod) and anything else
     # that calls the wrapper the wrapt way: the body wants ``cls`` in args.
-    def adapter(bound: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def adapter(bound: object, instance: object, args: Args, kwargs: Kwargs) -> Any:
         return call(None, *args, **kwargs)
 
-    def classmethod_adapter(bound: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def classmethod_adapter(bound: object, instance: object, args: Args, kwargs: Kwargs) -> Any:
         return call(None, instance, *args, **kwargs)
 
     if isinstance(wrapped, classmethod):
-        adapter = classmethod_adapter
-    adapter.target = target  # type: ignore[attr-defined]
-    if isinstance(wrapped, (classmethod, staticmethod)):
+        return _Wrapper(wrapped, classmethod_adapter)
+    if isinstance(wrapped, staticmethod):
         return _Wrapper(wrapped, adapter)
     if inspect.ismethod(wrapped):
-        return MethodType(_direct(_Method, call)(wrapped.__func__, adapter), wrapped.__self__)
+        return MethodType(_generated(_Function, target, call)(wrapped.__func__, adapter), wrapped.__self__)
     if inspect.isfunction(wrapped):
-        return _direct(_Method, call)(wrapped, adapter)
-    return _direct(_Direct, call)(wrapped, adapter)
+        source = None if target.self_like else (wrapped, make_site)
+        return _generated(_Function, target, call, source)(wrapped, adapter)
+    return _generated(_Callable, target, call)(wrapped, adapter)

@@ -16,14 +16,16 @@ from contextvars import ContextVar
 from typing import Any
 
 from . import _log
+from ._fastpath import FAST_PATH
 from .multiprocess import enabled as multiprocess_enabled
 
 #: The exemplar labels of the current trace, or ``None``.
-_TRACE: ContextVar[dict[str, str] | None] = ContextVar("bizmetrics_trace", default=None)
-current = _TRACE.get
+TRACE: ContextVar[dict[str, str] | None] = ContextVar("bizmetrics_trace", default=None)
+current = TRACE.get
 
-#: True while a provider or fixed durations make every record take the slow path.
-ACTIVE = False
+#: True while every record must take prometheus_client's public API: an exemplar
+#: provider or fixed durations are set, or the fast path is off (see ``_fastpath``).
+ACTIVE = not FAST_PATH
 #: The duration every measurement takes under ``fixed_durations``, or ``None``.
 FIXED_MS: float | None = None
 _provider: Callable[[], dict[str, str] | None] | None = None
@@ -37,7 +39,7 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 
 def _refresh() -> None:
     global ACTIVE
-    ACTIVE = _provider is not None or FIXED_MS is not None
+    ACTIVE = _provider is not None or FIXED_MS is not None or not FAST_PATH
 
 
 def valid_exemplar(labels: object) -> dict[str, str] | None:
@@ -78,7 +80,7 @@ def valid_exemplar(labels: object) -> dict[str, str] | None:
 
 def exemplar() -> dict[str, str] | None:
     """Return the exemplar for a record now: the current trace, else the provider's, else ``None``."""
-    labels = _TRACE.get()
+    labels = TRACE.get()
     if labels is None and _provider is not None:
         try:
             labels = valid_exemplar(_provider())
@@ -121,11 +123,11 @@ def trace_context(trace_id: object, span_id: object = None) -> Iterator[None]:
     labels: dict[str, Any] = {"trace_id": trace_id}
     if span_id is not None:
         labels["span_id"] = span_id
-    token = _TRACE.set(valid_exemplar(labels) if trace_id is not None else None)
+    token = TRACE.set(valid_exemplar(labels) if trace_id is not None else None)
     try:
         yield
     finally:
-        _TRACE.reset(token)
+        TRACE.reset(token)
 
 
 def set_exemplar_provider(provider: Callable[[], dict[str, str] | None] | None) -> None:

@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 
 from ._values import DEFAULT_TENANT, UNKNOWN
 
-_TENANT: ContextVar[object] = ContextVar("bizmetrics_tenant", default=None)
-_WORKFLOW: ContextVar[object] = ContextVar("bizmetrics_workflow", default=None)
+#: The tenant set by ``tenant_context`` (or the middleware), for every record inside it.
+TENANT: ContextVar[object] = ContextVar("bizmetrics_tenant", default=None)
+#: The workflow set by ``workflow_context`` or the enclosing ``instrument_workflow``, for the steps inside it.
+WORKFLOW: ContextVar[object] = ContextVar("bizmetrics_workflow", default=None)
 #: The agent of the enclosing ``instrument_agent`` call, for the tool calls inside it.
-_AGENT: ContextVar[object] = ContextVar("bizmetrics_agent", default=None)
+AGENT: ContextVar[object] = ContextVar("bizmetrics_agent", default=None)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,7 +102,7 @@ def tenant_context(tenant_id: object) -> ContextValue:
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 Works as a decorator of ``async def`` functions.
     """
-    return ContextValue(_TENANT, tenant_id, "tenant_context")
+    return ContextValue(TENANT, tenant_id, "tenant_context")
 
 
 def workflow_context(workflow_id: object) -> ContextValue:
@@ -111,17 +113,17 @@ def workflow_context(workflow_id: object) -> ContextValue:
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 Works as a decorator of ``async def`` functions.
     """
-    return ContextValue(_WORKFLOW, workflow_id, "workflow_context")
+    return ContextValue(WORKFLOW, workflow_id, "workflow_context")
 
 
 def current_tenant() -> object:
     """Return the tenant set by the innermost ``tenant_context``, or ``None``."""
-    return _TENANT.get()
+    return TENANT.get()
 
 
 def current_workflow() -> object:
     """Return the workflow set by the innermost ``workflow_context``, or ``None``."""
-    return _WORKFLOW.get()
+    return WORKFLOW.get()
 
 
 def _or_current(var: ContextVar[object], default: object, doc: str) -> Callable[[object], object]:
@@ -137,11 +139,11 @@ def _or_current(var: ContextVar[object], default: object, doc: str) -> Callable[
 
 
 tenant_or_current = _or_current(
-    _TENANT, DEFAULT_TENANT, "Return the tenant given, else the ``tenant_context`` tenant, else ``default_tenant``."
+    TENANT, DEFAULT_TENANT, "Return the tenant given, else the ``tenant_context`` tenant, else ``default_tenant``."
 )
 workflow_or_current = _or_current(
-    _WORKFLOW, UNKNOWN, "Return the workflow given, else the ``workflow_context`` workflow, else ``unknown``."
+    WORKFLOW, UNKNOWN, "Return the workflow given, else the ``workflow_context`` workflow, else ``unknown``."
 )
 agent_or_current = _or_current(
-    _AGENT, UNKNOWN, "Return the agent given, else the enclosing ``instrument_agent`` call's, else ``unknown``."
+    AGENT, UNKNOWN, "Return the agent given, else the enclosing ``instrument_agent`` call's, else ``unknown``."
 )

@@ -8,14 +8,25 @@ README ("Decorators") for the label, counting and outcome rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast, overload
 
 from . import _extract, _values
-from ._instrument import Site, Target, _attr, wrap
+from ._families import (
+    AGENT_FAMILY,
+    CACHE_FAMILY,
+    CONNECTOR_OPERATION_FAMILY,
+    DB_QUERY_FAMILY,
+    STEP_FAMILY,
+    SYNC_CALL_FAMILY,
+    TOOL_FAMILY,
+    WORKFLOW_FAMILY,
+    Bundle,
+)
+from ._instrument import Site, Target, wrap
+from ._labels import Args, Bundles, Kwargs, Label, Signature, attribute, resolver
 from ._values import DEFAULT_TENANT, UNKNOWN
-from .context import _AGENT, _TENANT, _WORKFLOW, agent_or_current, workflow_or_current
-from .metrics import AGENTS, CACHES, CONNECTOR_OPS, DB_QUERIES, STEPS, SYNCS, TOOLS, WORKFLOWS, _Family
+from .context import AGENT, TENANT, WORKFLOW
 
 __all__ = [
     "MISS",
@@ -57,8 +68,8 @@ _CALLABLES = (classmethod, staticmethod)
 
 
 def _http_status(exc: BaseException) -> int | None:
-    for holder, name in ((_attr(exc, "response"), "status_code"), (exc, "status_code"), (exc, "status")):
-        status = _attr(holder, name) if holder is not None else None
+    for holder, name in ((attribute(exc, "response"), "status_code"), (exc, "status_code"), (exc, "status")):
+        status = attribute(holder, name) if holder is not None else None
         if type(status) is not bool and isinstance(status, int) and 100 <= status <= 599:
             return int(status)
     return None
@@ -91,90 +102,28 @@ def _decorator(make_site: Callable[[Target], Site]) -> Decorator:
     return lambda wrapped: wrap(wrapped, make_site)
 
 
-def _from_call_or_self(target: Target, name: str) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
-    """Return a reader of label ``name``: the call's argument of that name, else ``self.<name>``."""
-    read_arg = target.arg_reader(name)
-
-    def read(source: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        value = read_arg(args, kwargs)
-        if value is None and source is not None:
-            value = _attr(source, name)
-        return value
-
-    return read
+def _resolver(family: Bundles[Bundle], target: Target, *labels: Label) -> Callable[[Args, Kwargs], Bundle]:
+    return resolver(family, labels, Signature(target.func, target.self_like), target.name)
 
 
-def _config_id(config: Any) -> Any:
-    """``config.id``, or ``config["id"]`` for a mapping config; ``None`` if neither."""
-    value = _attr(config, "id")
-    if value is None and isinstance(config, Mapping):
-        try:
-            value = config.get("id")
-        except Exception:
-            value = None
-    return value
+def _tenant() -> Label:
+    """The tenant: the call's ``tenant_id``, else ``self.tenant_id``, else ``tenant_context``, else the default."""
+    return Label("tenant_id", paths=("tenant_id",), context=TENANT, fallback=DEFAULT_TENANT)
 
 
-def _connector_type(source: Any) -> Any:
+def _connector_type(given: str | None) -> Label:
     # The spec's connectors carry their type as self.config.id (or self.config["id"]).
-    if source is None:
-        return UNKNOWN
-    value = _config_id(_attr(source, "config"))
-    if value is None:
-        value = _attr(source, "connector_type")
-    return UNKNOWN if value is None else value
+    return Label(
+        "connector_type",
+        given=given,
+        argument=False,
+        paths=("config.id", "config[id]", "connector_type"),
+        fallback=UNKNOWN,
+    )
 
 
-def _connector_site(target: Target, family: Any, *static: Any, connector_type: Any) -> Callable[..., Any]:
-    """``resolve`` for the connector families: (connector_type, *static, tenant)."""
-    safe_tenant = target.tenant_reader()
-    read_arg = target.arg_reader("tenant_id") if target.has_param("tenant_id") else None
-    get, cache = family.get, family.cache
-    first, second = static if len(static) == 2 else (static[0], None)
-
-    def safe(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        source = target.source(args)
-        ct = connector_type if connector_type is not None else _connector_type(source)
-        return get(ct, *static, safe_tenant(source, args, kwargs))
-
-    def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # The same rules as ``safe``, inlined for the hot path; an attribute
-        # that raises sends the call down the safe path.
-        try:
-            source = args[0] if args and target.self_like else None
-            if read_arg is not None:
-                tenant = read_arg(args, kwargs)
-            else:
-                tenant = kwargs.get("tenant_id") if kwargs else None
-            if tenant is None:
-                if source is not None:
-                    tenant = getattr(source, "tenant_id", None)
-                if tenant is None:
-                    tenant = _TENANT.get()
-                    if tenant is None:
-                        tenant = DEFAULT_TENANT
-            ct = connector_type
-            if ct is None:
-                if source is not None:
-                    config = getattr(source, "config", None)
-                    ct = getattr(config, "id", None)
-                    if ct is None:
-                        if type(config) is dict:
-                            ct = config.get("id")
-                        if ct is None:
-                            ct = getattr(source, "connector_type", None)
-                            if ct is None and config is not None:
-                                ct = _connector_type(source)
-                if ct is None:
-                    ct = UNKNOWN
-            key = (ct, first, tenant) if second is None else (ct, first, second, tenant)
-            bundle = cache.get(key)
-        except Exception:
-            # An attribute that raises, or an unhashable label value.
-            return safe(args, kwargs)
-        return bundle if bundle is not None else get(*key)
-
-    return resolve
+def _fixed(name: str, value: object) -> Label:
+    return Label(name, given=value, argument=False)
 
 
 def instrument_connector_operation(
@@ -195,41 +144,13 @@ def instrument_connector_operation(
         return _bare(instrument_connector_operation, operation_name)
 
     def make_site(target: Target) -> Site:
-        operation = operation_name or target.name
+        operation = _fixed("operation", operation_name or target.name)
+        family = CONNECTOR_OPERATION_FAMILY
         return Site(
-            _connector_site(target, CONNECTOR_OPS, operation, connector_type=connector_type), error_type=error_type
+            _resolver(family, target, _connector_type(connector_type), operation, _tenant()), error_type=error_type
         )
 
     return _decorator(make_site)
-
-
-class _SyncCall:
-    """A sync operation: one connector operation plus one sync count."""
-
-    __slots__ = ("op", "sync")
-    scope = None
-
-    def __init__(self, op: Any, sync: Any) -> None:
-        self.op, self.sync = op, sync
-
-    def success(self, ms: float | None, amount: float) -> None:
-        self.op.success(ms, 0)
-        self.sync.count("success", amount)
-
-    def failure(self, ms: float | None, error_type: str, amount: float) -> None:
-        self.op.failure(ms, error_type, 0)
-        self.sync.count("error", amount)
-
-    def cancelled(self, ms: float | None, amount: float) -> None:
-        self.op.cancelled(ms, 0)
-        self.sync.count("cancelled", amount)
-
-
-SYNC_CALLS: _Family[_SyncCall] = _Family(
-    lambda ct, op, rt, tenant: _SyncCall(CONNECTOR_OPS.get(ct, op, tenant), SYNCS.get(ct, rt, tenant)),
-    ("connector_type", "operation", "resource_type", "tenant_id"),
-    (UNKNOWN, UNKNOWN, UNKNOWN, "default_tenant"),
-)
 
 
 def instrument_sync_operation(
@@ -259,42 +180,22 @@ def instrument_sync_operation(
         )
 
     def make_site(target: Target) -> Site:
-        operation = operation_name or target.name
+        operation = _fixed("operation", operation_name or target.name)
         counter = _extract.records_counter(count, resource_type)
+        labels = (_connector_type(connector_type), operation, _fixed("resource_type", resource_type), _tenant())
         return Site(
-            _connector_site(target, SYNC_CALLS, operation, resource_type, connector_type=connector_type),
-            extract=counter,
-            extract_item=None if count is None else counter,
+            _resolver(SYNC_CALL_FAMILY, target, *labels),
+            count=counter,
+            count_item=None if count is None else counter,
             error_type=error_type,
         )
 
     return _decorator(make_site)
 
 
-def _named_site(
-    target: Target, family: Any, name: str, given: object, model: Callable[..., Any] | None = None
-) -> Callable[..., Any]:
-    """``resolve`` for the (id, tenant) families, and agents' (id, tenant, model).
-
-    The id is ``given``, else the call's argument ``name``, else ``self.<name>``,
-    else the function's name.  ``model(args, kwargs)`` gives the agents' model.
-    """
-    tenant = target.tenant_reader()
-    read_id = _from_call_or_self(target, name)
-    get = family.get
-
-    def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        source = target.source(args)
-        ident = given
-        if ident is None:
-            ident = read_id(source, args, kwargs)
-            if ident is None:
-                ident = target.name
-        if model is None:
-            return get(ident, tenant(source, args, kwargs))
-        return get(ident, tenant(source, args, kwargs), model(args, kwargs))
-
-    return resolve
+def _own_id(name: str, given: object, target: Target) -> Label:
+    """A family's own id: given, else the call's argument, else ``self.<name>``, else the function's name."""
+    return Label(name, given=given, paths=(name,), fallback=target.name)
 
 
 def instrument_workflow(workflow_id: str | None = None, *, error_type: ErrorType | None = None) -> Decorator:
@@ -311,9 +212,8 @@ def instrument_workflow(workflow_id: str | None = None, *, error_type: ErrorType
         return _bare(instrument_workflow, workflow_id)
 
     def make_site(target: Target) -> Site:
-        return Site(
-            _named_site(target, WORKFLOWS, "workflow_id", workflow_id), scope_var=_WORKFLOW, error_type=error_type
-        )
+        labels = (_own_id("workflow_id", workflow_id, target), _tenant())
+        return Site(_resolver(WORKFLOW_FAMILY, target, *labels), scope=WORKFLOW, error_type=error_type)
 
     return _decorator(make_site)
 
@@ -334,17 +234,10 @@ def instrument_workflow_step(
         return _bare(instrument_workflow_step, step)
 
     def make_site(target: Target) -> Site:
-        name = step or target.name
-        read_id = _from_call_or_self(target, "workflow_id")
-        get = STEPS.get
-
-        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            wf: object = workflow_id
-            if wf is None:
-                wf = read_id(target.source(args), args, kwargs)
-            return get(workflow_or_current(wf), name)
-
-        return Site(resolve, error_type=error_type)
+        workflow = Label("workflow_id", given=workflow_id, paths=("workflow_id",), context=WORKFLOW, fallback=UNKNOWN)
+        return Site(
+            _resolver(STEP_FAMILY, target, workflow, _fixed("step", step or target.name)), error_type=error_type
+        )
 
     return _decorator(make_site)
 
@@ -380,28 +273,13 @@ def instrument_agent(
 
     def make_site(target: Target) -> Site:
         counter = _extract.tokens_counter(tokens)
-        if model is not None:
-            fixed = model
-
-            def read_model(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                return fixed
-        elif target.has_param("model"):
-            read_arg = target.arg_reader("model")
-
-            def read_model(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                given = read_arg(args, kwargs)
-                return "" if given is None else given
-        else:
-
-            def read_model(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                given = kwargs.get("model") if kwargs else None
-                return "" if given is None else given
-
+        # model "" means "none given": the response's model is used for the token usage.
+        labels = (_own_id("agent_id", agent_id, target), _tenant(), Label("model", given=model, fallback=""))
         return Site(
-            _named_site(target, AGENTS, "agent_id", agent_id, read_model),
-            extract=counter,
-            extract_item=counter,
-            scope_var=_AGENT,
+            _resolver(AGENT_FAMILY, target, *labels),
+            count=counter,
+            count_item=counter,
+            scope=AGENT,
             error_type=error_type,
         )
 
@@ -424,34 +302,22 @@ def instrument_tool(
         return _bare(instrument_tool, tool)
 
     def make_site(target: Target) -> Site:
-        name = tool or target.name
-        tenant = target.tenant_reader()
-        get = TOOLS.get
-
-        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return get(agent_or_current(agent_id), name, tenant(target.source(args), args, kwargs))
-
-        return Site(resolve, error_type=error_type)
+        agent = Label("agent_id", given=agent_id, argument=False, context=AGENT, fallback=UNKNOWN)
+        labels = (agent, _fixed("tool", tool or target.name), _tenant())
+        return Site(_resolver(TOOL_FAMILY, target, *labels), error_type=error_type)
 
     return _decorator(make_site)
 
 
-def _static_site(family: Any, label: str | None, name: str, target: Target, **extra: Any) -> Site:
-    """A site whose labels are fixed when decorating; its bundle is looked up per call.
+def _static_site(family: Bundles[Bundle], label: str | None, name: str, target: Target, **extra: Any) -> Site:
+    """A site whose one label is fixed when decorating; its bundle is still looked up per call.
 
     Looking it up (a dict read) instead of keeping it means a ``clear()`` or
     ``remove()`` of the metric never leaves the decorator writing into a
     series the registry no longer exposes, and a broken registry fails the
     call's recording, not the decoration.
     """
-    key = (_values.label(label or target.name, name),)
-    cache, get = family.cache, family.get
-
-    def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        bundle = cache.get(key)
-        return bundle if bundle is not None else get(*key)
-
-    return Site(resolve, **extra)
+    return Site(_resolver(family, target, _fixed(name, _values.label(label or target.name, name))), **extra)
 
 
 def instrument_db_query(operation: str | None = None, *, error_type: ErrorType | None = None) -> Decorator:
@@ -463,7 +329,9 @@ def instrument_db_query(operation: str | None = None, *, error_type: ErrorType |
     """
     if _is_target(operation):
         return _bare(instrument_db_query, operation)
-    return _decorator(lambda target: _static_site(DB_QUERIES, operation, "operation", target, error_type=error_type))
+    return _decorator(
+        lambda target: _static_site(DB_QUERY_FAMILY, operation, "operation", target, error_type=error_type)
+    )
 
 
 def instrument_cache_lookup(
@@ -496,4 +364,6 @@ def instrument_cache_lookup(
         def hit(result: Any) -> float:
             return 0 if result is miss else 1
 
-    return _decorator(lambda target: _static_site(CACHES, cache, "cache", target, extract=hit, error_type=error_type))
+    return _decorator(
+        lambda target: _static_site(CACHE_FAMILY, cache, "cache", target, count=hit, error_type=error_type)
+    )

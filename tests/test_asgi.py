@@ -395,7 +395,7 @@ def test_a_failure_in_recording_never_changes_the_response(monkeypatch: pytest.M
         def get(self, *args: Any) -> Any:
             raise RuntimeError("registry down")
 
-    monkeypatch.setattr(bizmetrics._http, "APIS", Broken())
+    monkeypatch.setattr(bizmetrics._http, "API_FAMILY", Broken())
     bizmetrics._log.reset()
     with caplog.at_level(logging.ERROR, logger="bizmetrics"):
         answers = run(starlette_app(tenant="X-T"), "/users/1", "/missing")

@@ -145,8 +145,16 @@ def test_broken_registry_never_reaches_the_caller(monkeypatch, caplog):
     def explode(*args, **kwargs):
         raise RuntimeError("registry on fire")
 
-    monkeypatch.setattr(MutexValue, "inc", explode)
-    _log.reset()
-    with caplog.at_level(logging.ERROR, logger="bizmetrics"):
-        bizmetrics.record_connector_operation("wp", "op", 1, True, "t")
-    assert any("record_connector_operation" in r.getMessage() for r in caplog.records)
+    class ExplodingLock:
+        __enter__ = __exit__ = explode
+
+    for broken in ((bizmetrics._families, "LOCK", ExplodingLock()), (MutexValue, "inc", explode)):
+        with monkeypatch.context() as patched:
+            patched.setattr(*broken)
+            # MutexValue.inc is only called on the public path: exemplars, fixed durations.
+            patched.setattr(bizmetrics._trace, "ACTIVE", broken[1] == "inc")
+            _log.reset()
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="bizmetrics"):
+                bizmetrics.record_connector_operation("wp", "op", 1, True, "t")
+            assert any("record_connector_operation" in r.getMessage() for r in caplog.records), broken

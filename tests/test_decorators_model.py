@@ -19,6 +19,8 @@ from prometheus_client.values import MutexValue
 from samples import KINDS, Config, make, run
 from strategies import kinds, outcomes
 
+import bizmetrics._families
+import bizmetrics._trace
 from bizmetrics import _log, instrument_agent, instrument_connector_operation, instrument_sync_operation
 
 calls = st.lists(
@@ -143,11 +145,29 @@ def _explode(*args, **kwargs):
     raise RuntimeError("metrics backend on fire")
 
 
+class _ExplodingLock:
+    """The fast path's shared lock, broken."""
+
+    __enter__ = _explode
+    __exit__ = _explode
+
+
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("broken", [(MutexValue, "inc"), (Counter, "labels"), (Histogram, "labels")])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        (MutexValue, "inc", _explode),
+        (Counter, "labels", _explode),
+        (Histogram, "labels", _explode),
+        (bizmetrics._families, "LOCK", _ExplodingLock()),
+    ],
+    ids=["MutexValue.inc", "Counter.labels", "Histogram.labels", "fast-path lock"],
+)
 def test_broken_recording_never_reaches_the_caller(kind, broken, monkeypatch, caplog):
     """With prometheus_client raising inside, results and exceptions are exactly the undecorated ones."""
-    monkeypatch.setattr(*broken, _explode)
+    monkeypatch.setattr(*broken)
+    if broken[1] == "inc":  # only the public path (exemplars, fixed durations) calls it
+        monkeypatch.setattr(bizmetrics._trace, "ACTIVE", True)
     _log.reset()
     ok = instrument_sync_operation(unique("rt"))(make(kind, result=[1], items=(1, 2)))
     assert run(ok, tenant_id=unique()) == run(make(kind, result=[1], items=(1, 2)))

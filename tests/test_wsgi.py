@@ -200,7 +200,7 @@ def test_a_failure_in_recording_never_changes_the_response(monkeypatch: pytest.M
         def get(self, *args: Any) -> Any:
             raise RuntimeError("registry down")
 
-    monkeypatch.setattr(bizmetrics._http, "APIS", Broken())
+    monkeypatch.setattr(bizmetrics._http, "API_FAMILY", Broken())
 
     def broken_route(environ: Any) -> str:
         raise RuntimeError("route lookup down")

@@ -1,0 +1,560 @@
+"""Families of label bundles: how one record of each kind reaches the catalogue.
+
+A *bundle* holds the value cells of one label combination of a family
+(a connector operation of one connector, operation and tenant, say),
+created once and cached by its family.  The decorators and helpers only see
+``Family.get(*labels) -> Bundle`` and the ``Bundle`` methods.
+
+Two ways of recording, chosen per record:
+
+- the fast path (``_fastpath``): the cells of the whole record updated under
+  the shared lock, taken once;
+- the public path: prometheus_client's ``inc()`` / ``observe()``, with the
+  current trace's exemplar and the fixed test duration, when a trace is
+  current, an exemplar provider or fixed durations are set, or the fast path
+  is off (``_trace.ACTIVE``).
+
+Creating a bundle also creates its ``error`` sibling at 0, so error ratios
+exist before the first failure.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from . import _cache, _extract, _log, _tenants, _trace, _values
+from ._fastpath import FAST_PATH, LOCK, Cell, cell, histogram
+from ._values import DEFAULT_TENANT, UNKNOWN
+from .metrics import (
+    AGENT_ERRORS,
+    AGENT_INVOCATIONS,
+    AGENT_RESPONSE_DURATION,
+    AGENT_TIME_TO_FIRST_TOKEN,
+    AGENT_TOKEN_USAGE,
+    AGENT_TOKENS_USED,
+    AGENT_TOOL_CALLS,
+    AGENT_TOOL_DURATION,
+    AGENT_TOOL_ERRORS,
+    API_ERRORS,
+    API_REQUEST_DURATION,
+    API_REQUESTS,
+    CACHE_HITS,
+    CACHE_MISSES,
+    CONNECTOR_ERRORS,
+    CONNECTOR_OPERATION_DURATION,
+    CONNECTOR_OPERATIONS,
+    CONNECTOR_SYNC_OPERATIONS,
+    CONNECTOR_SYNC_RECORDS,
+    DB_CONNECTION_POOL_SIZE,
+    DB_QUERY_DURATION,
+    WORKFLOW_EXECUTION_DURATION,
+    WORKFLOW_EXECUTIONS,
+    WORKFLOW_FAILURES,
+    WORKFLOW_STEP_DURATION,
+)
+
+__all__ = [
+    "AGENT_FAMILY",
+    "API_FAMILY",
+    "CACHE_FAMILY",
+    "CONNECTOR_OPERATION_FAMILY",
+    "DB_QUERY_FAMILY",
+    "POOL_FAMILY",
+    "STEP_FAMILY",
+    "SYNC_CALL_FAMILY",
+    "SYNC_FAMILY",
+    "TOKEN_USAGE_FAMILY",
+    "TOOL_FAMILY",
+    "WORKFLOW_FAMILY",
+    "Bundle",
+    "Family",
+]
+
+
+class Bundle(Protocol):
+    """What the engine records into: one label combination of a family.
+
+    ``ms`` is ``None`` when the duration was dropped (bad input, a call that
+    never ran); ``amount`` is what the family counts (records, tokens, cache
+    hits: 0 when it counts nothing).
+    """
+
+    @property
+    def scope(self) -> object:
+        """Set in the site's context variable while the body runs (the workflow, the agent), or ``None``."""
+
+    def success(self, ms: float | None, amount: Any) -> None: ...
+    def failure(self, ms: float | None, error_type: object, amount: Any) -> None: ...
+    def cancelled(self, ms: float | None, amount: Any) -> None: ...
+    def first_item(self, ms: float) -> None:
+        """The time to the first item of a stream (generators); most families ignore it."""
+
+
+B = TypeVar("B")
+
+
+class Family(Generic[B]):
+    """Bundles of one family, cached by raw label values.
+
+    ``Family(make, connector_type=UNKNOWN, ...)``: the labels ``make`` takes,
+    in order, each with the value a missing or empty one gets.
+    """
+
+    __slots__ = ("_defaults", "_make", "_names", "_tenant", "cache")
+
+    def __init__(self, make: Callable[..., B], **labels: str) -> None:
+        #: Bundles by label values; resolvers read it directly before calling ``get``.
+        self.cache = _cache.Cache()
+        self._make = make
+        self._names = tuple(labels)
+        self._defaults = tuple(labels.values())
+        #: Where ``tenant_id`` is among the labels: it goes through the tenant cap.
+        self._tenant = self._names.index("tenant_id") if "tenant_id" in labels else None
+
+    def get(self, *raw: Any) -> B:
+        """Return the bundle for these label values (cleaning them on first use)."""
+        try:
+            bundle: B | None = self.cache.get(raw)
+        except TypeError:  # an unhashable label value: cleaned below, as str() of it
+            bundle = None
+        if bundle is None:
+            # Only clean str keys are cached; anything else is cleaned (and
+            # logged) on every call, so 1, True and "1" can never collide.
+            clean = tuple(
+                # A value equal to the default is clean: for agents' model, "" means "none given".
+                value if type(value) is str and value == default else _values.label(value, name, default)
+                for value, name, default in zip(raw, self._names, self._defaults, strict=True)
+            )
+            at = self._tenant
+            if at is not None:
+                tenant = clean[at]
+                admitted = _tenants.ADMISSION.admit(tenant)
+                if admitted is not tenant:
+                    # Over the cap: never cached under this tenant, so each of its records is counted.
+                    clean = (*clean[:at], admitted, *clean[at + 1 :])
+            bundle = self.cache.get(clean)
+            if bundle is None:
+                seen = _cache.generation()
+                bundle = self._make(*clean)
+                _cache.store(self.cache, clean, bundle, seen)
+        return bundle
+
+
+def _keyed_cell(cells: dict[str, Cell], metric: Counter, key: str, *labels: str) -> Cell:
+    """Return the cell of ``metric``'s child for ``labels``, kept in ``cells`` under ``key``."""
+    found = cells.get(key)
+    if found is None:
+        found = cells[key] = cell(metric.labels(*labels))
+    return found
+
+
+def _add(target: Cell, amount: float) -> None:
+    with LOCK:
+        target._value += amount
+
+
+def _error_label(error_type: object) -> str:
+    # Exception class names are cleaned like any label (control characters, length).
+    return _values.label(error_type, "error_type")
+
+
+# --- The public path: exemplars and fixed durations ---------------------------------
+#
+# prometheus_client counts first and validates the exemplar after, so a
+# rejected exemplar has already been counted: never count again.
+
+_current_trace = _trace.current
+
+
+def _public(record: Callable[..., None], amount: float, exemplar: dict[str, str] | None) -> None:
+    """``record(amount)`` (a child's ``inc`` or ``observe``), with the exemplar if there is one."""
+    if exemplar is None:
+        record(amount)
+        return
+    try:
+        record(amount, exemplar=exemplar)
+    except Exception:
+        _log.warn("exemplar:rejected", "bizmetrics: prometheus_client rejected an exemplar; dropped")
+
+
+def _inc(child: Any, exemplar: dict[str, str] | None, amount: float = 1) -> None:
+    _public(child.inc, amount, exemplar)
+
+
+def _observe(child: Any, ms: float | None, exemplar: dict[str, str] | None) -> None:
+    ms = _trace.duration(ms)
+    if ms is not None:
+        _public(child.observe, ms, exemplar)
+
+
+# --- Bundles --------------------------------------------------------------------------
+#
+# Every recording method starts with ``if _trace.ACTIVE or _current_trace()
+# is not None``: one module attribute and one context-variable read decide
+# the path.  On the fast path, the bucket index is found before the lock is
+# taken, so nothing inside the lock makes a call.
+
+
+class _Outcomes:
+    """A family that counts calls by status, observes their duration and counts errors by type.
+
+    Its counters are labelled ``(*key, status, tenant_id)`` and
+    ``(*key, error_type, tenant_id)``, its histogram ``key``; subclasses name
+    the three metrics.
+    """
+
+    __slots__ = ("bounds", "buckets", "children", "err", "errors", "key", "ok", "sum", "tenant")
+    scope: object = None
+    CALLS: Counter
+    ERRORS: Counter
+    DURATION: Histogram
+
+    def __init__(self, *labels: str) -> None:
+        *key, tenant = labels
+        self.key, self.tenant = tuple(key), tenant
+        #: The success and error counters and the histogram, for the public path.
+        self.children = (
+            self.CALLS.labels(*key, "success", tenant),
+            self.CALLS.labels(*key, "error", tenant),
+            self.DURATION.labels(*key),
+        )
+        self.errors: dict[object, Cell] = {}
+        if FAST_PATH:
+            self.ok = cell(self.children[0])
+            self.err = cell(self.children[1])
+            cells = histogram(self.children[2])
+            self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
+
+    def success(self, ms: float | None, amount: Any) -> None:
+        if _trace.ACTIVE or _current_trace() is not None:
+            exemplar = _trace.exemplar()
+            _inc(self.children[0], exemplar)
+            _observe(self.children[2], ms, exemplar)
+            return
+        if ms is None:
+            _add(self.ok, 1)
+            return
+        index = bisect_left(self.bounds, ms)
+        with LOCK:
+            self.ok._value += 1
+            self.sum._value += ms
+            self.buckets[index]._value += 1
+
+    def _error_cell(self, error_type: object) -> Cell:
+        key = error_type
+        try:
+            found = self.errors.get(key)
+        except TypeError:  # an unhashable error_type= result: keyed by its clean label
+            key = _error_label(error_type)
+            found = self.errors.get(key)
+        if found is None:
+            found = self.errors[key] = cell(self.ERRORS.labels(*self.key, _error_label(error_type), self.tenant))
+        return found
+
+    def failure(self, ms: float | None, error_type: object, amount: Any) -> None:
+        if _trace.ACTIVE or _current_trace() is not None:
+            exemplar = _trace.exemplar()
+            _inc(self.children[1], exemplar)
+            _inc(self.ERRORS.labels(*self.key, _error_label(error_type), self.tenant), None)
+            _observe(self.children[2], ms, exemplar)
+            return
+        errors = self.errors.get(error_type) if type(error_type) is str else None
+        if errors is None:
+            errors = self._error_cell(error_type)
+        if ms is None:
+            with LOCK:
+                self.err._value += 1
+                errors._value += 1
+            return
+        index = bisect_left(self.bounds, ms)
+        with LOCK:
+            self.err._value += 1
+            errors._value += 1
+            self.sum._value += ms
+            self.buckets[index]._value += 1
+
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        exemplar = _trace.exemplar() if _trace.ACTIVE or _current_trace() is not None else None
+        _inc(self.CALLS.labels(*self.key, "cancelled", self.tenant), exemplar)
+        _observe(self.children[2], ms, exemplar)
+
+    def first_item(self, ms: float) -> None:
+        pass
+
+
+class _ConnectorOperation(_Outcomes):
+    __slots__ = ()
+    CALLS, ERRORS, DURATION = CONNECTOR_OPERATIONS, CONNECTOR_ERRORS, CONNECTOR_OPERATION_DURATION
+
+
+class _Sync:
+    """The sync-operation and record counters of one connector, resource type and tenant."""
+
+    __slots__ = ("err", "labels", "ok", "records")
+
+    def __init__(self, connector_type: str, resource_type: str, tenant_id: str) -> None:
+        self.labels = (connector_type, resource_type, tenant_id)
+        ok = CONNECTOR_SYNC_OPERATIONS.labels(connector_type, resource_type, "success", tenant_id)
+        err = CONNECTOR_SYNC_OPERATIONS.labels(connector_type, resource_type, "error", tenant_id)
+        records = CONNECTOR_SYNC_RECORDS.labels(connector_type, resource_type, tenant_id)
+        if FAST_PATH:
+            self.ok, self.err, self.records = cell(ok), cell(err), cell(records)
+
+    def count(self, status: str, amount: float) -> None:
+        """Count one sync operation of ``status`` and ``amount`` records."""
+        ct, rt, tenant = self.labels
+        if _trace.ACTIVE or status == "cancelled":
+            CONNECTOR_SYNC_OPERATIONS.labels(ct, rt, status, tenant).inc()
+            if amount:
+                CONNECTOR_SYNC_RECORDS.labels(ct, rt, tenant).inc(amount)
+            return
+        calls = self.ok if status == "success" else self.err
+        with LOCK:
+            calls._value += 1
+            self.records._value += amount
+
+
+class _SyncCall:
+    """A sync operation as ``instrument_sync_operation`` records it: a connector operation plus a sync."""
+
+    __slots__ = ("op", "sync")
+    scope = None
+
+    def __init__(self, connector_type: str, operation: str, resource_type: str, tenant_id: str) -> None:
+        self.op = CONNECTOR_OPERATION_FAMILY.get(connector_type, operation, tenant_id)
+        self.sync = SYNC_FAMILY.get(connector_type, resource_type, tenant_id)
+
+    def success(self, ms: float | None, amount: Any) -> None:
+        self.op.success(ms, 0)
+        self.sync.count("success", amount)
+
+    def failure(self, ms: float | None, error_type: object, amount: Any) -> None:
+        self.op.failure(ms, error_type, 0)
+        self.sync.count("error", amount)
+
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        self.op.cancelled(ms, 0)
+        self.sync.count("cancelled", amount)
+
+    def first_item(self, ms: float) -> None:
+        pass
+
+
+class _Workflow(_Outcomes):
+    __slots__ = ("scope",)
+    CALLS, ERRORS, DURATION = WORKFLOW_EXECUTIONS, WORKFLOW_FAILURES, WORKFLOW_EXECUTION_DURATION
+
+    def __init__(self, workflow_id: str, tenant_id: str) -> None:
+        super().__init__(workflow_id, tenant_id)
+        #: Set as the current workflow while the body runs, for the steps inside it.
+        self.scope = workflow_id
+
+
+class _TokenUsage:
+    """The ``agent_token_usage_total`` cells of one agent, model and tenant, by token type."""
+
+    __slots__ = ("by_type", "labels")
+
+    def __init__(self, agent_id: str, model: str, tenant_id: str) -> None:
+        self.labels = (agent_id, model, tenant_id)
+        self.by_type: dict[str, Cell] = {}
+
+    def add(self, usage: _extract.Usage) -> None:
+        agent, model, tenant = self.labels
+        for kind, count in usage.tokens.items():
+            if FAST_PATH:
+                _add(_keyed_cell(self.by_type, AGENT_TOKEN_USAGE, kind, agent, model, kind, tenant), count)
+            else:
+                AGENT_TOKEN_USAGE.labels(agent, model, kind, tenant).inc(count)
+
+
+class _Agent(_Outcomes):
+    __slots__ = ("model", "scope", "tokens", "ttft", "ttft_cells")
+    CALLS, ERRORS, DURATION = AGENT_INVOCATIONS, AGENT_ERRORS, AGENT_RESPONSE_DURATION
+
+    def __init__(self, agent_id: str, tenant_id: str, model: str = "") -> None:
+        super().__init__(agent_id, tenant_id)
+        #: The model named by the decorator or the call ("": take the response's).
+        self.model = model
+        #: Set as the current agent while the body runs, for the tool calls inside it.
+        self.scope = agent_id
+        self.tokens = AGENT_TOKENS_USED.labels(agent_id, tenant_id)
+        self.ttft = AGENT_TIME_TO_FIRST_TOKEN.labels(agent_id)
+        self.ttft_cells = histogram(self.ttft) if FAST_PATH else None
+
+    def used(self, amount: Any) -> None:
+        """Count the tokens of a call: a number, or a ``Usage`` by type and model."""
+        if type(amount) is _extract.Usage:
+            total = amount.total
+            if amount.tokens:
+                model = self.model or amount.model
+                TOKEN_USAGE_FAMILY.get(self.key[0], model if model else UNKNOWN, self.tenant).add(amount)
+        else:
+            total = amount
+        if total:
+            # Through the public API: it refuses a negative count, which a broken token reader might give.
+            self.tokens.inc(total)
+
+    def first_item(self, ms: float) -> None:
+        """Observe the time to the first item of a stream."""
+        cells = self.ttft_cells
+        if cells is None or _trace.ACTIVE or _current_trace() is not None:
+            _observe(self.ttft, ms, _trace.exemplar())
+            return
+        index = bisect_left(cells.bounds, ms)
+        with LOCK:
+            cells.sum._value += ms
+            cells.buckets[index]._value += 1
+
+    # Tokens are counted whatever the outcome: a failed or cancelled call still cost them.
+    def success(self, ms: float | None, amount: Any) -> None:
+        super().success(ms, amount)
+        if amount:
+            self.used(amount)
+
+    def failure(self, ms: float | None, error_type: object, amount: Any) -> None:
+        super().failure(ms, error_type, amount)
+        if amount:
+            self.used(amount)
+
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        super().cancelled(ms, amount)
+        if amount:
+            self.used(amount)
+
+
+class _Tool(_Outcomes):
+    __slots__ = ()
+    CALLS, ERRORS, DURATION = AGENT_TOOL_CALLS, AGENT_TOOL_ERRORS, AGENT_TOOL_DURATION
+
+
+class _Timed:
+    """A family that is one histogram child: steps and DB queries."""
+
+    __slots__ = ("bounds", "buckets", "child", "sum")
+    scope = None
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        if FAST_PATH:
+            cells = histogram(child)
+            self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
+
+    def success(self, ms: float | None, amount: Any) -> None:
+        if _trace.ACTIVE or _current_trace() is not None:
+            _observe(self.child, ms, _trace.exemplar())
+        elif ms is not None:
+            index = bisect_left(self.bounds, ms)
+            with LOCK:
+                self.sum._value += ms
+                self.buckets[index]._value += 1
+
+    def failure(self, ms: float | None, error_type: object, amount: Any) -> None:
+        self.success(ms, amount)
+
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        self.success(ms, amount)
+
+    def first_item(self, ms: float) -> None:
+        pass
+
+
+class _CacheLookups:
+    """The hit and miss counters of one cache."""
+
+    __slots__ = ("hit_child", "hits", "miss_child", "misses")
+    scope = None
+
+    def __init__(self, cache: str) -> None:
+        self.hit_child = CACHE_HITS.labels(cache)
+        self.miss_child = CACHE_MISSES.labels(cache)
+        if FAST_PATH:
+            self.hits = cell(self.hit_child)
+            self.misses = cell(self.miss_child)
+
+    def count(self, hit: bool, amount: float = 1) -> None:
+        """Count ``amount`` hits (or misses)."""
+        if _trace.ACTIVE:
+            (self.hit_child if hit else self.miss_child).inc(amount)
+        else:
+            _add(self.hits if hit else self.misses, amount)
+
+    def success(self, ms: float | None, amount: Any) -> None:
+        self.count(bool(amount))
+
+    def failure(self, ms: float | None, error_type: object, amount: Any) -> None:
+        self.count(False)
+
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        pass
+
+    def first_item(self, ms: float) -> None:
+        pass
+
+
+class _Api:
+    """The request, error and duration series of one method, endpoint and tenant."""
+
+    __slots__ = ("bounds", "buckets", "child", "errors", "labels", "requests", "sum")
+
+    def __init__(self, method: str, endpoint: str, tenant_id: str) -> None:
+        self.labels = (method, endpoint, tenant_id)
+        self.child = API_REQUEST_DURATION.labels(method, endpoint)
+        self.requests: dict[str, Cell] = {}
+        self.errors: dict[str, Cell] = {}
+        if FAST_PATH:
+            cells = histogram(self.child)
+            self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
+            # 5xx is the error class the SLOs and alerts divide by.
+            _keyed_cell(self.requests, API_REQUESTS, "5xx", method, endpoint, "5xx", tenant_id)
+            _keyed_cell(self.errors, API_ERRORS, "5xx", method, endpoint, "5xx", tenant_id)
+        else:
+            API_REQUESTS.labels(method, endpoint, "5xx", tenant_id)
+            API_ERRORS.labels(method, endpoint, "5xx", tenant_id)
+
+    def record(self, ms: float | None, status: str) -> None:
+        """Record one request answered with status class ``status``."""
+        method, endpoint, tenant = self.labels
+        failed = status in ("4xx", "5xx")
+        if _trace.ACTIVE or _current_trace() is not None:
+            exemplar = _trace.exemplar()
+            _inc(API_REQUESTS.labels(method, endpoint, status, tenant), exemplar)
+            if failed:
+                _inc(API_ERRORS.labels(method, endpoint, status, tenant), None)
+            _observe(self.child, ms, exemplar)
+            return
+        requests = _keyed_cell(self.requests, API_REQUESTS, status, method, endpoint, status, tenant)
+        errors = _keyed_cell(self.errors, API_ERRORS, status, method, endpoint, status, tenant) if failed else None
+        index = None if ms is None else bisect_left(self.bounds, ms)
+        with LOCK:
+            requests._value += 1
+            if errors is not None:
+                errors._value += 1
+            if index is not None:
+                self.sum._value += ms  # type: ignore[operator]
+                self.buckets[index]._value += 1
+
+
+CONNECTOR_OPERATION_FAMILY: Family[_ConnectorOperation] = Family(
+    _ConnectorOperation, connector_type=UNKNOWN, operation=UNKNOWN, tenant_id=DEFAULT_TENANT
+)
+SYNC_FAMILY: Family[_Sync] = Family(_Sync, connector_type=UNKNOWN, resource_type=UNKNOWN, tenant_id=DEFAULT_TENANT)
+SYNC_CALL_FAMILY: Family[_SyncCall] = Family(
+    _SyncCall, connector_type=UNKNOWN, operation=UNKNOWN, resource_type=UNKNOWN, tenant_id=DEFAULT_TENANT
+)
+WORKFLOW_FAMILY: Family[_Workflow] = Family(_Workflow, workflow_id=UNKNOWN, tenant_id=DEFAULT_TENANT)
+STEP_FAMILY: Family[_Timed] = Family(
+    lambda wf, step: _Timed(WORKFLOW_STEP_DURATION.labels(wf, step)), workflow_id=UNKNOWN, step=UNKNOWN
+)
+# model "" means "none given": the response's model is used for the token usage.
+AGENT_FAMILY: Family[_Agent] = Family(_Agent, agent_id=UNKNOWN, tenant_id=DEFAULT_TENANT, model="")
+TOKEN_USAGE_FAMILY: Family[_TokenUsage] = Family(_TokenUsage, agent_id=UNKNOWN, model=UNKNOWN, tenant_id=DEFAULT_TENANT)
+TOOL_FAMILY: Family[_Tool] = Family(_Tool, agent_id=UNKNOWN, tool=UNKNOWN, tenant_id=DEFAULT_TENANT)
+DB_QUERY_FAMILY: Family[_Timed] = Family(lambda op: _Timed(DB_QUERY_DURATION.labels(op)), operation=UNKNOWN)
+CACHE_FAMILY: Family[_CacheLookups] = Family(_CacheLookups, cache=UNKNOWN)
+API_FAMILY: Family[_Api] = Family(_Api, method=UNKNOWN, endpoint=UNKNOWN, tenant_id=DEFAULT_TENANT)
+POOL_FAMILY: Family[Gauge] = Family(DB_CONNECTION_POOL_SIZE.labels, pool=UNKNOWN)

@@ -1,0 +1,157 @@
+"""Recording straight into prometheus_client's value cells, under one shared lock.
+
+``Counter.inc()`` and ``Histogram.observe()`` spend most of their time on
+checks that cannot fail for bizmetrics' own children (observability, sign,
+exemplars) and on one lock per value: a histogram observation alone takes
+two.  bizmetrics instead gives every value cell of its catalogue one shared
+re-entrant lock (``adopt``, when a child is created, before anyone else can
+see it) and updates the cells of a whole record under it, once:
+
+    index = bisect_left(bounds, ms)        # outside the lock: no calls inside
+    with LOCK:
+        calls._value += 1
+        total._value += ms
+        buckets[index]._value += 1
+
+prometheus_client's own methods on those children take the same lock, so
+both ways of recording (and scrapes) exclude each other and counts stay
+exact.  The critical sections make no calls, so no signal handler or
+finaliser can run inside them; the lock is re-entrant in case one runs
+between taking it and the first update.
+
+Those cells are prometheus_client internals, so ``self_test`` records
+through both paths into a private registry and compares the exposition.
+Any difference, a missing attribute, or multiprocess mode (whose values live
+in files and have their own lock) turns the fast path off: bizmetrics then
+records through the public API.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from .multiprocess import enabled as multiprocess_enabled
+
+__all__ = ["FAST_PATH", "LOCK", "Cell", "Cells", "adopt", "cell", "histogram", "self_test"]
+
+#: The one lock of every value cell of the catalogue (see the module docstring).
+LOCK = threading.RLock()
+
+
+class Cell(Protocol):
+    """prometheus_client's ``MutexValue``: a float, updated only under ``LOCK``."""
+
+    _value: float
+
+
+class Cells:
+    """The cells of one histogram child: its sum, its (non-cumulative) buckets, their upper bounds."""
+
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, child: Any) -> None:
+        bounds = [float(b) for b in child._upper_bounds]
+        buckets: list[Cell] = list(child._buckets)
+        if len(bounds) != len(buckets) or bounds[-1] != float("inf"):
+            raise TypeError("unexpected histogram layout")
+        self.sum: Cell = child._sum
+        self.buckets = buckets
+        self.bounds = bounds
+
+
+def _values_of(child: Any) -> list[Any]:
+    if hasattr(child, "_buckets"):
+        return [child._sum, *child._buckets]
+    return [child._value]
+
+
+def adopt(child: Any) -> None:
+    """Give the value cells of a just-created child the shared lock."""
+    for value in _values_of(child):
+        value._lock = LOCK
+
+
+def cell(child: Any) -> Cell:
+    """Return the value cell of a counter (or gauge) child."""
+    value: Cell = child._value
+    if not isinstance(value._value, float):
+        raise TypeError("unexpected counter layout")
+    return value
+
+
+def histogram(child: Any) -> Cells:
+    """Return the value cells of a histogram child."""
+    return Cells(child)
+
+
+def add(target: Cell, amount: float) -> None:
+    """Add ``amount`` to a cell: what the bundles do inline."""
+    with LOCK:
+        target._value += amount
+
+
+def observe(cells: Cells, amount: float) -> None:
+    """Observe ``amount`` into a histogram's cells: what the bundles do inline.
+
+    The bucket is the first whose upper bound is >= ``amount``: ``Histogram.observe``'s rule.
+    """
+    index = bisect_left(cells.bounds, amount)
+    with LOCK:
+        cells.sum._value += amount
+        cells.buckets[index]._value += 1
+
+
+def _exposed(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return sorted(
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for metric in registry.collect()
+        for s in metric.samples
+        if not s.name.endswith("_created")
+    )
+
+
+def self_test(amounts: Iterable[float] = (2.0, 0.5, 1.0, 3.0, 7.0, 0.0), buckets: Sequence[float] = (1.0, 5.0)) -> bool:
+    """Record ``amounts`` into a counter and a histogram through both paths; return whether they agree.
+
+    Never raises: anything unexpected means the fast path is not usable.
+    """
+    if multiprocess_enabled():
+        return False
+    try:
+        amounts = list(amounts)
+        exposed = []
+        for fast in (True, False):
+            registry = CollectorRegistry()
+            counter = Counter("selftest", "", ["a"], registry=registry).labels("x")
+            hist = Histogram("selftest_ms", "", ["a"], buckets=buckets, registry=registry).labels("x")
+            if fast:
+                adopt(counter)
+                adopt(hist)
+                total, cells = cell(counter), histogram(hist)
+                for amount in amounts:
+                    add(total, amount)
+                    observe(cells, amount)
+                # prometheus_client's own methods now take the shared lock too.
+                counter.inc(1)
+                hist.observe(1.0)
+                if not all(v._lock is LOCK for v in _values_of(counter) + _values_of(hist)):
+                    return False
+            else:
+                for amount in amounts:
+                    counter.inc(amount)
+                    hist.observe(amount)
+                counter.inc(1)
+                hist.observe(1.0)
+            exposed.append(_exposed(registry))
+        return bool(exposed[0]) and exposed[0] == exposed[1]
+    except Exception:
+        return False
+
+
+#: Whether bundles record through the value cells (see above).
+FAST_PATH = self_test()

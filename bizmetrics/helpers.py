@@ -1,0 +1,330 @@
+"""Helpers that record one event of the catalogue each: for code that cannot be decorated.
+
+Every ``record_*`` helper swallows bad input (see README, "Bad input") and
+any failure of its own, logging it on the ``bizmetrics`` logger: recording a
+metric never raises into application code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import Gauge
+
+from . import _extract, _log, _values
+from ._families import (
+    AGENT_FAMILY,
+    API_FAMILY,
+    CACHE_FAMILY,
+    CONNECTOR_OPERATION_FAMILY,
+    DB_QUERY_FAMILY,
+    POOL_FAMILY,
+    STEP_FAMILY,
+    SYNC_FAMILY,
+    TOKEN_USAGE_FAMILY,
+    TOOL_FAMILY,
+    WORKFLOW_FAMILY,
+)
+from ._values import UNKNOWN
+from .context import agent_or_current, tenant_or_current, workflow_or_current
+
+__all__ = [
+    "HTTP_METHODS",
+    "dec_db_pool_size",
+    "http_method",
+    "inc_db_pool_size",
+    "record_agent_invocation",
+    "record_api_request",
+    "record_cache_hit",
+    "record_cache_miss",
+    "record_connector_operation",
+    "record_connector_sync",
+    "record_db_query",
+    "record_tool_call",
+    "record_workflow_execution",
+    "record_workflow_step",
+    "set_db_pool_size",
+    "status_class",
+]
+
+
+def _error_type(error_type: object) -> str:
+    return UNKNOWN if error_type is None else _values.label(error_type, "error_type")
+
+
+def record_connector_operation(
+    connector_type: str,
+    operation: str,
+    duration_ms: float,
+    success: bool,
+    tenant_id: str | None = None,
+    *,
+    error_type: str | None = None,
+) -> None:
+    """Record one connector operation: its count by status, its duration and, on failure, its error.
+
+    :param error_type: the error's class name for ``connector_errors_total``
+        when ``success`` is false (``unknown`` if not given).
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        bundle = CONNECTOR_OPERATION_FAMILY.get(connector_type, operation, tenant_or_current(tenant_id))
+        ms = _values.duration(duration_ms)
+        if success:
+            bundle.success(ms, 0)
+        else:
+            bundle.failure(ms, _error_type(error_type), 0)
+    except Exception:
+        _log.internal_error("record_connector_operation")
+
+
+def record_connector_sync(
+    connector_type: str,
+    resource_type: str,
+    record_count: int,
+    tenant_id: str | None = None,
+    *,
+    success: bool = True,
+) -> None:
+    """Record one sync operation of ``resource_type`` and the records it synced.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        SYNC_FAMILY.get(connector_type, resource_type, tenant_or_current(tenant_id)).count(
+            "success" if success else "error", _values.amount(record_count, "record_count")
+        )
+    except Exception:
+        _log.internal_error("record_connector_sync")
+
+
+def record_workflow_execution(
+    workflow_id: str,
+    duration_ms: float,
+    success: bool,
+    tenant_id: str | None = None,
+    *,
+    error_type: str | None = None,
+) -> None:
+    """Record one workflow execution: its count by status, its duration and, on failure, the failure.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        bundle = WORKFLOW_FAMILY.get(workflow_id, tenant_or_current(tenant_id))
+        ms = _values.duration(duration_ms)
+        if success:
+            bundle.success(ms, 0)
+        else:
+            bundle.failure(ms, _error_type(error_type), 0)
+    except Exception:
+        _log.internal_error("record_workflow_execution")
+
+
+def record_workflow_step(workflow_id: str | None, step: str, duration_ms: float) -> None:
+    """Record the duration of one step of workflow ``workflow_id``.
+
+    A ``workflow_id`` of ``None`` means the one set by ``workflow_context``
+    (and so by an enclosing ``instrument_workflow``), else ``unknown``.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        STEP_FAMILY.get(workflow_or_current(workflow_id), step).success(_values.duration(duration_ms), 0)
+    except Exception:
+        _log.internal_error("record_workflow_step")
+
+
+def record_agent_invocation(
+    agent_id: str,
+    duration_ms: float,
+    tokens_used: int,
+    success: bool,
+    tenant_id: str | None = None,
+    *,
+    error_type: str | None = None,
+    model: str | None = None,
+    usage: Mapping[str, float] | None = None,
+) -> None:
+    """Record one AI agent invocation: its count by status, duration and the tokens it used.
+
+    Tokens are counted whether or not the call succeeded: a failed call still costs them.
+
+    :param model: the ``model`` label of ``agent_token_usage_total`` (``unknown`` if not given).
+    :param usage: tokens by type (``input``, ``output``, ``cache_read``,
+        ``cache_write``, ``reasoning``) for ``agent_token_usage_total``;
+        ``tokens_used`` still feeds ``agent_tokens_used_total``.
+
+    .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``model`` and ``usage``.
+    """
+    try:
+        tenant = tenant_or_current(tenant_id)
+        bundle = AGENT_FAMILY.get(agent_id, tenant, "")
+        ms = _values.duration(duration_ms)
+        tokens = _values.amount(tokens_used, "tokens_used")
+        if success:
+            bundle.success(ms, tokens)
+        else:
+            bundle.failure(ms, _error_type(error_type), tokens)
+        if usage is not None:
+            typed = _extract.as_tokens(usage, "usage")
+            if isinstance(typed, _extract.Usage) and typed.tokens:
+                TOKEN_USAGE_FAMILY.get(agent_id, UNKNOWN if model is None else model, tenant).add(typed)
+            else:
+                _log.warn("usage", "bizmetrics: usage %r has no token types; ignored", type(usage).__name__)
+    except Exception:
+        _log.internal_error("record_agent_invocation")
+
+
+def record_tool_call(
+    agent_id: str | None,
+    tool: str,
+    duration_ms: float,
+    success: bool,
+    tenant_id: str | None = None,
+    *,
+    error_type: str | None = None,
+) -> None:
+    """Record one tool call of an AI agent: its count by status, its duration and, on failure, its error.
+
+    A ``agent_id`` of ``None`` means the agent of the enclosing ``instrument_agent`` call, else ``unknown``.
+
+    .. versionadded:: 0.2.0
+    """
+    try:
+        bundle = TOOL_FAMILY.get(agent_or_current(agent_id), tool, tenant_or_current(tenant_id))
+        ms = _values.duration(duration_ms)
+        if success:
+            bundle.success(ms, 0)
+        else:
+            bundle.failure(ms, _error_type(error_type), 0)
+    except Exception:
+        _log.internal_error("record_tool_call")
+
+
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+
+
+def status_class(status_code: object) -> str:
+    """Return the HTTP status class (``2xx`` ...) of a status code, or ``unknown``."""
+    try:
+        code = int(status_code)  # type: ignore[call-overload]
+    except Exception:
+        code = 0
+    if isinstance(status_code, bool) or not 100 <= code <= 599:
+        _log.warn("status_code", "bizmetrics: %r is not an HTTP status code; status 'unknown'", status_code)
+        return UNKNOWN
+    return f"{code // 100}xx"
+
+
+def http_method(method: object) -> str:
+    """Return ``method`` as a standard upper-case HTTP method, or ``OTHER``.
+
+    ``bytes`` (as ASGI servers may hand them out) are decoded as Latin-1.
+    """
+    if type(method) is str and method in HTTP_METHODS:
+        return method
+    if isinstance(method, (bytes, bytearray)):
+        method = bytes(method).decode("latin-1")
+    if isinstance(method, str):
+        upper = method.upper()
+        if upper in HTTP_METHODS:
+            return str.__str__(upper)
+    _log.warn("method", "bizmetrics: %r is not an HTTP method; recorded as 'OTHER'", repr(method)[:40])
+    return "OTHER"
+
+
+def record_api_request(
+    method: str | bytes,
+    endpoint: str,
+    status_code: int,
+    duration_ms: float,
+    tenant_id: str | None = None,
+) -> None:
+    """Record one API request: its count by status class, its duration and, for 4xx/5xx, an error.
+
+    ``method`` (``str`` or ``bytes``) is upper-cased; a method outside the
+    HTTP standard ones is recorded as ``OTHER``.  ``endpoint`` should be the route template
+    (``/users/{id}``), not the raw path, to keep the series bounded.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        method = http_method(method)
+        API_FAMILY.get(method, endpoint, tenant_or_current(tenant_id)).record(
+            _values.duration(duration_ms), status_class(status_code)
+        )
+    except Exception:
+        _log.internal_error("record_api_request")
+
+
+def record_db_query(operation: str, duration_ms: float) -> None:
+    """Record the duration of one database query.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        DB_QUERY_FAMILY.get(operation).success(_values.duration(duration_ms), 0)
+    except Exception:
+        _log.internal_error("record_db_query")
+
+
+def _pool_change(pool: str, value: object, what: str, apply: Callable[[Any, float], None], where: str) -> None:
+    try:
+        number = _values.level(value, what)
+        if number is not None:
+            apply(POOL_FAMILY.get(pool), number)
+    except Exception:
+        _log.internal_error(where)
+
+
+def set_db_pool_size(pool: str, size: float) -> None:
+    """Set the size of connection pool ``pool``.
+
+    .. versionadded:: 0.1.0
+    """
+    _pool_change(pool, size, "pool size", Gauge.set, "set_db_pool_size")
+
+
+def inc_db_pool_size(pool: str, amount: float = 1) -> None:
+    """Grow the size of connection pool ``pool`` by ``amount``.
+
+    .. versionadded:: 0.1.0
+    """
+    _pool_change(pool, amount, "pool size change", Gauge.inc, "inc_db_pool_size")
+
+
+def dec_db_pool_size(pool: str, amount: float = 1) -> None:
+    """Shrink the size of connection pool ``pool`` by ``amount``.
+
+    .. versionadded:: 0.1.0
+    """
+    _pool_change(pool, amount, "pool size change", Gauge.dec, "dec_db_pool_size")
+
+
+def _count_lookups(cache: str, count: object, hit: bool, where: str) -> None:
+    try:
+        value = _values.amount(count, "cache hits" if hit else "cache misses")
+        if value:
+            CACHE_FAMILY.get(cache).count(hit, value)
+    except Exception:
+        _log.internal_error(where)
+
+
+def record_cache_hit(cache: str, count: int = 1) -> None:
+    """Count ``count`` hits of cache ``cache``.
+
+    .. versionadded:: 0.1.0
+    """
+    _count_lookups(cache, count, True, "record_cache_hit")
+
+
+def record_cache_miss(cache: str, count: int = 1) -> None:
+    """Count ``count`` misses of cache ``cache``.
+
+    .. versionadded:: 0.1.0
+    """
+    _count_lookups(cache, count, False, "record_cache_miss")

@@ -1,0 +1,61 @@
+"""The fast recording path is exact: the same exposition as prometheus_client's public API."""
+
+from __future__ import annotations
+
+import threading
+
+from helpers import unique, value
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bizmetrics import _fastpath, metrics, record_connector_operation
+
+
+def test_fast_path_is_on_in_single_process_mode():
+    """With a supported prometheus_client and no multiprocess mode, the self-test passes."""
+    assert metrics.FAST_PATH is _fastpath.FAST_PATH is True
+
+
+@given(
+    amounts=st.lists(st.floats(min_value=0, max_value=1e7, allow_nan=False), max_size=40),
+    buckets=st.sampled_from([metrics.CONNECTOR_BUCKETS, metrics.API_BUCKETS, metrics.AGENT_BUCKETS]),
+)
+def test_fast_path_matches_the_public_api(amounts, buckets):
+    """Any amounts, on bizmetrics' buckets (bounds included): the import-time self-test agrees."""
+    assert _fastpath.self_test(amounts + list(buckets[:3]), buckets)
+
+
+def test_the_self_test_can_fail(monkeypatch):
+    """A fast path that puts an observation in the wrong bucket is caught."""
+    monkeypatch.setattr(_fastpath, "bisect_left", lambda bounds, amount: 0)
+    assert not _fastpath.self_test([3.0], (1.0, 5.0))
+
+
+def test_catalogue_children_share_the_lock():
+    """Every value cell of a catalogue child takes the shared lock, so public-API records exclude fast ones."""
+    child = metrics.CONNECTOR_OPERATION_DURATION.labels(unique("ct"), "op")
+    assert child._sum._lock is _fastpath.LOCK
+    assert all(bucket._lock is _fastpath.LOCK for bucket in child._buckets)
+    assert metrics.CONNECTOR_OPERATIONS.labels("a", "b", "success", unique())._value._lock is _fastpath.LOCK
+
+
+def test_fast_and_public_records_never_lose_counts_under_threads():
+    """Threads recording through the helpers and through labels().inc() on the same series: exact."""
+    tenant = unique()
+    child = metrics.CONNECTOR_OPERATIONS.labels("threads", "op", "success", tenant)
+
+    def fast():
+        for _ in range(2000):
+            record_connector_operation("threads", "op", 1.0, True, tenant)
+
+    def public():
+        for _ in range(2000):
+            child.inc()
+
+    workers = [threading.Thread(target=f) for f in (fast, public, fast, public)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    labels = {"connector_type": "threads", "operation": "op", "tenant_id": tenant}
+    assert value("connector_operations_total", **labels, status="success") == 8000

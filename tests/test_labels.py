@@ -1,0 +1,146 @@
+"""Label rules: each decorator's compiled resolver agrees with the general rule, for every input."""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bizmetrics._labels import Label, Signature, resolver
+from bizmetrics.context import AGENT, TENANT, WORKFLOW
+
+
+class Keys:
+    """A family whose bundles are their label tuples, never cached: ``resolve`` returns the key it read."""
+
+    cache: ClassVar[dict[Any, Any]] = {}
+
+    def get(self, *raw: Any) -> tuple[Any, ...]:
+        return raw
+
+
+class Raising:
+    """``self`` whose every attribute raises, as a broken property would."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(name)
+
+
+def f_positional(self, tenant_id, workflow_id=None, model="m0"): ...
+def f_keyword_only(self, *, tenant_id="fixed", agent_id=None): ...
+def f_kwargs(self, **kwargs): ...
+def f_no_self(tenant_id=None, model=None): ...
+def f_varargs(*args, **kwargs): ...
+
+
+FUNCTIONS = [
+    f_positional,
+    f_keyword_only,
+    f_kwargs,
+    f_no_self,
+    f_varargs,
+    functools.partial(f_positional, tenant_id="bound"),
+    functools.partial(f_no_self, model="gpt"),
+]
+
+NAMES = ["tenant_id", "workflow_id", "agent_id", "model", "connector_type"]
+values = st.one_of(st.none(), st.sampled_from(["a", "", "b"]), st.integers(-2, 2), st.just([1]))
+configs = st.one_of(
+    st.none(),
+    st.builds(SimpleNamespace, id=values),
+    st.fixed_dictionaries({}, optional={"id": values}),
+    st.just(Raising()),
+)
+selves = st.one_of(
+    st.none(),
+    st.just(Raising()),
+    st.builds(
+        lambda attrs: SimpleNamespace(**attrs),
+        st.fixed_dictionaries({}, optional={n: values for n in NAMES} | {"config": configs}),
+    ),
+)
+labels = st.builds(
+    Label,
+    st.sampled_from(NAMES),
+    given=st.one_of(st.none(), st.sampled_from(["g", "h"])),
+    argument=st.booleans(),
+    paths=st.sampled_from([(), ("tenant_id",), ("config.id", "config[id]", "connector_type"), ("model",)]),
+    context=st.sampled_from([None, TENANT, WORKFLOW, AGENT]),
+    fallback=st.sampled_from([None, "unknown", "", "fn"]),
+)
+
+
+@given(
+    rules=st.lists(labels, min_size=1, max_size=4),
+    source=selves,
+    rest=st.lists(values, max_size=4),
+    kwargs=st.dictionaries(st.sampled_from(NAMES), values, max_size=3),
+    current=st.tuples(values, values, values),
+)
+def test_compiled_resolver_agrees_with_the_general_rule(rules, source, rest, kwargs, current):
+    """Any signature, labels, ``self``, arguments and context: the compiled reader reads what the rules say.
+
+    Each example is tried on every signature, as a method and not, with every number of positional arguments.
+    """
+    raising = isinstance(source, Raising) or isinstance(getattr(source, "config", None), Raising)
+    tokens = [var.set(v) for var, v in zip((TENANT, WORKFLOW, AGENT), current, strict=True)]
+    try:
+        for func in FUNCTIONS:
+            for self_like in (True, False):
+                signature = Signature(func, self_like)
+                resolve = resolver(Keys(), rules, signature, "f")
+                general = resolve.__globals__["general"]
+                fell_back = []
+                resolve.__globals__["general"] = lambda *a, general=general, fell_back=fell_back: (
+                    fell_back.append(1) or general(*a)
+                )
+                for n in range(len(rest) + 1):
+                    fell_back.clear()
+                    args = (source, *rest[:n]) if self_like else tuple(rest[:n])
+                    expected = tuple(label.read(signature, args, kwargs) for label in rules)
+                    assert resolve(args, dict(kwargs)) == expected
+                    try:
+                        hash(expected)
+                        unhashable = False
+                    except TypeError:
+                        unhashable = True
+                    # The general rule is only the way out of a raising attribute or an unhashable value.
+                    assert not fell_back or raising or unhashable
+    finally:
+        for var, token in zip((TENANT, WORKFLOW, AGENT), tokens, strict=True):
+            var.reset(token)
+
+
+def test_the_rules_in_order():
+    """Given, then argument, then ``self``, then context, then fallback."""
+    label = Label("tenant_id", paths=("tenant_id",), context=TENANT, fallback="default")
+    signature = Signature(f_positional, True)
+    source = SimpleNamespace(tenant_id="from_self")
+    assert label.read(signature, (source, "from_arg"), {}) == "from_arg"
+    assert label.read(signature, (source, None), {"tenant_id": "from_kw"}) == "from_kw"
+    assert label.read(signature, (source, None), {}) == "from_self"
+    token = TENANT.set("from_context")
+    try:
+        assert label.read(signature, (None, None), {}) == "from_context"
+    finally:
+        TENANT.reset(token)
+    assert label.read(signature, (None, None), {}) == "default"
+    assert Label("tenant_id", given="given", paths=("tenant_id",)).read(signature, (source, "x"), {}) == "given"
+
+
+def test_connector_type_paths():
+    """``self.config.id``, else ``self.config["id"]``, else ``self.connector_type``."""
+    label = Label("connector_type", argument=False, paths=("config.id", "config[id]", "connector_type"))
+    signature = Signature(f_kwargs, True)
+    resolve = resolver(Keys(), [label], signature)
+    for source, expected in [
+        (SimpleNamespace(config=SimpleNamespace(id="wp")), "wp"),
+        (SimpleNamespace(config={"id": "hubspot"}), "hubspot"),
+        (SimpleNamespace(config=None, connector_type="slack"), "slack"),
+        (Raising(), None),
+    ]:
+        assert label.read(signature, (source,), {}) == expected
+        assert resolve((source,), {}) == (expected,)
