@@ -31,6 +31,7 @@ TARGETS = {
     "generator ns per item": 300.0,
     "async generator ns per item": 300.0,
     "generator of 10, success / hand-written": 1.0,
+    "sync operation, success / hand-written": 0.40,
 }
 
 
@@ -117,6 +118,7 @@ def summarize(cases: list[Case], per_round: dict[int, list[float]]) -> tuple[lis
         "async generator ns per item": agen_item,
         "generator of 10, success / hand-written": ratio("generator", "success"),
         "async generator of 10, success / hand-written": ratio("async generator", "success"),
+        "sync operation, success / hand-written": ratio("sync operation", "success"),
         "generator fixed ns per call": gen_fixed,
         "async generator fixed ns per call": agen_fixed,
     }

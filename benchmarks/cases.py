@@ -3,7 +3,9 @@
 Every case is a function ``run(n) -> ns`` that makes ``n`` calls and returns
 the elapsed nanoseconds.  Each case's docstring says what it measures.  All
 cases of one kind record into the same two series as the spec's hand-written
-pattern (``connector_operations_total`` and ``connector_operation_duration``).
+pattern (``connector_operations_total`` and ``connector_operation_duration``);
+the "sync operation" kind also into ``connector_sync_operations_total`` and
+``connector_sync_records_total``, counting the records of the list returned.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from typing import Any
 
 import wrapt
 
-from bizmetrics import instrument_connector_operation, tenant_context, trace_context
+from bizmetrics import instrument_connector_operation, instrument_sync_operation, tenant_context, trace_context
 from bizmetrics.metrics import CONNECTOR_OPERATION_DURATION as DURATION
 from bizmetrics.metrics import CONNECTOR_OPERATIONS as OPERATIONS
+from bizmetrics.metrics import CONNECTOR_SYNC_OPERATIONS as SYNC_OPERATIONS
+from bizmetrics.metrics import CONNECTOR_SYNC_RECORDS as SYNC_RECORDS
 
 ITEMS = 10
+#: What the "sync operation" methods return: a page of records.
+RECORDS = list(range(50))
+RESOURCE = "rows"
 TENANT = "tenant_bench"
 
 
@@ -58,6 +65,21 @@ def _hand_record(connector: Any, operation: str, start: float, success: bool) ->
     DURATION.labels(connector_type=connector.config.id, operation=operation).observe(duration_ms)
 
 
+def _hand_sync_record(connector: Any, operation: str, start: float, success: bool, records: int) -> None:
+    """The same, for a sync: the operation, then the sync by status and, on success, its records."""
+    _hand_record(connector, operation, start, success)
+    SYNC_OPERATIONS.labels(
+        connector_type=connector.config.id,
+        resource_type=RESOURCE,
+        status="success" if success else "error",
+        tenant_id=connector.tenant_id,
+    ).inc()
+    if success:
+        SYNC_RECORDS.labels(
+            connector_type=connector.config.id, resource_type=RESOURCE, tenant_id=connector.tenant_id
+        ).inc(records)
+
+
 class Connector:
     """A connector whose labels come from self, with every variant of one operation."""
 
@@ -88,6 +110,11 @@ class Connector:
             yield i
         if self.fail:
             raise Boom
+
+    def sbare(self) -> list[int]:
+        if self.fail:
+            raise Boom
+        return RECORDS
 
     # hand-written
     def hand(self) -> int:
@@ -137,6 +164,20 @@ class Connector:
         finally:
             _hand_record(self, "aghand", start, success)
 
+    def shand(self) -> list[int]:
+        start = time.time()
+        success = False
+        records = 0
+        try:
+            if self.fail:
+                raise Boom
+            result = RECORDS
+            records = len(result)
+            success = True
+            return result
+        finally:
+            _hand_sync_record(self, "shand", start, success, records)
+
     # bizmetrics
     @instrument_connector_operation("deco")
     def deco(self) -> int:
@@ -162,6 +203,12 @@ class Connector:
             yield i
         if self.fail:
             raise Boom
+
+    @instrument_sync_operation(RESOURCE)
+    def sdeco(self) -> list[int]:
+        if self.fail:
+            raise Boom
+        return RECORDS
 
 
 # --- prometheus_client's own decorators and the pre-bound floors --------------------
@@ -418,6 +465,33 @@ def _path_cases(path: str) -> list[Case]:
                 sync_loop(stacked, fail),
                 "time() over count_exceptions(); records less (no tenant, no status), wrong for async",
             )
+        ]
+        n_records = len(RECORDS)
+        cases += [
+            Case(
+                "bare method",
+                "sync operation",
+                path,
+                "bare",
+                sync_loop(lambda: c.sbare(), fail),
+                f"the undecorated method, returns a list of {n_records}",
+            ),
+            Case(
+                "hand-written",
+                "sync operation",
+                path,
+                "hand",
+                sync_loop(lambda: c.shand(), fail),
+                f"the spec's pattern with the sync counters, len() of the list of {n_records}",
+            ),
+            Case(
+                "bizmetrics method",
+                "sync operation",
+                path,
+                "bizmetrics",
+                sync_loop(lambda: c.sdeco(), fail),
+                f"instrument_sync_operation on a method, labels from self, counts the list of {n_records}",
+            ),
         ]
         cases[6:6] = [
             Case(
