@@ -8,10 +8,13 @@ re-entrant lock (``adopt``, when a child is created, before anyone else can
 see it) and updates the cells of a whole record under it, once:
 
     index = bisect_left(bounds, ms)        # outside the lock: no calls inside
-    with LOCK:
+    acquire()
+    try:
         calls._value += 1
         total._value += ms
         buckets[index]._value += 1
+    finally:
+        release()
 
 prometheus_client's own methods on those children take the same lock, so
 both ways of recording (and scrapes) exclude each other and counts stay
@@ -91,8 +94,11 @@ def histogram(child: Any) -> Cells:
 
 def add(target: Cell, amount: float) -> None:
     """Add ``amount`` to a cell: what the bundles do inline."""
-    with LOCK:
+    LOCK.acquire()
+    try:
         target._value += amount
+    finally:
+        LOCK.release()
 
 
 def observe(cells: Cells, amount: float) -> None:
@@ -101,9 +107,12 @@ def observe(cells: Cells, amount: float) -> None:
     The bucket is the first whose upper bound is >= ``amount``: ``Histogram.observe``'s rule.
     """
     index = bisect_left(cells.bounds, amount)
-    with LOCK:
+    LOCK.acquire()
+    try:
         cells.sum._value += amount
         cells.buckets[index]._value += 1
+    finally:
+        LOCK.release()
 
 
 def _exposed(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:

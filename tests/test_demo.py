@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_catalogue import CATALOGUE
+from test_metrics import CATALOGUE
 
 
 @contextmanager
