@@ -11,6 +11,7 @@ from helpers import TICK_NS
 from hypothesis import HealthCheck, settings
 
 import bizmetrics._instrument
+import bizmetrics.metrics
 
 # Tests give every test fresh tenants: thousands over a session. The cap's own
 # tests set it explicitly (and see README, "Tenant cap", for the default).
@@ -24,6 +25,20 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=150)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_catalogue() -> None:
+    """Start every test with the catalogue metrics empty.
+
+    Tests record under fresh label values (``helpers.unique``): kept over a
+    session, thousands of series would make every read (which collects a whole
+    metric) and every exposition slower, test after test.  No test reads a
+    series another test recorded.  A catalogue metric's ``clear()`` also
+    empties bizmetrics' caches of label children.
+    """
+    for metric in bizmetrics.metrics.CATALOGUE:
+        metric.clear()
 
 
 @pytest.fixture

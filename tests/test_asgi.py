@@ -451,6 +451,9 @@ def test_metrics_app_negotiates_openmetrics_and_gzip():
 
 
 def test_metrics_app_filters_by_name():
+    tenant = unique()
+    bizmetrics.record_api_request("GET", "/filtered", 200, 1.0, tenant)
+    bizmetrics.record_connector_operation("wp", "filtered", 1.0, True, tenant)
     app = Starlette(routes=[Route("/metrics", metrics_app())])
     answer = run(app, "/metrics?name[]=api_requests_total")[0]
     names = {line.split("{")[0].split(" ")[0] for line in answer.text.splitlines() if not line.startswith("#")}
