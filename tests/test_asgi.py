@@ -472,6 +472,7 @@ def test_metrics_app_handles_lifespan_when_it_is_the_whole_application():
     assert http[0]["status"] == 200
 
 
+@pytest.mark.slow
 def test_importing_the_middleware_modules_imports_no_framework():
     import subprocess
     import sys
