@@ -7,11 +7,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from helpers import TICK_NS
+from helpers import TICK_NS, clear_catalogue
 from hypothesis import HealthCheck, settings
 
 import bizmetrics._instrument
-import bizmetrics.metrics
 
 # Tests give every test fresh tenants: thousands over a session. The cap's own
 # tests set it explicitly (and see README, "Tenant cap", for the default).
@@ -32,13 +31,11 @@ def _fresh_catalogue() -> None:
     """Start every test with the catalogue metrics empty.
 
     Tests record under fresh label values (``helpers.unique``): kept over a
-    session, thousands of series would make every read (which collects a whole
-    metric) and every exposition slower, test after test.  No test reads a
-    series another test recorded.  A catalogue metric's ``clear()`` also
-    empties bizmetrics' caches of label children.
+    session, thousands of series would make every exposition and every
+    ``bizmetrics.testing.capture()`` slower, test after test.  No test reads a
+    series another test recorded.
     """
-    for metric in bizmetrics.metrics.CATALOGUE:
-        metric.clear()
+    clear_catalogue()
 
 
 @pytest.fixture

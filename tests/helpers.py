@@ -9,6 +9,8 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.samples import Sample
 
+import bizmetrics.metrics
+
 #: What one tick of the fake clock is worth, in ns: 1 ms, so sums are whole milliseconds.
 TICK_NS = 1_000_000
 
@@ -57,6 +59,12 @@ def value(name: str, **labels: str) -> float:
 def exists(name: str, **labels: str) -> bool:
     """Return whether the default registry exposes this series."""
     return sample(name, **labels) is not None
+
+
+def clear_catalogue() -> None:
+    """Remove every series of the catalogue metrics (their ``clear()`` also empties bizmetrics' caches)."""
+    for metric in bizmetrics.metrics.CATALOGUE:
+        metric.clear()
 
 
 def unique(prefix: str = "t") -> str:
