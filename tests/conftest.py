@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 from collections.abc import Iterator
 
 import pytest
-from helpers import TICK_NS
+from helpers import TICK_NS, clear_catalogue
 from hypothesis import HealthCheck, settings
 
 import bizmetrics._instrument
@@ -24,6 +25,29 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=150)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Leave what collection imported out of garbage collections.
+
+    pytest, hypothesis, the LLM SDKs and the web frameworks make a large heap
+    that lives until the end; without this every full collection (the tests'
+    own ``gc.collect()`` calls included) walks all of it again.  What the tests
+    create afterwards is collected as usual.
+    """
+    gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_catalogue() -> None:
+    """Start every test with the catalogue metrics empty.
+
+    Tests record under fresh label values (``helpers.unique``): kept over a
+    session, thousands of series would make every exposition and every
+    ``bizmetrics.testing.capture()`` slower, test after test.  No test reads a
+    series another test recorded.
+    """
+    clear_catalogue()
 
 
 @pytest.fixture

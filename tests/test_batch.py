@@ -67,6 +67,7 @@ def test_runs_in_new_processes_add_up(gateway):
     assert _samples(gateway, job, "cron-1")[records] == 62.0
 
 
+@pytest.mark.slow
 def test_pushes_from_one_process_add_only_what_is_new(gateway):
     """A process that pushes twice adds what it counted between the pushes, not its whole total again."""
     job, tenant = unique("job"), unique("t")
@@ -84,6 +85,7 @@ def test_pushes_from_one_process_add_only_what_is_new(gateway):
     assert _samples(gateway, job)[key] == 8.0
 
 
+@pytest.mark.slow
 def test_run_gauges_and_a_failed_run(gateway):
     """A good run pushes success 1, its duration and its time; a failed one pushes 0 and keeps the last success."""
     job = unique("job")
@@ -127,6 +129,7 @@ def test_a_failed_push_is_told_never_raised_unless_asked(caplog):
         1 / 0  # noqa: B018
 
 
+@pytest.mark.slow
 def test_pushed_metrics_pass_promtool_check_metrics(gateway):
     """``promtool check metrics`` finds no problem in what a batch job pushes (seconds, not milliseconds)."""
     job = unique("job")

@@ -167,6 +167,7 @@ def test_catalogue_survives_series_removal():
     assert value("db_query_duration_count", operation=t) == 1
 
 
+@pytest.mark.slow
 def test_import_alone_exposes_the_catalogue():
     """A fresh process that only imports bizmetrics exposes every family's HELP line."""
     code = "import bizmetrics, prometheus_client; print(prometheus_client.generate_latest().decode())"

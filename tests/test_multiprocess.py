@@ -126,6 +126,7 @@ def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_import_order_trap_is_warned_about(tmp_path: Path):
     """prometheus_client imported before PROMETHEUS_MULTIPROC_DIR is set: bizmetrics warns."""
     env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
@@ -142,6 +143,7 @@ def test_import_order_trap_is_warned_about(tmp_path: Path):
     assert "imported before" in done.stderr
 
 
+@pytest.mark.slow
 def test_right_import_order_is_silent(tmp_path: Path):
     """With the variable set first, multiprocess mode is on and nothing is logged."""
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
@@ -165,6 +167,7 @@ def test_registry_is_the_default_registry_when_multiprocess_mode_is_off():
     assert multiprocess.registry() is REGISTRY
 
 
+@pytest.mark.slow
 def test_registry_collects_every_worker_when_multiprocess_mode_is_on(tmp_path: Path):
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     code = """
@@ -178,6 +181,7 @@ def test_registry_collects_every_worker_when_multiprocess_mode_is_on(tmp_path: P
     assert _run(code, env).stdout.split() == ["False", "3.0"]
 
 
+@pytest.mark.slow
 def test_remove_dead_workers_drops_only_dead_processes_live_gauges(tmp_path: Path):
     """The uvicorn remedy: live-gauge files of dead pids go, those of running processes and other kinds stay."""
     from bizmetrics.multiprocess import remove_dead_workers

@@ -53,6 +53,7 @@ def _export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
 # --- promtool ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", assets.RULE_FILES)
 def test_rule_files_pass_promtool_check(name, tmp_path):
     """``promtool check rules`` accepts every shipped rule file (templates included)."""
@@ -63,6 +64,7 @@ def test_rule_files_pass_promtool_check(name, tmp_path):
     assert "SUCCESS" in done.stdout
 
 
+@pytest.mark.slow
 def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     """``promtool test rules``: each shipped alert fires on synthetic series, then resolves."""
     fired: set[str] = set()
@@ -81,6 +83,7 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("test_file", "rule", "old", "new", "why"),
     [
@@ -115,6 +118,7 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path, test_file, rule, old,
     assert "FAILED" in done.stdout + done.stderr, why
 
 
+@pytest.mark.slow
 def test_per_job_objectives_in_promtool_unit_tests(tmp_path):
     """SLO objectives differ per service: the same failures page for checkout (99.9%), not for billing (99%)."""
     rendered = assets.render(api_objective={"billing": 0.99}, connector_objective={"billing": 0.95})
@@ -175,6 +179,7 @@ def _rule(text: str, name: str) -> dict[str, object]:
     return found[0]
 
 
+@pytest.mark.slow
 def test_export_assets_writes_every_file_as_shipped(tmp_path):
     """``export-assets DIR`` writes the rules, dashboards and Alertmanager example exactly as shipped."""
     done = _export(tmp_path)
@@ -196,6 +201,7 @@ def test_export_assets_writes_every_file_as_shipped(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_export_assets_options_tune_the_files(tmp_path):
     """Every export option lands where it should, and promtool accepts the result."""
     done = _export(
@@ -268,6 +274,7 @@ def test_export_assets_options_tune_the_files(tmp_path):
     ).read_text()
 
 
+@pytest.mark.slow
 def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
     """A --jobs regex with a backslash or a quote lands in PromQL strings escaped, and promtool accepts it."""
     done = _export(tmp_path, "--jobs", 'web-\\d+|"odd"')
@@ -285,6 +292,7 @@ def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
     assert job["allValue"] == 'web-\\\\d+|\\"odd\\"'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -307,6 +315,7 @@ def test_export_assets_rejects_bad_options(tmp_path, args, message):
     assert _files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_assets_namespace_gives_the_dashboards_their_own_identity(tmp_path):
     """--namespace acme: prefixed names, and dashboard uids and titles of their own beside the plain ones."""
     assert _export(tmp_path, "--namespace", "acme").returncode == 0
@@ -316,6 +325,7 @@ def test_export_assets_namespace_gives_the_dashboards_their_own_identity(tmp_pat
     assert all("acme_connector" in t["expr"] for p in board["panels"] for t in p["targets"])
 
 
+@pytest.mark.slow
 def test_export_assets_never_overwrites_a_differing_file_without_force(tmp_path):
     """An edited file is left alone (exit 1, listed); unchanged files are fine; --force overwrites."""
     assert _export(tmp_path).returncode == 0
@@ -344,6 +354,7 @@ def test_export_assets_never_overwrites_a_differing_file_without_force(tmp_path)
     assert _export(tmp_path).returncode == 0
 
 
+@pytest.mark.slow
 def test_alertmanager_example_passes_amtool_and_routes_by_severity(tmp_path):
     """``amtool check-config`` accepts the shipped alertmanager.yml; critical pages, warning and ticket do not."""
     config = tmp_path / "alertmanager.yml"

@@ -36,6 +36,7 @@ def test_tests_run_against_the_installed_package():
     assert package.parent.name == "site-packages"
 
 
+@pytest.mark.slow
 def test_version_on_the_command_line():
     """python -m bizmetrics --version prints the package's version."""
     import subprocess
@@ -52,6 +53,7 @@ def test_the_pytest_plugin_is_registered():
     assert any(p.name == "bizmetrics" and p.value == "bizmetrics_pytest" for p in points)
 
 
+@pytest.mark.slow
 def test_loading_the_pytest_plugin_imports_neither_bizmetrics_nor_prometheus_client():
     """The plugin pytest loads at start-up leaves prometheus_client unimported, so a conftest can still
     set PROMETHEUS_MULTIPROC_DIR."""

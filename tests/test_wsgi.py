@@ -234,7 +234,8 @@ def test_real_wsgiref_server_counts_exactly():
     tenant = unique()
     app = MetricsMiddleware(flask_app(), tenant="X-Tenant-ID")
     server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for the serving loop's next poll.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
         for i in range(20):
