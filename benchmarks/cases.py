@@ -514,6 +514,36 @@ def _path_cases(path: str) -> list[Case]:
     return cases
 
 
+def floor_relay(gen: Any) -> Any:
+    """The least a per-item timer can do in Python: read the clock around each resume, nothing else."""
+    elapsed = 0.0
+    send = gen.send
+    arg = None
+    while True:
+        elapsed -= time.perf_counter()
+        try:
+            item = send(arg)
+        except StopIteration as stop:
+            return stop.value
+        elapsed += time.perf_counter()
+        arg = yield item
+
+
+async def afloor_relay(agen: Any) -> Any:
+    """``floor_relay`` for async generators."""
+    elapsed = 0.0
+    asend = agen.asend
+    arg = None
+    while True:
+        elapsed -= time.perf_counter()
+        try:
+            item = await asend(arg)
+        except StopAsyncIteration:
+            return
+        elapsed += time.perf_counter()
+        arg = yield item
+
+
 def _slope_cases(n_items: int) -> list[Case]:
     """Generators of ``n_items`` items, bare and decorated, for the per-item slope."""
     c = Connector()
@@ -527,6 +557,10 @@ def _slope_cases(n_items: int) -> list[Case]:
              agen_loop(lambda: c.agbare(n_items), False), doc, n_items),
         Case(f"bizmetrics method, {n_items} items", "async generator", "success", "bizmetrics",
              agen_loop(lambda: c.agdeco(n_items), False), doc, n_items),
+        Case(f"floor: two clock reads per item, {n_items} items", "generator", "success", "floor",
+             gen_loop(lambda: floor_relay(c.gbare(n_items)), False), doc, n_items),
+        Case(f"floor: two clock reads per item, {n_items} items", "async generator", "success", "floor",
+             agen_loop(lambda: afloor_relay(c.agbare(n_items)), False), doc, n_items),
     ]  # fmt: skip
 
 

@@ -26,7 +26,7 @@ import types
 from asyncio import CancelledError, isfuture
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar
-from time import perf_counter_ns  # tests patch this name to get exact durations
+from time import perf_counter as clock  # seconds; tests patch ``clock`` and ``CLOCK_MS`` for exact durations
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +36,9 @@ from . import _log
 
 if TYPE_CHECKING:
     from ._families import Bundle
+
+#: Milliseconds per unit of ``clock``.
+CLOCK_MS = 1e3
 
 Kind = Literal["sync", "coroutine", "generator", "async generator", "maybe awaitable"]
 SYNC: Kind = "sync"
@@ -163,16 +166,18 @@ def _error_name(classify: Classify | None, exc: BaseException) -> object:
     return type(exc).__name__
 
 
-def _outcome(bundle: Bundle, ns: int | None, exc: BaseException | None, amount: Any, classify: Classify | None) -> None:
+def _outcome(
+    bundle: Bundle, elapsed: float | None, exc: BaseException | None, amount: Any, classify: Classify | None
+) -> None:
     """Record how a call ended; never raises.
 
     No exception is a success (a generator closed early by its consumer
     too); an ``Exception`` is a failure, by its error type; a
     ``CancelledError`` is a cancellation; anything else (``KeyboardInterrupt``,
-    ``SystemExit``, ``GeneratorExit``) records nothing.  ``ns`` is ``None``
-    for a call that never ran.
+    ``SystemExit``, ``GeneratorExit``) records nothing.  ``elapsed`` (in
+    ``clock`` units) is ``None`` for a call that never ran.
     """
-    ms = None if ns is None else ns / 1e6
+    ms = None if elapsed is None else elapsed * CLOCK_MS
     try:
         if exc is None:
             bundle.success(ms, amount)
@@ -221,16 +226,16 @@ def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
             _log.internal_error("resolving labels")
             return func(*args, **kwargs)
         token = None if var is None else var.set(bundle.scope)
-        start = perf_counter_ns()
+        start = clock()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            _outcome(bundle, perf_counter_ns() - start, exc, 0, classify)
+            _outcome(bundle, clock() - start, exc, 0, classify)
             raise
         finally:
             if token is not None:
                 var.reset(token)  # type: ignore[union-attr]
-        _outcome(bundle, perf_counter_ns() - start, None, 0 if count is None else _measure(count, result), classify)
+        _outcome(bundle, clock() - start, None, 0 if count is None else _measure(count, result), classify)
         return result
 
     return call
@@ -273,16 +278,16 @@ async def _timed_coroutine(
     work, bundle = pending.work, pending.bundle
     pending.work = None
     token = None if var is None else var.set(bundle.scope)
-    start = perf_counter_ns()
+    start = clock()
     try:
         result = await work  # type: ignore[misc]
     except BaseException as exc:
-        _outcome(bundle, perf_counter_ns() - start, exc, 0, classify)
+        _outcome(bundle, clock() - start, exc, 0, classify)
         raise
     finally:
         if token is not None:
             var.reset(token)  # type: ignore[union-attr]
-    _outcome(bundle, perf_counter_ns() - start, None, 0 if count is None else _measure(count, result), classify)
+    _outcome(bundle, clock() - start, None, 0 if count is None else _measure(count, result), classify)
     return result
 
 
@@ -295,8 +300,10 @@ def _timed_generator(
 ) -> Generator[Any, Any, Any]:
     # A hand-expanded ``yield from`` that times each resume of the body, so
     # the consumer's time between items is never counted, and sets the scope
-    # around each resume only: between items the consumer runs in its own context.
-    elapsed = 0
+    # around each resume only: between items the consumer runs in its own
+    # context.  ``elapsed -= clock()`` before a resume and ``elapsed +=
+    # clock()`` after it add up the resumes with the fewest operations per item.
+    elapsed = 0.0
     amount: Any = 0
     first = True
     scope = bundle.scope
@@ -306,19 +313,19 @@ def _timed_generator(
     while True:
         if var is not None:
             token = var.set(scope)
-        start = perf_counter_ns()
+        elapsed -= clock()
         try:
             item = action(arg)
         except StopIteration as stop:
-            _outcome(bundle, elapsed + perf_counter_ns() - start, None, amount, classify)
+            _outcome(bundle, elapsed + clock(), None, amount, classify)
             return stop.value
         except BaseException as exc:
-            _outcome(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
+            _outcome(bundle, elapsed + clock(), exc, amount, classify)
             raise
         finally:
             if token is not None:
                 var.reset(token)  # type: ignore[union-attr]
-        elapsed += perf_counter_ns() - start
+        elapsed += clock()
         if first:
             first = False
             _first_item(bundle, elapsed)
@@ -329,16 +336,16 @@ def _timed_generator(
             # Closed early (or collected): close the body in its scope, and count what it yielded as a success.
             if var is not None:
                 token = var.set(scope)
-            start = perf_counter_ns()
+            elapsed -= clock()
             try:
                 gen.close()
             except BaseException as exc:
-                _outcome(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
+                _outcome(bundle, elapsed + clock(), exc, amount, classify)
                 raise
             finally:
                 if token is not None:
                     var.reset(token)  # type: ignore[union-attr]
-            _outcome(bundle, elapsed + perf_counter_ns() - start, None, amount, classify)
+            _outcome(bundle, elapsed + clock(), None, amount, classify)
             raise
         except BaseException as exc:
             action, arg = gen.throw, exc
@@ -346,9 +353,9 @@ def _timed_generator(
             action = send
 
 
-def _first_item(bundle: Bundle, ns: int) -> None:
+def _first_item(bundle: Bundle, elapsed: float) -> None:
     try:
-        bundle.first_item(ns / 1e6)
+        bundle.first_item(elapsed * CLOCK_MS)
     except Exception:
         _log.internal_error("time to first item")
 
@@ -377,7 +384,8 @@ async def _timed_async_generator(
     classify: Classify | None,
     var: ContextVar[object] | None,
 ) -> AsyncGenerator[Any, Any]:
-    elapsed = 0
+    # As ``_timed_generator``, awaiting each step of ``agen``.
+    elapsed = 0.0
     amount: Any = 0
     first = True
     scope = bundle.scope
@@ -387,19 +395,19 @@ async def _timed_async_generator(
     while True:
         if var is not None:
             token = var.set(scope)
-        start = perf_counter_ns()
+        elapsed -= clock()
         try:
             item = await step
         except StopAsyncIteration:
-            _outcome(bundle, elapsed + perf_counter_ns() - start, None, amount, classify)
+            _outcome(bundle, elapsed + clock(), None, amount, classify)
             return
         except BaseException as exc:
-            _outcome(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
+            _outcome(bundle, elapsed + clock(), exc, amount, classify)
             raise
         finally:
             if token is not None:
                 var.reset(token)  # type: ignore[union-attr]
-        elapsed += perf_counter_ns() - start
+        elapsed += clock()
         if first:
             first = False
             _first_item(bundle, elapsed)
@@ -409,16 +417,16 @@ async def _timed_async_generator(
         except GeneratorExit:
             if var is not None:
                 token = var.set(scope)
-            start = perf_counter_ns()
+            elapsed -= clock()
             try:
                 await agen.aclose()
             except BaseException as exc:
-                _outcome(bundle, elapsed + perf_counter_ns() - start, exc, amount, classify)
+                _outcome(bundle, elapsed + clock(), exc, amount, classify)
                 raise
             finally:
                 if token is not None:
                     var.reset(token)  # type: ignore[union-attr]
-            _outcome(bundle, elapsed + perf_counter_ns() - start, None, amount, classify)
+            _outcome(bundle, elapsed + clock(), None, amount, classify)
             raise
         except BaseException as exc:
             step = agen.athrow(exc)
@@ -454,16 +462,16 @@ def _coroutine_body(site: Site, func: Callable[..., Any], relay: Callable[..., C
     return call
 
 
-def _future_done(future: Any, bundle: Bundle, start: int, count: Count | None, classify: Classify | None) -> None:
-    ns = perf_counter_ns() - start
+def _future_done(future: Any, bundle: Bundle, start: float, count: Count | None, classify: Classify | None) -> None:
+    elapsed = clock() - start
     if future.cancelled():
-        _outcome(bundle, ns, CancelledError(), 0, classify)
+        _outcome(bundle, elapsed, CancelledError(), 0, classify)
         return
     exc = future.exception()
     if exc is not None:
-        _outcome(bundle, ns, exc, 0, classify)
+        _outcome(bundle, elapsed, exc, 0, classify)
     else:
-        _outcome(bundle, ns, None, 0 if count is None else _measure(count, future.result()), classify)
+        _outcome(bundle, elapsed, None, 0 if count is None else _measure(count, future.result()), classify)
 
 
 def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[..., Coroutine[Any, Any, Any]]) -> Body:
@@ -474,11 +482,11 @@ def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[
         bundle = _resolved(resolve, args, kwargs)
         if bundle is None:
             return func(*args, **kwargs)
-        start = perf_counter_ns()
+        start = clock()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            _outcome(bundle, perf_counter_ns() - start, exc, 0, classify)
+            _outcome(bundle, clock() - start, exc, 0, classify)
             raise
         if inspect.iscoroutine(result):
             pending = _Pending()
@@ -491,7 +499,7 @@ def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[
             except Exception:
                 _log.internal_error("watching a future")
             return result
-        _outcome(bundle, perf_counter_ns() - start, None, 0 if count is None else _measure(count, result), classify)
+        _outcome(bundle, clock() - start, None, 0 if count is None else _measure(count, result), classify)
         return result
 
     return call

@@ -25,6 +25,7 @@ from ._families import (
     TOKEN_USAGE_FAMILY,
     TOOL_FAMILY,
     WORKFLOW_FAMILY,
+    Bundle,
 )
 from ._values import UNKNOWN
 from .context import agent_or_current, tenant_or_current, workflow_or_current
@@ -53,6 +54,15 @@ def _error_type(error_type: object) -> str:
     return UNKNOWN if error_type is None else _values.label(error_type, "error_type")
 
 
+def _call(bundle: Bundle, duration_ms: object, success: bool, error_type: object, amount: float = 0) -> None:
+    """Record one call that succeeded or failed (``error_type``, ``unknown`` if not given)."""
+    ms = _values.duration(duration_ms)
+    if success:
+        bundle.success(ms, amount)
+    else:
+        bundle.failure(ms, _error_type(error_type), amount)
+
+
 def record_connector_operation(
     connector_type: str,
     operation: str,
@@ -70,12 +80,12 @@ def record_connector_operation(
     .. versionadded:: 0.1.0
     """
     try:
-        bundle = CONNECTOR_OPERATION_FAMILY.get(connector_type, operation, tenant_or_current(tenant_id))
-        ms = _values.duration(duration_ms)
-        if success:
-            bundle.success(ms, 0)
-        else:
-            bundle.failure(ms, _error_type(error_type), 0)
+        _call(
+            CONNECTOR_OPERATION_FAMILY.get(connector_type, operation, tenant_or_current(tenant_id)),
+            duration_ms,
+            success,
+            error_type,
+        )
     except Exception:
         _log.internal_error("record_connector_operation")
 
@@ -113,12 +123,7 @@ def record_workflow_execution(
     .. versionadded:: 0.1.0
     """
     try:
-        bundle = WORKFLOW_FAMILY.get(workflow_id, tenant_or_current(tenant_id))
-        ms = _values.duration(duration_ms)
-        if success:
-            bundle.success(ms, 0)
-        else:
-            bundle.failure(ms, _error_type(error_type), 0)
+        _call(WORKFLOW_FAMILY.get(workflow_id, tenant_or_current(tenant_id)), duration_ms, success, error_type)
     except Exception:
         _log.internal_error("record_workflow_execution")
 
@@ -162,13 +167,8 @@ def record_agent_invocation(
     """
     try:
         tenant = tenant_or_current(tenant_id)
-        bundle = AGENT_FAMILY.get(agent_id, tenant, "")
-        ms = _values.duration(duration_ms)
         tokens = _values.amount(tokens_used, "tokens_used")
-        if success:
-            bundle.success(ms, tokens)
-        else:
-            bundle.failure(ms, _error_type(error_type), tokens)
+        _call(AGENT_FAMILY.get(agent_id, tenant, ""), duration_ms, success, error_type, tokens)
         if usage is not None:
             typed = _extract.as_tokens(usage, "usage")
             if isinstance(typed, _extract.Usage) and typed.tokens:
@@ -195,12 +195,12 @@ def record_tool_call(
     .. versionadded:: 0.2.0
     """
     try:
-        bundle = TOOL_FAMILY.get(agent_or_current(agent_id), tool, tenant_or_current(tenant_id))
-        ms = _values.duration(duration_ms)
-        if success:
-            bundle.success(ms, 0)
-        else:
-            bundle.failure(ms, _error_type(error_type), 0)
+        _call(
+            TOOL_FAMILY.get(agent_or_current(agent_id), tool, tenant_or_current(tenant_id)),
+            duration_ms,
+            success,
+            error_type,
+        )
     except Exception:
         _log.internal_error("record_tool_call")
 

@@ -53,6 +53,8 @@ def _fresh_catalogue() -> None:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[itertools.count[int]]:
     """Make every clock read in the decorators advance exactly one tick."""
-    ticks = itertools.count(TICK_NS, TICK_NS)
-    monkeypatch.setattr(bizmetrics._instrument, "perf_counter_ns", lambda: next(ticks))
+    ticks = itertools.count(1)
+    monkeypatch.setattr(bizmetrics._instrument, "clock", lambda: next(ticks))
+    # Whole ticks, each TICK_NS long: sums stay exact.
+    monkeypatch.setattr(bizmetrics._instrument, "CLOCK_MS", TICK_NS / 1e6)
     yield ticks
