@@ -6,7 +6,7 @@ are milliseconds.  Histograms carry no ``tenant_id``; per-tenant numbers live
 on the counters.
 
 The ``record_*`` helpers live in ``bizmetrics.helpers``; they are also
-importable from here, as they were before 0.3.0.
+importable from here, where they used to live.
 """
 
 from __future__ import annotations
@@ -419,7 +419,7 @@ CATALOGUE = (
 )
 
 
-# The helpers moved to ``bizmetrics.helpers`` in 0.3.0.  They are imported on
+# The helpers moved to ``bizmetrics.helpers`` after 0.2.0.  They are imported on
 # first use: the helpers record through the families, which are built on this
 # catalogue, so importing them here at import time would be circular.
 
