@@ -291,6 +291,19 @@ async def _timed_coroutine(
     return result
 
 
+def _scoped(method: Callable[..., Any], var: ContextVar[object], value: object) -> Callable[..., Any]:
+    """``method`` (a generator's ``send``, ``throw`` or ``close``) run with ``var`` set to ``value``."""
+
+    def scoped(*args: Any) -> Any:
+        token = var.set(value)
+        try:
+            return method(*args)
+        finally:
+            var.reset(token)
+
+    return scoped
+
+
 def _timed_generator(
     gen: Generator[Any, Any, Any],
     bundle: Bundle,
@@ -299,20 +312,21 @@ def _timed_generator(
     var: ContextVar[object] | None,
 ) -> Generator[Any, Any, Any]:
     # A hand-expanded ``yield from`` that times each resume of the body, so
-    # the consumer's time between items is never counted, and sets the scope
-    # around each resume only: between items the consumer runs in its own
-    # context.  ``elapsed -= clock()`` before a resume and ``elapsed +=
-    # clock()`` after it add up the resumes with the fewest operations per item.
+    # the consumer's time between items is never counted.  With a scope, the
+    # body is resumed through ``_scoped`` methods: it runs in the scope, and
+    # the consumer between items in its own context.  ``elapsed -= clock()``
+    # before a resume and ``elapsed += clock()`` after it add up the resumes
+    # with the fewest operations per item.
+    send, throw, close = gen.send, gen.throw, gen.close
+    if var is not None:
+        scope = bundle.scope
+        send, throw, close = _scoped(send, var, scope), _scoped(throw, var, scope), _scoped(close, var, scope)
     elapsed = 0.0
     amount: Any = 0
     first = True
-    scope = bundle.scope
-    send = action = gen.send
+    action = send
     arg: Any = None
-    token = None
     while True:
-        if var is not None:
-            token = var.set(scope)
         elapsed -= clock()
         try:
             item = action(arg)
@@ -322,9 +336,6 @@ def _timed_generator(
         except BaseException as exc:
             _outcome(bundle, elapsed + clock(), exc, amount, classify)
             raise
-        finally:
-            if token is not None:
-                var.reset(token)  # type: ignore[union-attr]
         elapsed += clock()
         if first:
             first = False
@@ -333,22 +344,17 @@ def _timed_generator(
         try:
             arg = yield item
         except GeneratorExit:
-            # Closed early (or collected): close the body in its scope, and count what it yielded as a success.
-            if var is not None:
-                token = var.set(scope)
+            # Closed early (or collected): close the body, and count what it yielded as a success.
             elapsed -= clock()
             try:
-                gen.close()
+                close()
             except BaseException as exc:
                 _outcome(bundle, elapsed + clock(), exc, amount, classify)
                 raise
-            finally:
-                if token is not None:
-                    var.reset(token)  # type: ignore[union-attr]
             _outcome(bundle, elapsed + clock(), None, amount, classify)
             raise
         except BaseException as exc:
-            action, arg = gen.throw, exc
+            action, arg = throw, exc
         else:
             action = send
 
@@ -384,7 +390,8 @@ async def _timed_async_generator(
     classify: Classify | None,
     var: ContextVar[object] | None,
 ) -> AsyncGenerator[Any, Any]:
-    # As ``_timed_generator``, awaiting each step of ``agen``.
+    # As ``_timed_generator``, awaiting each step of ``agen``; the scope is set
+    # around each await, since a step runs only while it is awaited.
     elapsed = 0.0
     amount: Any = 0
     first = True
