@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Gene
 from contextvars import ContextVar
 from time import perf_counter as clock  # seconds; tests patch ``clock`` and ``CLOCK_MS`` for exact durations
 from types import MethodType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import wrapt
 
@@ -50,10 +50,10 @@ MAYBE_AWAITABLE: Kind = "maybe awaitable"
 
 _SELF_NAMES = ("self", "cls")
 
-Args = tuple[Any, ...]
-Kwargs = dict[str, Any]
+Args = tuple[object, ...]
+Kwargs = dict[str, object]
 #: What a family counts in a result or an item (records, tokens, hits).
-Count = Callable[[Any], Any]
+Count = Callable[[Any], object]
 #: ``error_type=``: turns an exception into its ``error_type`` label.
 Classify = Callable[[BaseException], object]
 
@@ -213,13 +213,13 @@ def _resolved(resolve: Callable[[Args, Kwargs], Bundle], args: Args, kwargs: Kwa
 # ``cls``.  Labels are resolved at call time (so a coroutine or generator
 # carries its caller's tenant); the clock runs while the user's code runs.
 
-Body = Callable[..., Any]
+Body = Callable[..., object]
 
 
 def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
     resolve, count, var, classify = site.resolve, site.count, site.scope, site.error_type
 
-    def call(self: object, *args: Any, **kwargs: Any) -> Any:
+    def call(self: object, *args: object, **kwargs: object) -> object:
         try:
             bundle = resolve(args, kwargs)
         except Exception:
@@ -455,7 +455,7 @@ def _named(relay: Callable[..., Any], target: Target) -> Callable[..., Any]:
 def _coroutine_body(site: Site, func: Callable[..., Any], relay: Callable[..., Coroutine[Any, Any, Any]]) -> Body:
     resolve, count, var, classify = site.resolve, site.count, site.scope, site.error_type
 
-    def call(self: object, *args: Any, **kwargs: Any) -> Any:
+    def call(self: object, *args: object, **kwargs: object) -> object:
         try:
             bundle = resolve(args, kwargs)
         except Exception:
@@ -485,7 +485,7 @@ def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[
     """Body for a sync callable that may return an awaitable (a ``functools.wraps`` wrapper of a coroutine)."""
     resolve, count, var, classify = site.resolve, site.count, site.scope, site.error_type
 
-    def call(self: object, *args: Any, **kwargs: Any) -> Any:
+    def call(self: object, *args: object, **kwargs: object) -> object:
         bundle = _resolved(resolve, args, kwargs)
         if bundle is None:
             return func(*args, **kwargs)
@@ -516,7 +516,7 @@ def _generator_body(site: Site, func: Callable[..., Any], relay: Callable[..., A
     """Body for generator and async generator functions: ``relay`` times the iteration."""
     resolve, count_item, var, classify = site.resolve, site.count_item, site.scope, site.error_type
 
-    def call(self: object, *args: Any, **kwargs: Any) -> Any:
+    def call(self: object, *args: object, **kwargs: object) -> object:
         bundle = _resolved(resolve, args, kwargs)
         if bundle is None:
             return func(*args, **kwargs)
@@ -548,14 +548,14 @@ _BoundBase: Any = wrapt.BoundFunctionWrapper
 _FunctionBase: Any = wrapt.FunctionWrapper
 
 
-def _resolve_qualname(module: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module)
+def _resolve_qualname(module: str, qualname: str) -> object:
+    obj: object = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
 
 
-def _by_reference(proxy: Any, protocol: Any) -> Any:
+def _by_reference(proxy: Any, protocol: int) -> tuple[Callable[[str, str], object], tuple[str, str]]:
     """Reduce ``proxy`` to its module and qualified name, as pickle does for functions.
 
     A function that cannot be found by that name (a local function) fails
@@ -579,21 +579,21 @@ class _Copyable:
 
     __slots__ = ()
 
-    def __copy__(self) -> Any:
+    def __copy__(self) -> _Copyable:
         return self
 
-    def __deepcopy__(self, memo: Any) -> Any:
+    def __deepcopy__(self, memo: object) -> _Copyable:
         return self
 
 
 class _BoundWrapper(_Copyable, _BoundBase):  # type: ignore[misc]
     __slots__ = ()
 
-    def __reduce_ex__(self, protocol: Any) -> Any:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Callable[..., object], tuple[object, ...]]:
         instance = self._self_instance
         if instance is not None:
             return getattr, (instance, self.__name__)
-        return _by_reference(self, protocol)
+        return _by_reference(self, int(protocol))
 
 
 class _Wrapper(_Copyable, _FunctionBase):  # type: ignore[misc]
@@ -602,8 +602,8 @@ class _Wrapper(_Copyable, _FunctionBase):  # type: ignore[misc]
     __slots__ = ()
     __bound_function_wrapper__ = _BoundWrapper
 
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        return _by_reference(self, protocol)
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Callable[..., object], tuple[object, ...]]:
+        return _by_reference(self, int(protocol))
 
 
 class _Callable(_Wrapper):
@@ -626,7 +626,7 @@ class _Function(_Callable):
     #: ``(wrapped, make_site)`` of a function not yet known to be a method (see ``__set_name__``).
     _bizmetrics_source: tuple[Callable[..., Any], Callable[[Target], Site]] | None = None
 
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
+    def __get__(self, instance: object, owner: type | None = None) -> object:
         if instance is None:
             return self
         return MethodType(self, instance)
@@ -646,7 +646,7 @@ class _Function(_Callable):
             set_name(owner, name)
 
 
-def _generated(base: type[_Callable], target: Target, call: Body, source: Any = None) -> type[_Callable]:
+def _generated(base: type[_Callable], target: Target, call: Body, source: object = None) -> type[_Callable]:
     """A wrapper class for one decorated callable, named after it, whose ``__call__`` is ``call``."""
     namespace = {"__slots__": (), "__call__": call, "__qualname__": target.qualname[1]}
     if source is not None:
@@ -673,10 +673,10 @@ def _build(wrapped: Any, make_site: Callable[[Target], Site], in_class: bool = F
 
     # For wrapt's own binding (classmethod, staticmethod) and anything else
     # that calls the wrapper the wrapt way: the body wants ``cls`` in args.
-    def adapter(bound: object, instance: object, args: Args, kwargs: Kwargs) -> Any:
+    def adapter(bound: object, instance: object, args: Args, kwargs: Kwargs) -> object:
         return call(None, *args, **kwargs)
 
-    def classmethod_adapter(bound: object, instance: object, args: Args, kwargs: Kwargs) -> Any:
+    def classmethod_adapter(bound: object, instance: object, args: Args, kwargs: Kwargs) -> object:
         return call(None, instance, *args, **kwargs)
 
     if isinstance(wrapped, classmethod):
