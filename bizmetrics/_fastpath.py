@@ -8,19 +8,20 @@ re-entrant lock (``adopt``, when a child is created, before anyone else can
 see it) and updates the cells of a whole record under it, once:
 
     index = bisect_left(bounds, ms)        # outside the lock: no calls inside
-    acquire()
-    try:
+    with LOCK:
         calls._value += 1
         total._value += ms
         buckets[index]._value += 1
-    finally:
-        release()
 
 prometheus_client's own methods on those children take the same lock, so
 both ways of recording (and scrapes) exclude each other and counts stay
-exact.  The critical sections make no calls, so no signal handler or
-finaliser can run inside them; the lock is re-entrant in case one runs
-between taking it and the first update.
+exact.  The lock is only ever taken by a ``with`` block, which releases it
+whatever is raised inside, signals included (``acquire(); try:`` would leave
+a gap between the two in which a signal handler's exception keeps it held).
+The critical sections make no calls; the lock is re-entrant in case a
+finaliser or signal handler that records runs while its thread holds it.
+A fork waits for it, so a child never starts with it held by a thread that
+does not exist there.
 
 Those cells are prometheus_client internals, so ``self_test`` records
 through both paths into a private registry and compares the exposition.
@@ -31,6 +32,7 @@ records through the public API.
 
 from __future__ import annotations
 
+import os
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -44,6 +46,8 @@ __all__ = ["FAST_PATH", "LOCK", "Cell", "Cells", "adopt", "cell", "histogram", "
 
 #: The one lock of every value cell of the catalogue (see the module docstring).
 LOCK = threading.RLock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=LOCK.acquire, after_in_parent=LOCK.release, after_in_child=LOCK.release)
 
 
 class Cell(Protocol):
@@ -94,11 +98,8 @@ def histogram(child: Any) -> Cells:
 
 def add(target: Cell, amount: float) -> None:
     """Add ``amount`` to a cell: what the bundles do inline."""
-    LOCK.acquire()
-    try:
+    with LOCK:
         target._value += amount
-    finally:
-        LOCK.release()
 
 
 def observe(cells: Cells, amount: float) -> None:
@@ -107,12 +108,9 @@ def observe(cells: Cells, amount: float) -> None:
     The bucket is the first whose upper bound is >= ``amount``: ``Histogram.observe``'s rule.
     """
     index = bisect_left(cells.bounds, amount)
-    LOCK.acquire()
-    try:
+    with LOCK:
         cells.sum._value += amount
         cells.buckets[index]._value += 1
-    finally:
-        LOCK.release()
 
 
 def _exposed(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:

@@ -147,7 +147,10 @@ def test_broken_registry_never_reaches_the_caller(monkeypatch, caplog):
     def explode(*args, **kwargs):
         raise RuntimeError("registry on fire")
 
-    for broken in ((bizmetrics._families, "acquire", explode), (MutexValue, "inc", explode)):
+    class ExplodingLock:
+        __enter__ = __exit__ = explode
+
+    for broken in ((bizmetrics._families, "LOCK", ExplodingLock()), (MutexValue, "inc", explode)):
         with monkeypatch.context() as patched:
             patched.setattr(*broken)
             # MutexValue.inc is only called on the public path: exemplars, fixed durations.

@@ -145,6 +145,13 @@ def _explode(*args, **kwargs):
     raise RuntimeError("metrics backend on fire")
 
 
+class _ExplodingLock:
+    """The fast path's shared lock, broken."""
+
+    __enter__ = _explode
+    __exit__ = _explode
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     "broken",
@@ -152,7 +159,7 @@ def _explode(*args, **kwargs):
         (MutexValue, "inc", _explode),
         (Counter, "labels", _explode),
         (Histogram, "labels", _explode),
-        (bizmetrics._families, "acquire", _explode),
+        (bizmetrics._families, "LOCK", _ExplodingLock()),
     ],
     ids=["MutexValue.inc", "Counter.labels", "Histogram.labels", "fast-path lock"],
 )

@@ -8,7 +8,7 @@ from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bizmetrics import _fastpath, metrics, record_connector_operation
+from bizmetrics import _families, _fastpath, metrics, record_connector_operation
 
 
 def test_fast_path_is_on_in_single_process_mode():
@@ -59,3 +59,76 @@ def test_fast_and_public_records_never_lose_counts_under_threads():
         w.join()
     labels = {"connector_type": "threads", "operation": "op", "tenant_id": tenant}
     assert value("connector_operations_total", **labels, status="success") == 8000
+
+
+def test_a_signal_raising_inside_a_record_never_leaves_the_lock_held():
+    """A signal handler's exception (a timeout) during a record propagates; the shared lock is released."""
+    import signal
+
+    class Timeout(BaseException):
+        pass
+
+    inside = [False]
+
+    def handler(signum, frame):
+        if inside[0]:
+            raise Timeout
+
+    cache = _families.CACHE_FAMILY.get(unique("sig"))
+    operation = _families.CONNECTOR_OPERATION_FAMILY.get("sig", "op", unique())
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.00002)
+    interrupted = 0
+    try:
+        for i in range(200_000):
+            try:
+                inside[0] = True
+                if i & 1:
+                    cache.count(True, 1)
+                else:
+                    operation.success(3.0, 0)
+                inside[0] = False
+            except Timeout:
+                inside[0] = False
+                interrupted += 1
+                assert not _fastpath.LOCK._is_owned()
+                if interrupted == 100:
+                    break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, previous)
+        leaked = 0
+        while _fastpath.LOCK._is_owned():  # so that a failure here does not hang the other tests
+            _fastpath.LOCK.release()
+            leaked += 1
+    assert interrupted > 0
+    assert leaked == 0
+
+
+def test_a_forked_child_never_starts_with_the_lock_held():
+    """While another thread records, every child of a fork can take the shared lock."""
+    import os
+    import time
+
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            record_connector_operation("fork", "op", 1.0, True)
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    stuck = 0
+    try:
+        for _ in range(50):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if _fastpath.LOCK.acquire(timeout=2) else 3)
+            _, status = os.waitpid(pid, 0)
+            stuck += os.WEXITSTATUS(status) == 3
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert stuck == 0
+    assert not thread.is_alive()
