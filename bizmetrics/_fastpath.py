@@ -66,6 +66,8 @@ class Cells:
         buckets: list[Cell] = list(child._buckets)
         if len(bounds) != len(buckets) or bounds[-1] != float("inf"):
             raise TypeError("unexpected histogram layout")
+        if any(value._lock is not LOCK for value in [child._sum, *buckets]):
+            raise TypeError("a histogram child that is not the catalogue's")
         self.sum: Cell = child._sum
         self.buckets = buckets
         self.bounds = bounds
@@ -84,10 +86,10 @@ def adopt(child: Any) -> None:
 
 
 def cell(child: Any) -> Cell:
-    """Return the value cell of a counter (or gauge) child."""
+    """Return the value cell of a counter (or gauge) child, which must have taken the shared lock."""
     value: Cell = child._value
-    if not isinstance(value._value, float):
-        raise TypeError("unexpected counter layout")
+    if not isinstance(value._value, float) or child._value._lock is not LOCK:
+        raise TypeError("unexpected counter layout, or a child that is not the catalogue's")
     return value
 
 

@@ -611,6 +611,9 @@ class _Callable(_Wrapper):
 
     __slots__ = ()
 
+    def __repr__(self) -> str:
+        return f"<instrumented {self.__wrapped__!r}>"
+
 
 class _Function(_Callable):
     """Base of the wrapper classes of plain functions, which bind as methods in a class.
@@ -620,38 +623,61 @@ class _Function(_Callable):
     ``MethodType`` over the wrapper is what Python itself builds for a
     function, keeps ``inspect`` and pickling right, and calls ``__call__``
     with the instance first, as the body expects.
+
+    A function whose first parameter is not ``self`` or ``cls`` is still a
+    method when it is bound to an instance: it is then bound as a twin
+    wrapper built as a method (once, on first binding), so it reads labels
+    from the instance when called as a method and not when called directly.
     """
 
     __slots__ = ()
-    #: ``(wrapped, make_site)`` of a function not yet known to be a method (see ``__set_name__``).
+    #: ``(wrapped, make_site)`` of a function not known to be a method, to build its twin from.
     _bizmetrics_source: tuple[Callable[..., Any], Callable[[Target], Site]] | None = None
+    #: The twin, built as a method, once bound.
+    _bizmetrics_method: _Callable | None = None
 
     def __get__(self, instance: object, owner: type | None = None) -> object:
         if instance is None:
             return self
-        return MethodType(self, instance)
+        cls = type(self)
+        if cls._bizmetrics_source is None:
+            return MethodType(self, instance)
+        method = cls._bizmetrics_method
+        if method is None:
+            method = _method_twin(self)
+        return MethodType(method, instance)
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        # Assigned in a class body, a function is a method even if its first
-        # parameter is not called self: the class gets a wrapper built as one
-        # (this one, which the caller may hold, is left as it is).
-        source = type(self)._bizmetrics_source
+
+def _method_twin(wrapper: _Function) -> _Callable:
+    """Return the twin of ``wrapper`` built as a method, building it (once per class) if need be.
+
+    If building fails, the failure is logged and ``wrapper`` itself is the twin.
+    """
+    cls = type(wrapper)
+    twin = cls._bizmetrics_method
+    if twin is None:
+        source = cls._bizmetrics_source
+        twin = wrapper
         if source is not None:
             try:
-                setattr(owner, name, _build(*source, in_class=True))
+                built = _build(*source, in_class=True)
             except Exception:
                 _log.internal_error("decorating")
-        set_name = getattr(super(), "__set_name__", None)
-        if set_name is not None:
-            set_name(owner, name)
+            else:
+                if isinstance(built, _Callable):
+                    twin = built
+        cls._bizmetrics_method = twin
+    return twin
 
 
 def _generated(base: type[_Callable], target: Target, call: Body, source: object = None) -> type[_Callable]:
     """A wrapper class for one decorated callable, named after it, whose ``__call__`` is ``call``."""
-    namespace = {"__slots__": (), "__call__": call, "__qualname__": target.qualname[1]}
+    # Any str is a valid __name__, but a class name must not hold a NUL character.
+    name, qualname = (n.replace("\0", "") or "instrumented" for n in (target.name, target.qualname[1]))
+    namespace = {"__slots__": (), "__call__": call, "__qualname__": qualname}
     if source is not None:
         namespace["_bizmetrics_source"] = source
-    return type(target.name, (base,), namespace)
+    return type(name, (base,), namespace)
 
 
 def wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
@@ -668,6 +694,9 @@ def wrap(wrapped: Any, make_site: Callable[[Target], Site]) -> Any:
 
 
 def _build(wrapped: Any, make_site: Callable[[Target], Site], in_class: bool = False) -> Any:
+    if in_class and isinstance(wrapped, _Function):
+        # Stacked bizmetrics decorators: the inner one is a method too.
+        wrapped = _method_twin(wrapped)
     target = Target(wrapped, in_class)
     call = _body(make_site(target), target)
 

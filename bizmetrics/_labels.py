@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
+from . import _log
+
 __all__ = ["Args", "Bundles", "Kwargs", "Label", "Signature", "attribute", "resolver"]
 
 Args = tuple[Any, ...]
@@ -220,7 +222,11 @@ def resolver(
             "    return bundle if bundle is not None else get(*key)",
         ]
     )
-    exec(compile(source, f"<bizmetrics resolver of {name}>", "exec"), env)
+    try:
+        exec(compile(source, "<bizmetrics resolver>", "exec"), env)
+    except Exception:  # compiling refused (an audit hook, say): the general reader does the same work
+        _log.internal_error("compiling a label resolver")
+        return general
     resolve: Callable[[Args, Kwargs], B] = env["resolve"]  # type: ignore[assignment]
     resolve.__qualname__ = resolve.__name__ = f"resolve_{name}" if name.isidentifier() else "resolve"
     return resolve

@@ -151,48 +151,69 @@ FAST_PATH = _fastpath.FAST_PATH
 NAMESPACE = _settings.namespace()
 
 
-class _Catalogued:
-    """Mixin of the catalogue's metric classes.
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+def _catalogued(base: type[M]) -> type[M]:
+    """The catalogue's class of kind ``base``.
 
     Removing series empties bizmetrics' caches of label children; a new
     child's value cells take the fast path's shared lock (see ``_fastpath``).
+    It adds nothing to ``base``'s layout, so that a reused metric can become
+    one (see ``_catalogue``).
     """
 
-    def _metric_init(self) -> None:
-        super()._metric_init()  # type: ignore[misc]
-        if _fastpath.FAST_PATH:
-            _fastpath.adopt(self)
+    class Catalogued(base):  # type: ignore[valid-type,misc]
+        __slots__ = ()
 
-    def clear(self) -> None:
-        super().clear()  # type: ignore[misc]
-        _cache.invalidate_all()
+        def _metric_init(self) -> None:
+            super()._metric_init()
+            if _fastpath.FAST_PATH:
+                _fastpath.adopt(self)
 
-    def remove(self, *labelvalues: Any) -> None:
-        super().remove(*labelvalues)  # type: ignore[misc]
-        _cache.invalidate_all()
+        def clear(self) -> None:
+            super().clear()
+            _cache.invalidate_all()
 
-    def remove_by_labels(self, labels: dict[str, str]) -> None:
-        super().remove_by_labels(labels)  # type: ignore[misc]
-        _cache.invalidate_all()
+        def remove(self, *labelvalues: Any) -> None:
+            super().remove(*labelvalues)
+            _cache.invalidate_all()
 
+        def remove_by_labels(self, labels: dict[str, str]) -> None:
+            super().remove_by_labels(labels)
+            _cache.invalidate_all()
 
-class _Counter(_Catalogued, Counter):
-    pass
-
-
-class _Histogram(_Catalogued, Histogram):
-    pass
+    Catalogued.__name__ = Catalogued.__qualname__ = f"_{base.__name__}"
+    return Catalogued
 
 
-class _Gauge(_Catalogued, Gauge):
-    pass
-
-
-M = TypeVar("M", Counter, Gauge, Histogram)
+_Counter = _catalogued(Counter)
+_Histogram = _catalogued(Histogram)
+_Gauge = _catalogued(Gauge)
 
 
 #: The catalogue's metric names as the spec gives them, before any ``BIZMETRICS_NAMESPACE`` prefix.
 BASE_NAMES: list[str] = []
+
+
+def _catalogue(metric: Counter | Gauge | Histogram, cls: type) -> None:
+    """Make a reused metric (the application's own, or one from before a reload) one of the catalogue's.
+
+    Its new children then take the shared lock when created; its existing
+    children take it now.  A record made by another thread at this very
+    moment, under a child's own lock, could still race with one made under
+    the shared lock: this happens once, at import.
+    """
+    if type(metric) is cls:
+        return
+    try:
+        metric.__class__ = cls  # the same layout: see ``_catalogued``
+        if _fastpath.FAST_PATH:
+            with metric._lock:
+                for child in list(metric._metrics.values()):
+                    _fastpath.adopt(child)
+    except Exception as exc:
+        raise ValueError(f"bizmetrics: cannot reuse the registered metric {metric._name!r}") from exc
 
 
 def _declare(cls: type[M], name: str, documentation: str, labelnames: Sequence[str], **kwargs: Any) -> M:
@@ -212,6 +233,7 @@ def _declare(cls: type[M], name: str, documentation: str, labelnames: Sequence[s
         existing = getattr(REGISTRY, "_names_to_collectors", {}).get(full)
         base = next(k for k in cls.__mro__ if k in (Counter, Gauge, Histogram))
         if isinstance(existing, base) and tuple(getattr(existing, "_labelnames", ())) == tuple(labelnames):
+            _catalogue(existing, cls)
             return existing  # type: ignore[return-value]
         raise ValueError(
             f"bizmetrics: cannot register its metric {full!r}: the default registry already has a metric of that "

@@ -91,8 +91,8 @@ class Config:
     id = "named"
 
 
-def test_a_function_assigned_in_a_class_body_becomes_a_method_without_changing_the_original():
-    """``__set_name__`` gives the class a wrapper built as a method; the module-level one stays a function."""
+def test_a_function_assigned_in_a_class_body_is_a_method_there_and_a_function_elsewhere():
+    """Bound to an instance it reads labels from it; called directly it does not; the object stays the same."""
 
     def sync(this, tenant_id=None):  # first parameter not called self
         return this
@@ -106,28 +106,65 @@ def test_a_function_assigned_in_a_class_body_becomes_a_method_without_changing_t
         run = decorated
 
     connector = Connector()
+    assert Connector.__dict__["run"] is decorated
     assert connector.run() is connector
-    assert (
-        value(
-            "connector_operations_total",
-            connector_type="named",
-            operation="assigned",
-            status="success",
-            tenant_id=tenant,
-        )
-        == 1
-    )
-    # The original object is untouched: called directly, its first argument is not read as self.
+    assert connector.run() is connector
+    labels = {"operation": "assigned", "status": "success"}
+    assert value("connector_operations_total", connector_type="named", tenant_id=tenant, **labels) == 2
     other = unique()
     assert decorated(connector, tenant_id=other) is connector
-    assert (
-        value(
-            "connector_operations_total",
-            connector_type="unknown",
-            operation="assigned",
-            status="success",
-            tenant_id=other,
-        )
-        == 1
-    )
-    assert Connector.__dict__["run"] is not decorated
+    assert value("connector_operations_total", connector_type="unknown", tenant_id=other, **labels) == 1
+
+
+def test_stacked_decorators_on_a_method_whose_first_parameter_is_not_self_all_record():
+    """A workflow over an agent over ``def run(this, x)``: both record, both read the instance."""
+    from bizmetrics import instrument_agent, instrument_workflow
+
+    tenant, workflow, agent = unique(), unique("wf"), unique("agent")
+
+    class Runner:
+        tenant_id = tenant
+        workflow_id = workflow
+        agent_id = agent
+
+        @instrument_workflow()
+        @instrument_agent()
+        def run(this, x):
+            return None
+
+    Runner().run(1)
+    assert value("workflow_executions_total", workflow_id=workflow, status="success", tenant_id=tenant) == 1
+    assert value("agent_invocations_total", agent_id=agent, status="success", tenant_id=tenant) == 1
+
+
+def test_a_user_wrapt_decorator_above_ours_stays_in_the_class():
+    import wrapt
+
+    from bizmetrics import instrument_tool
+
+    calls = []
+
+    @wrapt.decorator
+    def audit(wrapped, instance, args, kwargs):
+        calls.append(instance)
+        return wrapped(*args, **kwargs)
+
+    tenant = unique()
+
+    class Tools:
+        tenant_id = tenant
+
+        @audit
+        @instrument_tool("lookup")
+        def use(this, x):
+            return x
+
+    tools = Tools()
+    assert tools.use(3) == 3
+    assert calls == [tools]
+    assert value("agent_tool_calls_total", agent_id="unknown", tool="lookup", status="success", tenant_id=tenant) == 1
+
+
+def test_repr_names_the_wrapped_function():
+    decorated = instrument_connector_operation()(fetch_contacts)
+    assert repr(decorated) == f"<instrumented {fetch_contacts!r}>"

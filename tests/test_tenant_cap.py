@@ -373,3 +373,25 @@ def test_the_cap_applies_to_tenants_from_the_http_middleware(cap):
     assert value("api_requests_total", **series, tenant_id=tenants[0]) == 1
     assert value("api_requests_total", **series, tenant_id=OVERFLOW_TENANT) == 4
     assert all(value("api_requests_total", **series, tenant_id=t) == 0 for t in tenants[1:])
+
+
+@pytest.mark.slow
+def test_an_application_metric_of_the_same_definition_is_reused_and_takes_the_shared_lock():
+    """The application's own cache_hits_total (same labels) is reused: its children, old and new, take the lock."""
+    script = """
+    from prometheus_client import Counter
+    mine = Counter("cache_hits", "mine", ["cache"])
+    before = mine.labels("users")
+    before.inc(2)
+    import bizmetrics
+    from bizmetrics import _fastpath, metrics
+    assert metrics.CACHE_HITS is mine
+    bizmetrics.record_cache_hit("users", 3)
+    bizmetrics.record_cache_hit("orders")
+    assert before._value._lock is _fastpath.LOCK
+    assert mine.labels("orders")._value._lock is _fastpath.LOCK
+    print(before._value.get(), mine.labels("orders")._value.get())
+    """
+    out = _run(script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["5.0", "1.0"]
