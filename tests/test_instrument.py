@@ -168,3 +168,12 @@ def test_a_user_wrapt_decorator_above_ours_stays_in_the_class():
 def test_repr_names_the_wrapped_function():
     decorated = instrument_connector_operation()(fetch_contacts)
     assert repr(decorated) == f"<instrumented {fetch_contacts!r}>"
+
+
+def test_a_name_with_a_nul_character_is_still_decorated():
+    def f():
+        return 1
+
+    f.__name__ = "bad\x00name"
+    decorated = instrument_connector_operation("nul", connector_type=unique("ct"))(f)
+    assert decorated is not f and decorated() == 1

@@ -395,3 +395,42 @@ def test_an_application_metric_of_the_same_definition_is_reused_and_takes_the_sh
     out = _run(script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["5.0", "1.0"]
+
+
+@pytest.mark.slow
+def test_a_coroutine_collected_inside_labels_never_deadlocks_and_is_counted():
+    """The garbage collector runs a never-awaited coroutine's finaliser inside labels() of the same metric."""
+    script = """
+    import gc, warnings
+    warnings.simplefilter("ignore")
+    from bizmetrics import instrument_connector_operation
+    from bizmetrics.metrics import CONNECTOR_OPERATIONS
+
+    @instrument_connector_operation("op", connector_type="gcdead")
+    async def op():
+        return 1
+
+    made = 0
+    for threshold in range(1, 60):
+        for rep in range(3):
+            made += 1
+            gc.collect()
+            cycle = []
+            cycle.append(cycle)
+            cycle.append(op())
+            del cycle
+            gc.set_threshold(threshold)
+            try:
+                CONNECTOR_OPERATIONS.labels("gcdead", f"other{made}", "success", "t")
+            finally:
+                gc.set_threshold(700)
+    gc.collect()
+    op()  # one more, dropped outside labels(): its record makes the deferred ones
+    made += 1
+    gc.collect()
+    print(made, CONNECTOR_OPERATIONS.labels("gcdead", "op", "cancelled", "default_tenant")._value.get())
+    """
+    out = _run(script, timeout=120)
+    assert out.returncode == 0, out.stderr
+    made, counted = out.stdout.split()
+    assert float(counted) == float(made)
