@@ -28,6 +28,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from . import _cache, _extract, _log, _tenants, _trace, _values
 from ._fastpath import FAST_PATH, LOCK, Cell, cell, histogram
+from ._fastpath import add as add_to
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .metrics import (
     AGENT_ERRORS,
@@ -152,11 +153,6 @@ def _keyed_cell(cells: dict[str, Cell], metric: Counter, key: str, *labels: str)
     return found
 
 
-def _add(target: Cell, amount: float) -> None:
-    with LOCK:
-        target._value += amount
-
-
 def _error_label(error_type: object) -> str:
     # Exception class names are cleaned like any label (control characters, length).
     return _values.label(error_type, "error_type")
@@ -276,7 +272,7 @@ class _Outcomes:
             _observe(self.children[2], ms, exemplar)
             return
         if ms is None:
-            _add(self.ok, 1)
+            add_to(self.ok, 1)
             return
         index = bisect_left(self.bounds, ms)
         with LOCK:
@@ -416,7 +412,7 @@ class _TokenUsage:
         agent, model, tenant = self.labels
         for kind, count in usage.tokens.items():
             if FAST_PATH:
-                _add(_keyed_cell(self.by_type, AGENT_TOKEN_USAGE, kind, agent, model, kind, tenant), count)
+                add_to(_keyed_cell(self.by_type, AGENT_TOKEN_USAGE, kind, agent, model, kind, tenant), count)
             else:
                 AGENT_TOKEN_USAGE.labels(agent, model, kind, tenant).inc(count)
 
@@ -530,7 +526,7 @@ class _CacheLookups:
         if _trace.ACTIVE:
             (self.hit_child if hit else self.miss_child).inc(amount)
         else:
-            _add(self.hits if hit else self.misses, amount)
+            add_to(self.hits if hit else self.misses, amount)
 
     def success(self, ms: float | None, amount: Any) -> None:
         self.count(bool(amount))

@@ -124,6 +124,31 @@ def _exposed(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, st
     )
 
 
+class _Probe:
+    """A cell's lock that counts how often it is taken."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __enter__(self) -> None:
+        self.taken += 1
+        LOCK.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        LOCK.release()
+
+
+def _takes_cell_lock(value: Any, record: Any, amount: float) -> bool:
+    """Whether ``record(amount)`` (a public method) takes ``value``'s ``_lock``: what sharing the lock relies on."""
+    probe = _Probe()
+    value._lock = probe
+    try:
+        record(amount)
+    finally:
+        value._lock = LOCK
+    return probe.taken > 0
+
+
 def self_test(amounts: Iterable[float] = (2.0, 0.5, 1.0, 3.0, 7.0, 0.0), buckets: Sequence[float] = (1.0, 5.0)) -> bool:
     """Record ``amounts`` into a counter and a histogram through both paths; return whether they agree.
 
@@ -145,9 +170,11 @@ def self_test(amounts: Iterable[float] = (2.0, 0.5, 1.0, 3.0, 7.0, 0.0), buckets
                 for amount in amounts:
                     add(total, amount)
                     observe(cells, amount)
-                # prometheus_client's own methods now take the shared lock too.
-                counter.inc(1)
-                hist.observe(1.0)
+                # prometheus_client's own methods take the cell's lock, now the shared one.
+                if not _takes_cell_lock(counter._value, counter.inc, 1.0):
+                    return False
+                if not _takes_cell_lock(hist._sum, hist.observe, 1.0):
+                    return False
                 if not all(v._lock is LOCK for v in _values_of(counter) + _values_of(hist)):
                     return False
             else:

@@ -132,3 +132,14 @@ def test_a_forked_child_never_starts_with_the_lock_held():
         thread.join(timeout=10)
     assert stuck == 0
     assert not thread.is_alive()
+
+
+def test_the_self_test_fails_if_prometheus_client_stops_taking_the_cells_lock(monkeypatch):
+    """Sharing the lock relies on MutexValue.inc taking ``self._lock``: a version that does not is refused."""
+    from prometheus_client.values import MutexValue
+
+    def inc_without_lock(self, amount):
+        self._value += amount
+
+    monkeypatch.setattr(MutexValue, "inc", inc_without_lock)
+    assert not _fastpath.self_test()
