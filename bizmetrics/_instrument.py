@@ -198,6 +198,7 @@ def _measure(count: Count, value: object) -> Any:
 
 
 def _resolved(resolve: Callable[[Args, Kwargs], Bundle], args: Args, kwargs: Kwargs) -> Bundle | None:
+    """The call's bundle, or ``None`` (logged) if resolving its labels failed: the call then runs undecorated."""
     try:
         return resolve(args, kwargs)
     except Exception:
@@ -220,10 +221,8 @@ def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
     resolve, count, var, classify = site.resolve, site.count, site.scope, site.error_type
 
     def call(self: object, *args: object, **kwargs: object) -> object:
-        try:
-            bundle = resolve(args, kwargs)
-        except Exception:
-            _log.internal_error("resolving labels")
+        bundle = _resolved(resolve, args, kwargs)
+        if bundle is None:
             return func(*args, **kwargs)
         token = None if var is None else var.set(bundle.scope)
         start = clock()
@@ -456,10 +455,8 @@ def _coroutine_body(site: Site, func: Callable[..., Any], relay: Callable[..., C
     resolve, count, var, classify = site.resolve, site.count, site.scope, site.error_type
 
     def call(self: object, *args: object, **kwargs: object) -> object:
-        try:
-            bundle = resolve(args, kwargs)
-        except Exception:
-            _log.internal_error("resolving labels")
+        bundle = _resolved(resolve, args, kwargs)
+        if bundle is None:
             return func(*args, **kwargs)
         work = func(*args, **kwargs)  # bad arguments raise here, at the call, as undecorated
         pending = _Pending()
