@@ -158,46 +158,6 @@ def _error_label(error_type: object) -> str:
     return _values.label(error_type, "error_type")
 
 
-# --- Children created late, and records a finaliser could not make ---------------------
-#
-# A cancelled call's series is created when first needed, by ``labels()``,
-# which holds the metric's (non re-entrant) lock.  A coroutine that never ran
-# is counted by a finaliser, which the garbage collector may run inside a
-# ``labels()`` call of this very thread: waiting for that lock would never
-# end.  Such a record is deferred, and made by the next cancelled record.
-
-#: How long a record waits for a metric's lock before deciding its own thread holds it.
-LOCK_WAIT = 0.1
-_deferred: list[Callable[[], None]] = []
-
-
-def _child_or_none(metric: Any, *labels: str) -> Any:
-    """``metric.labels(*labels)``, or ``None`` if the metric's lock stays held (by this thread, surely)."""
-    lock = getattr(metric, "_lock", None)
-    if lock is not None:
-        if not lock.acquire(timeout=LOCK_WAIT):
-            return None
-        lock.release()
-    return metric.labels(*labels)
-
-
-def _defer(record: Callable[[], None]) -> None:
-    _deferred.append(record)  # list.append is atomic: safe in a finaliser
-    _log.warn(
-        "deferred",
-        "bizmetrics: a cancellation recorded by a finaliser inside prometheus_client was deferred "
-        "to the next cancelled call",
-    )
-
-
-def _run_deferred() -> None:
-    if _deferred:
-        pending = _deferred[:]
-        del _deferred[: len(pending)]
-        for record in pending:
-            record()
-
-
 # --- The public path: exemplars and fixed durations ---------------------------------
 #
 # prometheus_client counts first and validates the exemplar after, so a
@@ -314,14 +274,9 @@ class _Outcomes:
             self.buckets[index]._value += 1
 
     def cancelled(self, ms: float | None, amount: Any) -> None:
-        child = _child_or_none(self.CALLS, *self.key, "cancelled", self.tenant)
-        if child is None:
-            _defer(lambda: self.cancelled(ms, amount))
-            return
         exemplar = _trace.exemplar() if _trace.ACTIVE or _current_trace() is not None else None
-        _inc(child, exemplar)
+        _inc(self.CALLS.labels(*self.key, "cancelled", self.tenant), exemplar)
         _observe(self.children[2], ms, exemplar)
-        _run_deferred()
 
     def first_item(self, ms: float) -> None:
         pass
@@ -349,11 +304,7 @@ class _Sync:
         """Count one sync operation of ``status`` and ``amount`` records."""
         ct, rt, tenant = self.labels
         if _trace.ACTIVE or status == "cancelled":
-            calls = _child_or_none(CONNECTOR_SYNC_OPERATIONS, ct, rt, status, tenant)
-            if calls is None:
-                _defer(lambda: self.count(status, amount))
-                return
-            calls.inc()
+            CONNECTOR_SYNC_OPERATIONS.labels(ct, rt, status, tenant).inc()
             if amount:
                 CONNECTOR_SYNC_RECORDS.labels(ct, rt, tenant).inc(amount)
             return

@@ -20,8 +20,8 @@ whatever is raised inside, signals included (``acquire(); try:`` would leave
 a gap between the two in which a signal handler's exception keeps it held).
 The critical sections make no calls; the lock is re-entrant in case a
 finaliser or signal handler that records runs while its thread holds it.
-A fork waits for it, so a child never starts with it held by a thread that
-does not exist there.
+A forked child gets it unlocked, as ``threading``'s own locks: it may
+have been held by a thread that does not exist there.
 
 Those cells are prometheus_client internals, so ``self_test`` records
 through both paths into a private registry and compares the exposition.
@@ -42,12 +42,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from .multiprocess import enabled as multiprocess_enabled
 
-__all__ = ["FAST_PATH", "LOCK", "Cell", "Cells", "adopt", "cell", "histogram", "self_test"]
+__all__ = ["FAST_PATH", "LOCK", "Cell", "Cells", "add", "adopt", "cell", "histogram", "observe", "self_test"]
 
 #: The one lock of every value cell of the catalogue (see the module docstring).
 LOCK = threading.RLock()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=LOCK.acquire, after_in_parent=LOCK.release, after_in_child=LOCK.release)
+if hasattr(os, "register_at_fork") and hasattr(LOCK, "_at_fork_reinit"):
+    # The child has only the forking thread: a lock held by another thread would never be released.
+    os.register_at_fork(after_in_child=LOCK._at_fork_reinit)
 
 
 class Cell(Protocol):
@@ -66,8 +67,7 @@ class Cells:
         buckets: list[Cell] = list(child._buckets)
         if len(bounds) != len(buckets) or bounds[-1] != float("inf"):
             raise TypeError("unexpected histogram layout")
-        if any(value._lock is not LOCK for value in [child._sum, *buckets]):
-            raise TypeError("a histogram child that is not the catalogue's")
+        adopt(child)
         self.sum: Cell = child._sum
         self.buckets = buckets
         self.bounds = bounds
@@ -80,16 +80,26 @@ def _values_of(child: Any) -> list[Any]:
 
 
 def adopt(child: Any) -> None:
-    """Give the value cells of a just-created child the shared lock."""
+    """Give the value cells of a child the shared lock.
+
+    A child the catalogue creates is adopted before anyone else can see it.
+    Any other (a child of an application's metric that bizmetrics reuses)
+    swaps its lock while holding the old one; a thread already waiting for
+    the old lock at that moment could still race with one holding the new.
+    """
     for value in _values_of(child):
-        value._lock = LOCK
+        old = value._lock
+        if old is not LOCK:
+            with old:
+                value._lock = LOCK
 
 
 def cell(child: Any) -> Cell:
     """Return the value cell of a counter (or gauge) child, which must have taken the shared lock."""
     value: Cell = child._value
-    if not isinstance(value._value, float) or child._value._lock is not LOCK:
-        raise TypeError("unexpected counter layout, or a child that is not the catalogue's")
+    if not isinstance(value._value, float):
+        raise TypeError("unexpected counter layout")
+    adopt(child)
     return value
 
 

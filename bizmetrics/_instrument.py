@@ -22,6 +22,7 @@ import importlib
 import inspect
 import pickle
 import sys
+import threading
 import types
 from asyncio import CancelledError, isfuture
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
@@ -652,7 +653,12 @@ def _method_twin(wrapper: _Function) -> _Callable:
     """
     cls = type(wrapper)
     twin = cls._bizmetrics_method
-    if twin is None:
+    if twin is not None:
+        return twin
+    with _twins_lock:  # one twin per class, so a bound method's identity never changes
+        twin = cls._bizmetrics_method
+        if twin is not None:
+            return twin
         source = cls._bizmetrics_source
         twin = wrapper
         if source is not None:
@@ -664,7 +670,10 @@ def _method_twin(wrapper: _Function) -> _Callable:
                 if isinstance(built, _Callable):
                     twin = built
         cls._bizmetrics_method = twin
-    return twin
+        return twin
+
+
+_twins_lock = threading.RLock()
 
 
 def _generated(base: type[_Callable], target: Target, call: Body, source: object = None) -> type[_Callable]:

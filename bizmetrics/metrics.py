@@ -197,23 +197,24 @@ BASE_NAMES: list[str] = []
 
 
 def _catalogue(metric: Counter | Gauge | Histogram, cls: type) -> None:
-    """Make a reused metric (the application's own, or one from before a reload) one of the catalogue's.
+    """Make a reused metric (the application's own, or one from before a reload) record like the catalogue's.
 
-    Its new children then take the shared lock when created; its existing
-    children take it now.  A record made by another thread at this very
-    moment, under a child's own lock, could still race with one made under
-    the shared lock: this happens once, at import.
+    A plain prometheus_client metric, or one of an earlier load of this
+    module, becomes one of ``cls``, so its new children take the shared lock
+    when created.  A metric of the application's own subclass keeps its
+    class: its children take the lock when bizmetrics first records into
+    them.  Existing children take it now (see ``_fastpath.adopt``).
     """
     if type(metric) is cls:
         return
-    try:
+    kind = next(k for k in cls.__mro__ if k in (Counter, Gauge, Histogram))
+    if type(metric) is kind or type(metric).__qualname__ == cls.__qualname__:
         metric.__class__ = cls  # the same layout: see ``_catalogued``
-        if _fastpath.FAST_PATH:
-            with metric._lock:
-                for child in list(metric._metrics.values()):
-                    _fastpath.adopt(child)
-    except Exception as exc:
-        raise ValueError(f"bizmetrics: cannot reuse the registered metric {metric._name!r}") from exc
+    if _fastpath.FAST_PATH:
+        with metric._lock:
+            children = list(metric._metrics.values())
+        for child in children:
+            _fastpath.adopt(child)
 
 
 def _declare(cls: type[M], name: str, documentation: str, labelnames: Sequence[str], **kwargs: Any) -> M:

@@ -177,3 +177,28 @@ def test_a_name_with_a_nul_character_is_still_decorated():
     f.__name__ = "bad\x00name"
     decorated = instrument_connector_operation("nul", connector_type=unique("ct"))(f)
     assert decorated is not f and decorated() == 1
+
+
+def test_binding_from_many_threads_builds_one_twin():
+    """The first bindings of a method whose first parameter is not self, made at once: one twin for all."""
+    import threading
+
+    def receive(this):
+        return this
+
+    class Receiver:
+        handle = instrument_connector_operation("twin", connector_type=unique("ct"))(receive)
+
+    receiver, start, bound = Receiver(), threading.Barrier(8), []
+
+    def bind():
+        start.wait()
+        bound.append(receiver.handle.__func__)
+
+    threads = [threading.Thread(target=bind) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(f) for f in bound}) == 1
+    assert receiver.handle() is receiver
