@@ -447,26 +447,8 @@ CATALOGUE = (
 # catalogue, so importing them here at import time would be circular.
 
 
-_HELPERS = frozenset(
-    (
-        "HTTP_METHODS",
-        "dec_db_pool_size",
-        "http_method",
-        "inc_db_pool_size",
-        "record_agent_invocation",
-        "record_api_request",
-        "record_cache_hit",
-        "record_cache_miss",
-        "record_connector_operation",
-        "record_connector_sync",
-        "record_db_query",
-        "record_tool_call",
-        "record_workflow_execution",
-        "record_workflow_step",
-        "set_db_pool_size",
-        "status_class",
-    )
-)
+#: The names of ``__all__`` that live in ``bizmetrics.helpers``.
+_HELPERS = frozenset(name for name in __all__ if name not in globals())
 
 
 def __getattr__(name: str) -> Any:
