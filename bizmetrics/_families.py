@@ -145,7 +145,7 @@ class Family(Generic[B]):
         return bundle
 
 
-def _keyed_cell(cells: dict[str, Cell], metric: Counter, key: str, *labels: str) -> Cell:
+def _keyed_cell(cells: dict[Any, Cell], metric: Counter, key: object, *labels: str) -> Cell:
     """Return the cell of ``metric``'s child for ``labels``, kept in ``cells`` under ``key``."""
     found = cells.get(key)
     if found is None:
@@ -248,7 +248,7 @@ class _Outcomes:
             key = _error_label(error_type)
             found = self.errors.get(key)
         if found is None:
-            found = self.errors[key] = cell(self.ERRORS.labels(*self.key, _error_label(error_type), self.tenant))
+            found = _keyed_cell(self.errors, self.ERRORS, key, *self.key, _error_label(error_type), self.tenant)
         return found
 
     def failure(self, ms: float | None, error_type: object, amount: Any) -> None:

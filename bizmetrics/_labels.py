@@ -90,10 +90,6 @@ class Signature:
             for name, value in bound.items():
                 self.fixed.setdefault(name, value)
 
-    def has_param(self, name: str) -> bool:
-        """Return whether a call can get ``name`` other than by keyword: a position, a default, a partial."""
-        return name in self.positions or name in self.fixed
-
     def argument(self, name: str, args: Args, kwargs: Kwargs) -> object:
         """Return the call's argument ``name``: by keyword, by position, else its default or binding."""
         if name in kwargs:
