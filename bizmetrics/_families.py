@@ -27,7 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import _cache, _extract, _log, _tenants, _trace, _values
-from ._fastpath import FAST_PATH, LOCK, Cell, cell, histogram
+from ._fastpath import FAST_PATH, LOCK, Cell, Cells, cell
 from ._fastpath import add as add_to
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .metrics import (
@@ -222,7 +222,7 @@ class _Outcomes:
         if FAST_PATH:
             self.ok = cell(self.children[0])
             self.err = cell(self.children[1])
-            cells = histogram(self.children[2])
+            cells = Cells(self.children[2])
             self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
 
     def success(self, ms: float | None, amount: Any) -> None:
@@ -380,7 +380,7 @@ class _Agent(_Outcomes):
         self.scope = agent_id
         self.tokens = AGENT_TOKENS_USED.labels(agent_id, tenant_id)
         self.ttft = AGENT_TIME_TO_FIRST_TOKEN.labels(agent_id)
-        self.ttft_cells = histogram(self.ttft) if FAST_PATH else None
+        self.ttft_cells = Cells(self.ttft) if FAST_PATH else None
 
     def used(self, amount: Any) -> None:
         """Count the tokens of a call: a number, or a ``Usage`` by type and model."""
@@ -437,7 +437,7 @@ class _Timed:
     def __init__(self, child: Any) -> None:
         self.child = child
         if FAST_PATH:
-            cells = histogram(child)
+            cells = Cells(child)
             self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
 
     def success(self, ms: float | None, amount: Any) -> None:
@@ -503,7 +503,7 @@ class _Api:
         self.requests: dict[str, Cell] = {}
         self.errors: dict[str, Cell] = {}
         if FAST_PATH:
-            cells = histogram(self.child)
+            cells = Cells(self.child)
             self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
             # 5xx is the error class the SLOs and alerts divide by.
             _keyed_cell(self.requests, API_REQUESTS, "5xx", method, endpoint, "5xx", tenant_id)

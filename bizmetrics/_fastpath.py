@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from .multiprocess import enabled as multiprocess_enabled
 
-__all__ = ["FAST_PATH", "LOCK", "Cell", "Cells", "add", "adopt", "cell", "histogram", "observe", "self_test"]
+__all__ = ["FAST_PATH", "LOCK", "Cell", "Cells", "add", "adopt", "cell", "observe", "self_test"]
 
 #: The one lock of every value cell of the catalogue (see the module docstring).
 LOCK = threading.RLock()
@@ -101,11 +101,6 @@ def cell(child: Any) -> Cell:
         raise TypeError("unexpected counter layout")
     adopt(child)
     return value
-
-
-def histogram(child: Any) -> Cells:
-    """Return the value cells of a histogram child."""
-    return Cells(child)
 
 
 def add(target: Cell, amount: float) -> None:
@@ -176,7 +171,7 @@ def self_test(amounts: Iterable[float] = (2.0, 0.5, 1.0, 3.0, 7.0, 0.0), buckets
             if fast:
                 adopt(counter)
                 adopt(hist)
-                total, cells = cell(counter), histogram(hist)
+                total, cells = cell(counter), Cells(hist)
                 for amount in amounts:
                     add(total, amount)
                     observe(cells, amount)
