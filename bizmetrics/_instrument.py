@@ -487,12 +487,16 @@ def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[
         bundle = _resolved(resolve, args, kwargs)
         if bundle is None:
             return func(*args, **kwargs)
+        token = None if var is None else var.set(bundle.scope)
         start = clock()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
             _outcome(bundle, clock() - start, exc, 0, classify)
             raise
+        finally:
+            if token is not None:
+                var.reset(token)  # type: ignore[union-attr]
         if inspect.iscoroutine(result):
             pending = _Pending()
             pending.work, pending.bundle = result, bundle

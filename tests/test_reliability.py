@@ -1000,3 +1000,18 @@ def test_pickling_a_decorated_function_whose_name_holds_something_else_fails():
     """If the qualified name resolves to the undecorated function, pickling fails, as pickle does for functions."""
     with pytest.raises(pickle.PicklingError, match="not the same object"):
         pickle.dumps(decorated_under_another_name)
+
+
+def test_a_wraps_wrapper_runs_its_sync_part_in_the_workflow_scope():
+    """instrument_workflow on a functools.wraps wrapper of a coroutine: the sync part sees the workflow too."""
+    seen = []
+
+    @functools.wraps(_fail_later)
+    def run_now(delay: float, fail: bool) -> str:
+        seen.append(bizmetrics.current_workflow())
+        return "done"
+
+    workflow = unique("wf")
+    assert bizmetrics.instrument_workflow(workflow)(run_now)(0, False) == "done"
+    assert seen == [workflow]
+    assert bizmetrics.current_workflow() is None
