@@ -306,12 +306,6 @@ def read_usage(result: Any) -> Usage | float:
     return usage
 
 
-def count_tokens(result: Any) -> float:
-    """Return the input plus output tokens a model response used (see README, "Counting tokens")."""
-    usage = read_usage(result)
-    return usage.total if isinstance(usage, Usage) else usage
-
-
 def tokens_counter(tokens: Callable[[Any], Any] | str | None) -> Callable[[Any], Any]:
     """Return the token reader for ``instrument_agent(tokens=...)``: a ``Usage`` or a number."""
     if tokens is None:

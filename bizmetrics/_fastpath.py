@@ -169,8 +169,6 @@ def self_test(amounts: Iterable[float] = (2.0, 0.5, 1.0, 3.0, 7.0, 0.0), buckets
             counter = Counter("selftest", "", ["a"], registry=registry).labels("x")
             hist = Histogram("selftest_ms", "", ["a"], buckets=buckets, registry=registry).labels("x")
             if fast:
-                adopt(counter)
-                adopt(hist)
                 total, cells = cell(counter), Cells(hist)
                 for amount in amounts:
                     add(total, amount)

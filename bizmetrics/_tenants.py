@@ -79,18 +79,16 @@ class Admission:
 
     def __init__(self, max_tenants: int | None, pinned: Iterable[object] = ()) -> None:
         self._lock = threading.Lock()
-        self.max_tenants = max_tenants
-        self.always = frozenset({DEFAULT_TENANT, OVERFLOW_TENANT, *(label(p, "tenant_id") for p in pinned)})
+        self.configure(max_tenants, pinned)
         #: Tenants admitted (or, with no cap, seen): read without the lock on the hot path.
         self.admitted: set[str] = set()
-        self._full = False
         self._warned = False
         self._file_offset = 0
 
     def configure(self, max_tenants: int | None, pinned: Iterable[object]) -> None:
         """Change the cap and the pinned tenants; tenants admitted so far stay admitted."""
         with self._lock:
-            self.max_tenants = max_tenants
+            self.max_tenants: int | None = max_tenants
             self.always = frozenset({DEFAULT_TENANT, OVERFLOW_TENANT, *(label(p, "tenant_id") for p in pinned)})
             self._full = False
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
 from . import _trace
 from . import multiprocess as _mp
@@ -20,10 +20,6 @@ from . import multiprocess as _mp
 __all__ = ["Capture", "capture", "fixed_durations"]
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
-
-
-def _registry() -> CollectorRegistry:
-    return _mp.registry() if _mp.enabled() else REGISTRY
 
 
 #: prometheus_client's own process, platform and GC collectors: they move on their own.
@@ -53,7 +49,7 @@ class Capture:
         self._before = _snapshot(self._current())
 
     def _current(self) -> CollectorRegistry:
-        return self._registry if self._registry is not None else _registry()
+        return self._registry if self._registry is not None else _mp.registry()
 
     def changes(self) -> dict[Key, float]:
         """Return every sample that changed, ``(name, sorted label pairs)`` to its change."""
