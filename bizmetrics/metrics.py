@@ -196,6 +196,11 @@ _Gauge = _catalogued(Gauge)
 BASE_NAMES: list[str] = []
 
 
+def _kind(cls: type) -> type[Counter | Gauge | Histogram]:
+    """prometheus_client's class (Counter, Gauge, Histogram) that ``cls`` is a kind of."""
+    return next(k for k in cls.__mro__ if k in (Counter, Gauge, Histogram))
+
+
 def _catalogue(metric: Counter | Gauge | Histogram, cls: type) -> None:
     """Make a reused metric (the application's own, or one from before a reload) record like the catalogue's.
 
@@ -207,7 +212,7 @@ def _catalogue(metric: Counter | Gauge | Histogram, cls: type) -> None:
     """
     if type(metric) is cls:
         return
-    kind = next(k for k in cls.__mro__ if k in (Counter, Gauge, Histogram))
+    kind = _kind(cls)
     if type(metric) is kind or type(metric).__qualname__ == cls.__qualname__:
         metric.__class__ = cls  # the same layout: see ``_catalogued``
     if _fastpath.FAST_PATH:
@@ -232,7 +237,7 @@ def _declare(cls: type[M], name: str, documentation: str, labelnames: Sequence[s
     except ValueError as exc:
         full = f"{NAMESPACE}_{name}" if NAMESPACE else name
         existing = getattr(REGISTRY, "_names_to_collectors", {}).get(full)
-        base = next(k for k in cls.__mro__ if k in (Counter, Gauge, Histogram))
+        base = _kind(cls)
         if isinstance(existing, base) and tuple(getattr(existing, "_labelnames", ())) == tuple(labelnames):
             _catalogue(existing, cls)
             return existing  # type: ignore[return-value]

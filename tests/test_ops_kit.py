@@ -126,6 +126,7 @@ def test_per_job_objectives_in_promtool_unit_tests(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     same = promtool_unit_tests(tmp_path, "objectives_test.yml")
     assert same.returncode != 0, "with one objective for every job, billing would page too"
+    assert "FAILED" in same.stdout + same.stderr, "promtool must fail on the test, not on the files"
 
 
 def test_every_alert_has_severity_summary_runbook_and_job():
@@ -479,8 +480,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             wait(lambda run=run: prom.result(f"{records} == {run * BATCH_RECORDS}"), f"batch run {run} in Prometheus")
             time.sleep(2)
         # Rates and quantiles need a few scrapes of every family, errors included.
-        prom.eventually_nonempty("agent_errors_total")
-        prom.eventually_nonempty("workflow_failures_total")
+        wait(lambda: prom.result("agent_errors_total"), "agent errors in Prometheus")
+        wait(lambda: prom.result("workflow_failures_total"), "workflow failures in Prometheus")
         time.sleep(3)
         yield prom
 
