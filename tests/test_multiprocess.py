@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from ops_helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 APP = """
@@ -43,12 +43,6 @@ bind = "127.0.0.1:{port}"
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -71,7 +65,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_gunicorn_workers_sum_exactly(tmp_path: Path):
     """N requests spread over 2 gunicorn workers are exposed as exactly N by one endpoint."""
     workers, n = 2, 300
-    port = _free_port()
+    port = free_port()
     mp_dir = tmp_path / "mp"
     mp_dir.mkdir()
     (tmp_path / "app.py").write_text(APP)

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_multiprocess import _free_port, _get, _samples
+from ops_helpers import free_port
+from test_multiprocess import _get, _samples
 
 APP = """
 import os
@@ -68,7 +69,7 @@ def _pids(pids_dir: Path) -> set[int]:
 @contextmanager
 def server(tmp_path: Path, argv: list[str]) -> Iterator[tuple[int, Path]]:
     """Run a server on a free loopback port with multiprocess mode on; yield its port and pid directory."""
-    port = _free_port()
+    port = free_port()
     mp_dir, pids_dir = tmp_path / "mp", tmp_path / "pids"
     mp_dir.mkdir()
     pids_dir.mkdir()
