@@ -25,8 +25,6 @@ DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", 
 #: The ``endpoint`` of a request that matched no route.
 UNMATCHED = "__unmatched__"
 
-_CLASSES = {code: f"{code // 100}xx" for code in range(100, 600)}
-
 
 def trace_of(traceparent: str | bytes | None) -> dict[str, str] | None:
     """Return the exemplar of a request's W3C ``traceparent`` header, if sampled; never raise."""
@@ -42,9 +40,8 @@ def trace_of(traceparent: str | bytes | None) -> dict[str, str] | None:
 def record(method_: object, endpoint: str, status: object, start_ns: int, end_ns: int, tenant: object) -> None:
     """Record one request with the rules of ``record_api_request``; never raise."""
     try:
-        cls = _CLASSES.get(status) if type(status) is int else None
         API_FAMILY.get(http_method(method_), endpoint, tenant_or_current(tenant)).record(
-            (end_ns - start_ns) / 1e6, cls or status_class(status)
+            (end_ns - start_ns) / 1e6, status_class(status)
         )
     except Exception:
         _log.internal_error("http middleware")

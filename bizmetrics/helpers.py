@@ -208,8 +208,15 @@ def record_tool_call(
 HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 
 
+_CLASSES = {code: f"{code // 100}xx" for code in range(100, 600)}
+
+
 def status_class(status_code: object) -> str:
     """Return the HTTP status class (``2xx`` ...) of a status code, or ``unknown``."""
+    if type(status_code) is int:
+        known = _CLASSES.get(status_code)
+        if known is not None:
+            return known
     try:
         code = int(status_code)  # type: ignore[call-overload]
     except Exception:
