@@ -227,6 +227,7 @@ def instrument_workflow_step(
     :param workflow_id: the ``workflow_id`` label; else the call's ``workflow_id``
         argument, else ``self.workflow_id``, else the enclosing
         ``instrument_workflow`` / ``workflow_context``, else ``unknown``.
+    :param error_type: accepted like every decorator's, and unused: this family counts no errors by type.
 
     .. versionadded:: 0.1.0
     """
@@ -235,9 +236,7 @@ def instrument_workflow_step(
 
     def make_site(target: Target) -> Site:
         workflow = Label("workflow_id", given=workflow_id, paths=("workflow_id",), context=WORKFLOW, fallback=UNKNOWN)
-        return Site(
-            _resolver(STEP_FAMILY, target, workflow, _fixed("step", step or target.name)), error_type=error_type
-        )
+        return Site(_resolver(STEP_FAMILY, target, workflow, _fixed("step", step or target.name)))
 
     return _decorator(make_site)
 
@@ -324,14 +323,13 @@ def instrument_db_query(operation: str | None = None, *, error_type: ErrorType |
     """Record the duration of each call as a database query.
 
     :param operation: the ``operation`` label (``select_user``...); the function's name if not given.
+    :param error_type: accepted like every decorator's, and unused: this family counts no errors by type.
 
     .. versionadded:: 0.1.0
     """
     if _is_target(operation):
         return _bare(instrument_db_query, operation)
-    return _decorator(
-        lambda target: _static_site(DB_QUERY_FAMILY, operation, "operation", target, error_type=error_type)
-    )
+    return _decorator(lambda target: _static_site(DB_QUERY_FAMILY, operation, "operation", target))
 
 
 def instrument_cache_lookup(
@@ -345,6 +343,7 @@ def instrument_cache_lookup(
     identity.  A generator is a hit when it yields at least one item.
 
     :param cache: the ``cache`` label; the function's name if not given.
+    :param error_type: accepted like every decorator's, and unused: a lookup that raises is a miss.
 
     .. versionadded:: 0.1.0
     """
@@ -364,6 +363,4 @@ def instrument_cache_lookup(
         def hit(result: Any) -> float:
             return 0 if result is miss else 1
 
-    return _decorator(
-        lambda target: _static_site(CACHE_FAMILY, cache, "cache", target, count=hit, error_type=error_type)
-    )
+    return _decorator(lambda target: _static_site(CACHE_FAMILY, cache, "cache", target, count=hit))
