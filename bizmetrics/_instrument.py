@@ -8,7 +8,9 @@ decides *how* to time it, and knows nothing of labels or metrics.
 The kind of callable (plain, coroutine, generator, async generator) is
 decided once, when decorating; its body becomes the ``__call__`` of a wrapt
 ``FunctionWrapper`` subclass generated for, and named after, the wrapped
-function, so a decorated call is one Python frame.  Coroutines and
+function, so the user's function runs inside one more Python frame only
+(resolving labels and recording are calls made before and after it, which
+an exception from the user's code never passes through).  Coroutines and
 generators run in one relay per kind, which times each resume of the user's
 code and sets the bundle's scope around it.  ``_outcome`` states the outcome
 rules once.  Every failure inside recording is caught and logged, so the
