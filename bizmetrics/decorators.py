@@ -106,9 +106,8 @@ def _resolver(family: Bundles[Bundle], target: Target, *labels: Label) -> Callab
     return resolver(family, labels, Signature(target.func, target.self_like), target.name)
 
 
-def _tenant() -> Label:
-    """The tenant: the call's ``tenant_id``, else ``self.tenant_id``, else ``tenant_context``, else the default."""
-    return Label("tenant_id", paths=("tenant_id",), context=TENANT, fallback=DEFAULT_TENANT)
+#: The tenant: the call's ``tenant_id``, else ``self.tenant_id``, else ``tenant_context``, else the default.
+_TENANT_LABEL = Label("tenant_id", paths=("tenant_id",), context=TENANT, fallback=DEFAULT_TENANT)
 
 
 def _connector_type(given: str | None) -> Label:
@@ -147,7 +146,7 @@ def instrument_connector_operation(
         operation = _fixed("operation", operation_name or target.name)
         family = CONNECTOR_OPERATION_FAMILY
         return Site(
-            _resolver(family, target, _connector_type(connector_type), operation, _tenant()), error_type=error_type
+            _resolver(family, target, _connector_type(connector_type), operation, _TENANT_LABEL), error_type=error_type
         )
 
     return _decorator(make_site)
@@ -182,7 +181,7 @@ def instrument_sync_operation(
     def make_site(target: Target) -> Site:
         operation = _fixed("operation", operation_name or target.name)
         counter = _extract.records_counter(count, resource_type)
-        labels = (_connector_type(connector_type), operation, _fixed("resource_type", resource_type), _tenant())
+        labels = (_connector_type(connector_type), operation, _fixed("resource_type", resource_type), _TENANT_LABEL)
         return Site(
             _resolver(SYNC_CALL_FAMILY, target, *labels),
             count=counter,
@@ -212,7 +211,7 @@ def instrument_workflow(workflow_id: str | None = None, *, error_type: ErrorType
         return _bare(instrument_workflow, workflow_id)
 
     def make_site(target: Target) -> Site:
-        labels = (_own_id("workflow_id", workflow_id, target), _tenant())
+        labels = (_own_id("workflow_id", workflow_id, target), _TENANT_LABEL)
         return Site(_resolver(WORKFLOW_FAMILY, target, *labels), scope=WORKFLOW, error_type=error_type)
 
     return _decorator(make_site)
@@ -273,7 +272,7 @@ def instrument_agent(
     def make_site(target: Target) -> Site:
         counter = _extract.tokens_counter(tokens)
         # model "" means "none given": the response's model is used for the token usage.
-        labels = (_own_id("agent_id", agent_id, target), _tenant(), Label("model", given=model, fallback=""))
+        labels = (_own_id("agent_id", agent_id, target), _TENANT_LABEL, Label("model", given=model, fallback=""))
         return Site(
             _resolver(AGENT_FAMILY, target, *labels),
             count=counter,
@@ -302,7 +301,7 @@ def instrument_tool(
 
     def make_site(target: Target) -> Site:
         agent = Label("agent_id", given=agent_id, argument=False, context=AGENT, fallback=UNKNOWN)
-        labels = (agent, _fixed("tool", tool or target.name), _tenant())
+        labels = (agent, _fixed("tool", tool or target.name), _TENANT_LABEL)
         return Site(_resolver(TOOL_FAMILY, target, *labels), error_type=error_type)
 
     return _decorator(make_site)
