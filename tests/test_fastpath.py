@@ -64,6 +64,7 @@ def test_fast_and_public_records_never_lose_counts_under_threads():
 def test_a_signal_raising_inside_a_record_never_leaves_the_lock_held():
     """A signal handler's exception (a timeout) during a record propagates; the shared lock is released."""
     import signal
+    import time
 
     class Timeout(BaseException):
         pass
@@ -96,6 +97,8 @@ def test_a_signal_raising_inside_a_record_never_leaves_the_lock_held():
                     break
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        inside[0] = False
+        time.sleep(0.01)  # a signal still pending is handled here, by the disarmed handler
         signal.signal(signal.SIGALRM, previous)
         leaked = 0
         while _fastpath.LOCK._is_owned():  # so that a failure here does not hang the other tests
