@@ -6,6 +6,7 @@ record with the ``record_*`` helpers or the ``instrument_*`` decorators.
 
 from __future__ import annotations
 
+from . import _deferred  # noqa: F401  # first: its drain collector must precede every metric of bizmetrics
 from ._tenants import OVERFLOW_TENANT, limit_tenants
 from ._trace import parse_traceparent, set_exemplar_provider, trace_context
 from .context import current_tenant, current_workflow, tenant_context, workflow_context
@@ -21,6 +22,7 @@ from .decorators import (
     instrument_workflow,
     instrument_workflow_step,
 )
+from .helpers import report_usage
 from .metrics import (
     dec_db_pool_size,
     inc_db_pool_size,
@@ -68,6 +70,7 @@ __all__ = [
     "record_tool_call",
     "record_workflow_execution",
     "record_workflow_step",
+    "report_usage",
     "set_db_pool_size",
     "set_exemplar_provider",
     "tenant_context",

@@ -131,50 +131,95 @@ def _as_count(value: Any, what: str) -> float:
     return 0
 
 
+#: The Responses stream events that end a call and carry its usage.
+RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
+
 #: The token types of ``agent_token_usage_total``: ``input`` and ``output`` are all tokens sent and
 #: received; ``cache_read`` and ``cache_write`` are subsets of ``input``, ``reasoning`` of ``output``.
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
 class Usage:
-    """The tokens of one model response, or of a stream so far, by type.
+    """The tokens of one model response, or of a stream so far, by type and by model call.
 
-    ``untyped`` holds tokens whose split is unknown (a bare count);
-    ``replace`` marks a cumulative report (Anthropic stream events, OpenAI's
-    ``response.completed``, Gemini chunks): added to an earlier one, its
-    counts replace the earlier counts of the same types instead of adding.
+    ``tokens``, ``model`` and ``untyped`` describe the current model call
+    (``untyped`` holds tokens whose split is unknown: a bare count);
+    ``done`` holds the calls before it, as ``Usage`` objects of their own.
+    How a report adds to what came before (``a + b``):
+
+    - ``start``: ``b`` begins a new call (Anthropic's ``message_start``);
+    - ``end``: ``b`` is the whole usage of its call (OpenAI's final usage
+      chunk, ``response.completed``): it adds to the current call, which
+      then ends, so the next report begins another;
+    - ``replace``: ``b`` is cumulative within the current call (Anthropic's
+      ``message_delta``, Gemini chunks): its counts replace the earlier
+      counts of the same types;
+    - otherwise ``b`` adds to the current call (LangChain chunks).
+
     ``0 + usage`` is ``usage``, so the engine can sum stream items as numbers.
     """
 
-    __slots__ = ("model", "replace", "tokens", "untyped")
+    __slots__ = ("done", "end", "model", "replace", "start", "tokens", "untyped")
 
     def __init__(
-        self, tokens: dict[str, float], model: Any = None, *, untyped: float = 0, replace: bool = False
+        self,
+        tokens: dict[str, float],
+        model: Any = None,
+        *,
+        untyped: float = 0,
+        replace: bool = False,
+        start: bool = False,
+        end: bool = False,
+        done: tuple[Usage, ...] = (),
     ) -> None:
         self.tokens = tokens
         self.model = model
         self.untyped = untyped
         self.replace = replace
+        self.start = start
+        self.end = end
+        self.done = done
 
     @property
     def total(self) -> float:
-        """Input plus output tokens, plus the untyped ones: what ``agent_tokens_used_total`` counts."""
-        return self.tokens.get("input", 0) + self.tokens.get("output", 0) + self.untyped
+        """Input plus output tokens, plus the untyped ones, of every call: what ``agent_tokens_used_total`` counts."""
+        own = self.tokens.get("input", 0) + self.tokens.get("output", 0) + self.untyped
+        return own + sum(call.total for call in self.done)
+
+    @property
+    def reported(self) -> bool:
+        """Whether any call reported its tokens (a model name alone is no report)."""
+        return bool(self.tokens) or bool(self.untyped) or any(call.reported for call in self.done)
+
+    def calls(self) -> tuple[Usage, ...]:
+        """Each model call's usage, oldest first: ``done`` and the current one."""
+        current = Usage(self.tokens, self.model, untyped=self.untyped)
+        return (*self.done, current) if current.reported else self.done
 
     def __bool__(self) -> bool:
-        return bool(self.tokens) or bool(self.untyped) or self.model is not None
+        return bool(self.tokens) or bool(self.untyped) or self.model is not None or bool(self.done)
 
     def __add__(self, other: Any) -> Usage:
         if not isinstance(other, Usage):
             if not other:
                 return self
             other = Usage({}, untyped=float(other))
-        tokens = dict(self.tokens)
-        for kind, count in other.tokens.items():
-            tokens[kind] = count if other.replace else tokens.get(kind, 0) + count
-        return Usage(
-            tokens, self.model if self.model is not None else other.model, untyped=self.untyped + other.untyped
-        )
+        done = self.done + other.done
+        if (other.start or self.end) and (self.tokens or self.untyped):
+            # A new call begins: the current one is done.
+            done = (*self.done, Usage(self.tokens, self.model, untyped=self.untyped), *other.done)
+            tokens, model, untyped = dict(other.tokens), other.model, other.untyped
+        elif other.start or self.end:
+            # Nothing counted yet: only a model name, which the new call's own name overrides.
+            tokens, untyped = dict(other.tokens), other.untyped
+            model = other.model if other.model is not None else self.model
+        else:
+            tokens = dict(self.tokens)
+            for kind, count in other.tokens.items():
+                tokens[kind] = count if other.replace else tokens.get(kind, 0) + count
+            model = self.model if self.model is not None else other.model
+            untyped = self.untyped + other.untyped
+        return Usage(tokens, model, untyped=untyped, end=other.end, done=done)
 
     def __radd__(self, other: Any) -> Usage:
         if not other:
@@ -182,7 +227,8 @@ class Usage:
         return Usage({}, untyped=float(other)) + self
 
     def __repr__(self) -> str:
-        return f"Usage({self.tokens!r}, model={self.model!r}, untyped={self.untyped!r})"
+        done = f", done={self.done!r}" if self.done else ""
+        return f"Usage({self.tokens!r}, model={self.model!r}, untyped={self.untyped!r}{done})"
 
 
 def _num(value: Any, *path: str) -> float | None:
@@ -201,7 +247,7 @@ def _put(tokens: dict[str, float], kind: str, count: float | None) -> None:
         tokens[kind] = count
 
 
-def _from_usage(usage: Any, model: Any, replace: bool = False) -> Usage | None:
+def _from_usage(usage: Any, model: Any, replace: bool = False, start: bool = False, end: bool = False) -> Usage | None:
     """Read an OpenAI (Chat Completions or Responses) or Anthropic ``usage`` object or dict."""
     tokens: dict[str, float] = {}
     prompt, completion = _num(usage, "prompt_tokens"), _num(usage, "completion_tokens")
@@ -232,8 +278,8 @@ def _from_usage(usage: Any, model: Any, replace: bool = False) -> Usage | None:
         total = _num(usage, "total_tokens")
         if total is None:
             return None
-        return Usage({}, model, untyped=total, replace=replace)
-    return Usage(tokens, model, replace=replace)
+        return Usage({}, model, untyped=total, replace=replace, start=start, end=end)
+    return Usage(tokens, model, replace=replace, start=start, end=end)
 
 
 def _from_metadata(meta: Any, model: Any) -> Usage | None:
@@ -271,17 +317,19 @@ def read_usage(result: Any) -> Usage | float:
     kind = _field(result, "type")
     if kind == "message_start":
         message = _field(result, "message")
-        usage = _from_usage(_field(message, "usage"), _field(message, "model"), replace=True)
+        usage = _from_usage(_field(message, "usage"), _field(message, "model"), replace=True, start=True)
     elif kind == "message_delta":
         usage = _from_usage(_field(result, "usage"), None, replace=True)
-    elif kind == "response.completed":
+    elif kind in RESPONSE_ENDS:
+        # The last event of one Responses call, finished or not: its usage is the whole call's.
         response = _field(result, "response")
-        usage = _from_usage(_field(response, "usage"), _field(response, "model"), replace=True)
+        usage = _from_usage(_field(response, "usage"), _field(response, "model"), end=True)
     else:
         model = _field(result, "model")
         raw = _field(result, "usage")
         if raw is not None:
-            usage = _from_usage(raw, model)
+            # A whole response, or a Chat Completions stream's last chunk: one call's usage.
+            usage = _from_usage(raw, model, end=True)
         else:
             meta = _field(result, "usage_metadata")
             if meta is None:

@@ -40,6 +40,7 @@ from .metrics import (
     AGENT_TOOL_CALLS,
     AGENT_TOOL_DURATION,
     AGENT_TOOL_ERRORS,
+    AGENT_USAGE_UNREPORTED,
     API_ERRORS,
     API_REQUEST_DURATION,
     API_REQUESTS,
@@ -71,6 +72,7 @@ __all__ = [
     "TOKEN_USAGE_FAMILY",
     "TOOL_FAMILY",
     "WORKFLOW_FAMILY",
+    "AgentCall",
     "Bundle",
     "Family",
 ]
@@ -382,18 +384,37 @@ class _Agent(_Outcomes):
         self.ttft = AGENT_TIME_TO_FIRST_TOKEN.labels(agent_id)
         self.ttft_cells = Cells(self.ttft) if FAST_PATH else None
 
-    def used(self, amount: Any) -> None:
-        """Count the tokens of a call: a number, or a ``Usage`` by type and model."""
+    def used(self, amount: Any, model: str | None = None) -> None:
+        """Count the tokens of a call: a number, or a ``Usage`` by type and by model call.
+
+        Each model call's typed tokens go under ``model``, else the decorator's
+        or the call's model, else the model the response names.
+        """
         if type(amount) is _extract.Usage:
             total = amount.total
-            if amount.tokens:
-                model = self.model or amount.model
-                TOKEN_USAGE_FAMILY.get(self.key[0], model if model else UNKNOWN, self.tenant).add(amount)
+            agent = self.key[0]
+            for call in amount.calls():
+                if call.tokens:
+                    name = model or self.model or call.model
+                    TOKEN_USAGE_FAMILY.get(agent, name if name else UNKNOWN, self.tenant).add(call)
         else:
             total = amount
         if total:
             # Through the public API: it refuses a negative count, which a broken token reader might give.
             self.tokens.inc(total)
+
+    def unreported(self) -> None:
+        """Count a call that ended without a usage report, and say once per agent how to get one."""
+        agent = self.key[0]
+        AGENT_USAGE_UNREPORTED.labels(agent, self.tenant).inc()
+        _log.warn(
+            f"usage-unreported:{agent}",
+            "bizmetrics: a call of agent %r ended without reporting its token usage, so its tokens are not counted "
+            "(agent_usage_unreported_total). Return or yield the model's responses with their usage (OpenAI "
+            "streams: stream_options={'include_usage': True}), give instrument_agent(tokens=...), or call "
+            "bizmetrics.report_usage(usage) inside the call",
+            agent,
+        )
 
     def first_item(self, ms: float) -> None:
         """Observe the time to the first item of a stream."""
@@ -421,6 +442,48 @@ class _Agent(_Outcomes):
         super().cancelled(ms, amount)
         if amount:
             self.used(amount)
+
+
+def _reports(amount: Any) -> bool:
+    """Whether a call's counted amount is a usage report: typed or untyped tokens, or a non-zero count."""
+    if type(amount) is _extract.Usage:
+        return amount.reported
+    return bool(amount)
+
+
+class AgentCall:
+    """One call of an agent: records into the agent's bundle, and knows whether its usage was reported.
+
+    A call that succeeds (a stream closed early included) without any usage
+    report, from its result, its items or ``report_usage``, is counted in
+    ``agent_usage_unreported_total``: zero tokens would be a lie.
+    """
+
+    __slots__ = ("agent", "reported")
+    scope = None
+
+    def __init__(self, agent: _Agent) -> None:
+        self.agent = agent
+        self.reported = False
+
+    def report(self, usage: Any, model: str | None = None) -> None:
+        """Count tokens reported by ``report_usage`` during the call."""
+        self.reported = True
+        self.agent.used(usage, model)
+
+    def success(self, ms: float | None, amount: Any) -> None:
+        self.agent.success(ms, amount)
+        if not self.reported and not _reports(amount):
+            self.agent.unreported()
+
+    def failure(self, ms: float | None, error_type: object, amount: Any) -> None:
+        self.agent.failure(ms, error_type, amount)
+
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        self.agent.cancelled(ms, amount)
+
+    def first_item(self, ms: float) -> None:
+        self.agent.first_item(ms)
 
 
 class _Tool(_Outcomes):

@@ -124,6 +124,13 @@ class Label:
 
     def read(self, signature: Signature, args: Args, kwargs: Kwargs) -> object:
         """Return this label's value for a call: the general rule, which never raises."""
+        value = self.own(signature, args, kwargs)
+        if value is None and self.context is not None:
+            value = self.context.get()
+        return self.fallback if value is None else value
+
+    def own(self, signature: Signature, args: Args, kwargs: Kwargs) -> object:
+        """Return the value the call itself gives (rules 1 to 3), or ``None``; never raises."""
         value = self.given
         if value is None and self.argument:
             value = signature.argument(self.name, args, kwargs)
@@ -132,9 +139,7 @@ class Label:
                 value = _read_path(args[0], path)
                 if value is not None:
                     break
-        if value is None and self.context is not None:
-            value = self.context.get()
-        return self.fallback if value is None else value
+        return value
 
 
 class Bundles(Protocol[B]):
@@ -145,12 +150,12 @@ class Bundles(Protocol[B]):
     def get(self, *raw: Any) -> B: ...
 
 
-def _compile_label(label: Label, i: int, signature: Signature, env: dict[str, object]) -> list[str]:
-    """Return the lines that set ``v<i>`` by ``label``'s rules, for ``signature``."""
+def _compile_label(label: Label, i: int, signature: Signature, env: dict[str, object], own: bool) -> list[str]:
+    """Return the lines that set ``v<i>`` by ``label``'s rules, for ``signature`` (and ``own``, if ``own``)."""
     var = f"v{i}"
     if label.given is not None:
         env[f"given{i}"] = label.given
-        return [f"{var} = given{i}"]
+        return [f"{var} = given{i}"] + ([f"own = {var}"] if own else [])
     lines = [f"{var} = None"]
     if label.argument:
         name = label.name
@@ -176,6 +181,8 @@ def _compile_label(label: Label, i: int, signature: Signature, env: dict[str, ob
             else:
                 expr = f"getattr(source, {head!r}, None)"
             lines += [f"if {var} is None:", f"    {var} = {expr}"]
+    if own:
+        lines.append(f"own = {var}")
     if label.context is not None:
         env[f"context{i}"] = label.context.get
         lines += [f"if {var} is None:", f"    {var} = context{i}()"]
@@ -186,25 +193,30 @@ def _compile_label(label: Label, i: int, signature: Signature, env: dict[str, ob
 
 
 def resolver(
-    family: Bundles[B], labels: Sequence[Label], signature: Signature, name: str = "resolve"
-) -> Callable[[Args, Kwargs], B]:
-    """Return ``resolve(args, kwargs) -> bundle`` for ``labels`` of ``family``, compiled for ``signature``.
+    family: Bundles[B], labels: Sequence[Label], signature: Signature, name: str = "resolve", own: str | None = None
+) -> Callable[[Args, Kwargs], tuple[B, object]]:
+    """Return ``resolve(args, kwargs) -> (bundle, own)`` for ``labels`` of ``family``, compiled for ``signature``.
 
+    ``own`` is the value the call itself gives the label named ``own`` (its
+    argument or an attribute of ``self``: see ``Label.own``), else ``None``.
     What ``exec`` compiles is built only from this module's templates, label
     names and positions: never from user input.
     """
     get = family.get
+    own_label = next((label for label in labels if label.name == own), None)
 
-    def general(args: Args, kwargs: Kwargs) -> B:
-        return get(*(label.read(signature, args, kwargs) for label in labels))
+    def general(args: Args, kwargs: Kwargs) -> tuple[B, object]:
+        bundle = get(*(label.read(signature, args, kwargs) for label in labels))
+        return bundle, None if own_label is None else own_label.own(signature, args, kwargs)
 
     for path in (p for label in labels for p in label.paths):
         if path.count(".") > 1 or ("[" in path and "." in path):
             return general  # deeper paths than the compiler knows: the general reader alone
     env: dict[str, object] = {"cache_get": family.cache.get, "get": get, "general": general, "item": _item}
     body = ["source = args[0] if args else None"] if signature.self_like else []
+    body.append("own = None")
     for i, label in enumerate(labels):
-        body += _compile_label(label, i, signature, env)
+        body += _compile_label(label, i, signature, env, label is own_label)
     key = "(" + "".join(f"v{i}, " for i in range(len(labels))) + ")"
     source = "\n".join(
         [
@@ -215,7 +227,7 @@ def resolver(
             "        bundle = cache_get(key)",
             "    except Exception:",
             "        return general(args, kwargs)",
-            "    return bundle if bundle is not None else get(*key)",
+            "    return (bundle if bundle is not None else get(*key)), own",
         ]
     )
     try:
@@ -223,6 +235,6 @@ def resolver(
     except Exception:  # compiling refused (an audit hook, say): the general reader does the same work
         _log.internal_error("compiling a label resolver")
         return general
-    resolve: Callable[[Args, Kwargs], B] = env["resolve"]  # type: ignore[assignment]
+    resolve: Callable[[Args, Kwargs], tuple[B, object]] = env["resolve"]  # type: ignore[assignment]
     resolve.__qualname__ = resolve.__name__ = f"resolve_{name}" if name.isidentifier() else "resolve"
     return resolve

@@ -17,7 +17,8 @@ logger = logging.getLogger("bizmetrics")
 #: Seconds between two log lines of the same kind.
 LOG_INTERVAL = 60.0
 
-_lock = threading.Lock()
+# Re-entrant: a log line from a finaliser may interrupt this thread while it holds the lock.
+_lock = threading.RLock()
 _last: dict[str, tuple[float, int]] = {}
 
 

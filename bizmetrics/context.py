@@ -22,6 +22,8 @@ TENANT: ContextVar[object] = ContextVar("bizmetrics_tenant", default=None)
 WORKFLOW: ContextVar[object] = ContextVar("bizmetrics_workflow", default=None)
 #: The agent of the enclosing ``instrument_agent`` call, for the tool calls inside it.
 AGENT: ContextVar[object] = ContextVar("bizmetrics_agent", default=None)
+#: The enclosing ``instrument_agent`` call itself, for ``report_usage``.
+AGENT_CALL: ContextVar[object] = ContextVar("bizmetrics_agent_call", default=None)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -21,12 +21,13 @@ from ._families import (
     SYNC_CALL_FAMILY,
     TOOL_FAMILY,
     WORKFLOW_FAMILY,
+    AgentCall,
     Bundle,
 )
-from ._instrument import Site, Target, wrap
+from ._instrument import Pairs, Site, Target, wrap
 from ._labels import Args, Bundles, Kwargs, Label, Signature, attribute, resolver
 from ._values import DEFAULT_TENANT, UNKNOWN
-from .context import AGENT, TENANT, WORKFLOW
+from .context import AGENT, AGENT_CALL, TENANT, WORKFLOW
 
 __all__ = [
     "MISS",
@@ -102,12 +103,40 @@ def _decorator(make_site: Callable[[Target], Site]) -> Decorator:
     return lambda wrapped: wrap(wrapped, make_site)
 
 
-def _resolver(family: Bundles[Bundle], target: Target, *labels: Label) -> Callable[[Args, Kwargs], Bundle]:
-    return resolver(family, labels, Signature(target.func, target.self_like), target.name)
+def _resolver(
+    family: Bundles[Bundle], target: Target, *labels: Label
+) -> Callable[[Args, Kwargs], tuple[Bundle, object]]:
+    return resolver(family, labels, Signature(target.func, target.self_like), target.name, own="tenant_id")
 
 
 #: The tenant: the call's ``tenant_id``, else ``self.tenant_id``, else ``tenant_context``, else the default.
 _TENANT_LABEL = Label("tenant_id", paths=("tenant_id",), context=TENANT, fallback=DEFAULT_TENANT)
+
+
+# --- Scopes: what the body of a call sees as current -----------------------------------
+#
+# A connector, workflow or agent call whose tenant comes from its argument
+# or ``self`` runs its body with that tenant current, so what it does inside
+# (tools, steps, connector calls, LLM usage) is booked to the same tenant.
+# The raw value is set, not the cleaned label: ``current_tenant()`` inside
+# reads what the call was given, and the cap judges every inner record.
+
+
+def _connector_begin(bundle: Bundle, own: object) -> tuple[Bundle, Pairs | None]:
+    return bundle, None if own is None else ((TENANT, own),)
+
+
+def _workflow_begin(bundle: Bundle, own: object) -> tuple[Bundle, Pairs | None]:
+    if own is None:
+        return bundle, ((WORKFLOW, bundle.scope),)
+    return bundle, ((WORKFLOW, bundle.scope), (TENANT, own))
+
+
+def _agent_begin(bundle: Bundle, own: object) -> tuple[Bundle, Pairs | None]:
+    call = AgentCall(bundle)  # type: ignore[arg-type]
+    if own is None:
+        return call, ((AGENT, bundle.scope), (AGENT_CALL, call))
+    return call, ((AGENT, bundle.scope), (AGENT_CALL, call), (TENANT, own))
 
 
 def _connector_type(given: str | None) -> Label:
@@ -146,7 +175,9 @@ def instrument_connector_operation(
         operation = _fixed("operation", operation_name or target.name)
         family = CONNECTOR_OPERATION_FAMILY
         return Site(
-            _resolver(family, target, _connector_type(connector_type), operation, _TENANT_LABEL), error_type=error_type
+            _resolver(family, target, _connector_type(connector_type), operation, _TENANT_LABEL),
+            begin=_connector_begin,
+            error_type=error_type,
         )
 
     return _decorator(make_site)
@@ -186,6 +217,7 @@ def instrument_sync_operation(
             _resolver(SYNC_CALL_FAMILY, target, *labels),
             count=counter,
             count_item=None if count is None else counter,
+            begin=_connector_begin,
             error_type=error_type,
         )
 
@@ -212,7 +244,7 @@ def instrument_workflow(workflow_id: str | None = None, *, error_type: ErrorType
 
     def make_site(target: Target) -> Site:
         labels = (_own_id("workflow_id", workflow_id, target), _TENANT_LABEL)
-        return Site(_resolver(WORKFLOW_FAMILY, target, *labels), scope=WORKFLOW, error_type=error_type)
+        return Site(_resolver(WORKFLOW_FAMILY, target, *labels), begin=_workflow_begin, error_type=error_type)
 
     return _decorator(make_site)
 
@@ -277,7 +309,7 @@ def instrument_agent(
             _resolver(AGENT_FAMILY, target, *labels),
             count=counter,
             count_item=counter,
-            scope=AGENT,
+            begin=_agent_begin,
             error_type=error_type,
         )
 

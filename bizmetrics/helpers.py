@@ -25,10 +25,11 @@ from ._families import (
     TOKEN_USAGE_FAMILY,
     TOOL_FAMILY,
     WORKFLOW_FAMILY,
+    AgentCall,
     Bundle,
 )
 from ._values import UNKNOWN
-from .context import agent_or_current, tenant_or_current, workflow_or_current
+from .context import AGENT_CALL, agent_or_current, tenant_or_current, workflow_or_current
 
 __all__ = [
     "HTTP_METHODS",
@@ -45,6 +46,7 @@ __all__ = [
     "record_tool_call",
     "record_workflow_execution",
     "record_workflow_step",
+    "report_usage",
     "set_db_pool_size",
     "status_class",
 ]
@@ -168,15 +170,51 @@ def record_agent_invocation(
     try:
         tenant = tenant_or_current(tenant_id)
         tokens = _values.amount(tokens_used, "tokens_used")
-        _call(AGENT_FAMILY.get(agent_id, tenant, ""), duration_ms, success, error_type, tokens)
+        bundle = AGENT_FAMILY.get(agent_id, tenant, "")
+        _call(bundle, duration_ms, success, error_type, tokens)
         if usage is not None:
             typed = _extract.as_tokens(usage, "usage")
             if isinstance(typed, _extract.Usage) and typed.tokens:
-                TOKEN_USAGE_FAMILY.get(agent_id, UNKNOWN if model is None else model, tenant).add(typed)
+                # The bundle's tenant has been through the cap: a folded record is counted once.
+                TOKEN_USAGE_FAMILY.get(agent_id, UNKNOWN if model is None else model, bundle.tenant).add(typed)
             else:
                 _log.warn("usage", "bizmetrics: usage %r has no token types; ignored", type(usage).__name__)
     except Exception:
         _log.internal_error("record_agent_invocation")
+
+
+def report_usage(usage: object, *, model: str | None = None) -> None:
+    """Add the tokens of ``usage`` to the ``instrument_agent`` call that is running.
+
+    ``usage`` is anything ``instrument_agent`` reads tokens from (a model
+    response, a ``usage`` object, a stream event) or a mapping of token types
+    to counts (``{"input": 120, "output": 40}``).  The tokens are counted at
+    once, under the agent and tenant of the running call and under ``model``
+    (else the one ``usage`` names, else the call's), and the call no longer
+    counts as unreported.  Use it for text-only streams and for LLM calls
+    made inside tools.  Outside an agent call it records nothing and logs
+    once.
+
+    .. versionadded:: 0.3.0
+    """
+    try:
+        call = AGENT_CALL.get()
+        if not isinstance(call, AgentCall):
+            _log.warn(
+                "report-usage-outside",
+                "bizmetrics: report_usage() called outside an instrument_agent call; nothing recorded",
+            )
+            return
+        if isinstance(usage, Mapping):
+            read = _extract.as_tokens(usage, "report_usage()")
+        else:
+            read = _extract.read_usage(usage)
+        if not (read.reported if isinstance(read, _extract.Usage) else read):
+            _log.warn("report-usage-empty", "bizmetrics: report_usage() found no tokens in a %s", type(usage).__name__)
+            return
+        call.report(read, model)
+    except Exception:
+        _log.internal_error("report_usage")
 
 
 def record_tool_call(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from . import _cache, _fastpath, _settings
+from . import _cache, _deferred, _fastpath, _settings  # noqa: F401  # _deferred's drain collector precedes the catalogue
 from .multiprocess import check_import_order
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ __all__ = [
     "AGENT_TOOL_DURATION",
     "AGENT_TOOL_ERRORS",
     "AGENT_TTFT_BUCKETS",
+    "AGENT_USAGE_UNREPORTED",
     "API_BUCKETS",
     "API_ERRORS",
     "API_REQUESTS",
@@ -415,6 +416,12 @@ AGENT_TOOL_DURATION = _declare(
     ("agent_id", "tool"),
     buckets=AGENT_TOOL_BUCKETS,
 )
+AGENT_USAGE_UNREPORTED = _declare(
+    _Counter,
+    "agent_usage_unreported",
+    "AI agent calls that ended without reporting their token usage (their tokens are not counted)",
+    ("agent_id", "tenant_id"),
+)
 
 
 #: Every metric of the catalogue, in the order of the spec.
@@ -444,6 +451,7 @@ CATALOGUE = (
     AGENT_TOOL_CALLS,
     AGENT_TOOL_ERRORS,
     AGENT_TOOL_DURATION,
+    AGENT_USAGE_UNREPORTED,
 )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, values
 from prometheus_client import multiprocess as _mp
 
-from . import _log
+from . import _deferred, _log
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -61,6 +61,7 @@ def registry() -> CollectorRegistry:
     if not enabled():
         return REGISTRY
     reg = CollectorRegistry()
+    reg.register(_deferred.DRAIN_COLLECTOR)  # this worker's deferred records reach its files first
     _mp.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
     return reg
 

@@ -79,19 +79,22 @@ labels = st.builds(
     rest=st.lists(values, max_size=4),
     kwargs=st.dictionaries(st.sampled_from(NAMES), values, max_size=3),
     current=st.tuples(values, values, values),
+    own=st.sampled_from([None, *NAMES]),
 )
-def test_compiled_resolver_agrees_with_the_general_rule(rules, source, rest, kwargs, current):
+def test_compiled_resolver_agrees_with_the_general_rule(rules, source, rest, kwargs, current, own):
     """Any signature, labels, ``self``, arguments and context: the compiled reader reads what the rules say.
 
+    It also returns the value the call itself gives the ``own`` label (rules 1 to 3, never the context).
     Each example is tried on every signature, as a method and not, with every number of positional arguments.
     """
+    own_label = next((label for label in rules if label.name == own), None)
     raising = isinstance(source, Raising) or isinstance(getattr(source, "config", None), Raising)
     tokens = [var.set(v) for var, v in zip((TENANT, WORKFLOW, AGENT), current, strict=True)]
     try:
         for func in FUNCTIONS:
             for self_like in (True, False):
                 signature = Signature(func, self_like)
-                resolve = resolver(Keys(), rules, signature, "f")
+                resolve = resolver(Keys(), rules, signature, "f", own=own)
                 general = resolve.__globals__["general"]
                 fell_back = []
                 resolve.__globals__["general"] = lambda *a, general=general, fell_back=fell_back: (
@@ -101,7 +104,8 @@ def test_compiled_resolver_agrees_with_the_general_rule(rules, source, rest, kwa
                     fell_back.clear()
                     args = (source, *rest[:n]) if self_like else tuple(rest[:n])
                     expected = tuple(label.read(signature, args, kwargs) for label in rules)
-                    assert resolve(args, dict(kwargs)) == expected
+                    given = None if own_label is None else own_label.own(signature, args, kwargs)
+                    assert resolve(args, dict(kwargs)) == (expected, given)
                     try:
                         hash(expected)
                         unhashable = False
@@ -131,6 +135,21 @@ def test_the_rules_in_order():
     assert Label("tenant_id", given="given", paths=("tenant_id",)).read(signature, (source, "x"), {}) == "given"
 
 
+def test_own_is_what_the_call_gives_never_the_context_or_the_fallback():
+    """The own tenant comes from the argument or ``self``; from the context or the fallback it is ``None``."""
+    label = Label("tenant_id", paths=("tenant_id",), context=TENANT, fallback="default")
+    signature = Signature(f_positional, True)
+    for resolve in (resolver(Keys(), [label], signature, own="tenant_id"),):
+        token = TENANT.set("from_context")
+        try:
+            assert resolve((SimpleNamespace(tenant_id="from_self"), None), {}) == (("from_self",), "from_self")
+            assert resolve((None, "from_arg"), {}) == (("from_arg",), "from_arg")
+            assert resolve((None, None), {}) == (("from_context",), None)
+        finally:
+            TENANT.reset(token)
+        assert resolve((None, None), {}) == (("default",), None)
+
+
 def test_connector_type_paths():
     """``self.config.id``, else ``self.config["id"]``, else ``self.connector_type``."""
     label = Label("connector_type", argument=False, paths=("config.id", "config[id]", "connector_type"))
@@ -143,4 +162,4 @@ def test_connector_type_paths():
         (Raising(), None),
     ]:
         assert label.read(signature, (source,), {}) == expected
-        assert resolve((source,), {}) == (expected,)
+        assert resolve((source,), {}) == ((expected,), None)

@@ -1,0 +1,234 @@
+"""Records made by garbage-collector finalisers never take a lock, and are counted exactly once drained."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from helpers import unique, value
+from prometheus_client import REGISTRY, generate_latest
+
+from bizmetrics import _deferred, instrument_connector_operation
+
+# A child process, so that a deadlock trips its watchdog (faulthandler exits it) instead of hanging the suite.
+STRESS = textwrap.dedent(
+    """
+    import faulthandler, gc, os, random, sys, threading
+    faulthandler.dump_traceback_later(60, exit=True)
+    mode = sys.argv[1]
+    import bizmetrics
+    from bizmetrics import instrument_agent, instrument_connector_operation
+    from bizmetrics.metrics import CACHE_HITS, CONNECTOR_OPERATIONS
+    from bizmetrics.multiprocess import registry
+    from prometheus_client import generate_latest
+
+    class Connector:
+        tenant_id = "t"
+        class config:
+            id = "stress"
+
+        @instrument_connector_operation("never_awaited")
+        async def never_awaited(self):
+            return 1
+
+        @instrument_connector_operation("abandoned")
+        def abandoned(self):
+            yield 1
+            yield 2
+
+    @instrument_agent("stream_agent")
+    def stream():
+        yield {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 3, "output_tokens": 1}}}
+        yield "text"
+
+    N, THREADS = int(sys.argv[2]), 3
+    made = [0] * THREADS
+
+    def churn(index):
+        rng = random.Random(index)
+        c = Connector()
+        for i in range(N):
+            # A threshold drawn per iteration lands the collection at every point of what follows,
+            # inside prometheus_client's locks included.
+            gc.set_threshold(rng.randint(1, 40))
+            coro = c.never_awaited()
+            gen = c.abandoned()
+            next(gen)
+            agent = stream()
+            next(agent)
+            box = [coro, gen, agent]
+            box.append(box)  # a cycle: only the collector frees it
+            del coro, gen, agent, box
+            made[index] += 1
+            # New series: of the metric the finalisers record into, and of another metric.
+            CONNECTOR_OPERATIONS.labels("stress", f"op{index}_{i}", "success", "t")
+            CACHE_HITS.labels(f"cache{index}_{i}").inc()
+
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.set_threshold(700, 10, 10)
+    gc.collect()
+    text = generate_latest(registry()).decode()
+
+    def sample(name, *labels):
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{") and all(label in line for label in labels)
+        )
+
+    total = sum(made)
+    print(total,
+          sample("connector_operations_total", 'operation="never_awaited"', 'status="cancelled"'),
+          sample("connector_operations_total", 'operation="abandoned"', 'status="success"'),
+          sample("agent_invocations_total", 'agent_id="stream_agent"', 'status="success"'),
+          sample("agent_token_usage_total", 'agent_id="stream_agent"', 'model="m"', 'token_type="input"'))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["single", "multiprocess"])
+def test_finalisers_recording_inside_prometheus_client_locks_never_hang_and_count_exactly(mode, tmp_path):
+    """Cycles of never-awaited coroutines, abandoned generators and streams, collected inside ``labels()``."""
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if mode == "multiprocess":
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    script = tmp_path / "stress.py"
+    script.write_text(STRESS)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", str(script), mode, "1500"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, f"watchdog tripped or the child failed:\n{done.stderr[-3000:]}"
+    total, cancelled, abandoned, streams, tokens = (float(x) for x in done.stdout.split())
+    assert total == 4500
+    assert (cancelled, abandoned, streams, tokens) == (total, total, total, 3 * total)
+
+
+def _cycle_of_never_awaited(connector: object, n: int) -> None:
+    for _ in range(n):
+        coro = connector.op()  # type: ignore[attr-defined]
+        box = [coro]
+        box.append(box)
+        del coro, box
+
+
+# The relays of never-awaited coroutines warn "never awaited", as undecorated ones would.
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_record_made_inside_a_collection_waits_in_the_queue_until_a_scrape():
+    """Inside the collector a finaliser only queues its record; the next collection of the registry adds it."""
+    tenant = unique()
+
+    class Connector:
+        tenant_id = tenant
+
+        @instrument_connector_operation("queued")
+        async def op(self) -> int:
+            return 1
+
+    gc.collect()
+    gc.disable()
+    try:
+        _cycle_of_never_awaited(Connector(), 3)
+        gc.collect()  # the finalisers run here, inside a collection
+        assert _deferred.pending() >= 3
+        labels = {"connector_type": "unknown", "operation": "queued", "status": "cancelled", "tenant_id": tenant}
+        assert REGISTRY._names_to_collectors["connector_operations_total"].labels(*labels.values())._value.get() == 0
+        generate_latest(REGISTRY)
+        assert _deferred.pending() == 0
+        assert value("connector_operations_total", **labels) == 3
+    finally:
+        gc.enable()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_ordinary_record_drains_what_finalisers_queued():
+    """The next record of any thread adds the queued records first, so nothing waits for a scrape forever."""
+    tenant = unique()
+
+    class Connector:
+        tenant_id = tenant
+
+        @instrument_connector_operation("queued")
+        async def op(self) -> int:
+            return 1
+
+        @instrument_connector_operation("ordinary")
+        def ordinary(self) -> int:
+            return 1
+
+    gc.collect()
+    gc.disable()
+    try:
+        _cycle_of_never_awaited(Connector(), 2)
+        gc.collect()
+        assert _deferred.pending() >= 2
+        Connector().ordinary()
+        assert _deferred.pending() == 0
+    finally:
+        gc.enable()
+
+
+def test_a_failing_deferred_record_is_logged_and_the_rest_still_drain(caplog):
+    """One broken record never stops the drain, nor raises into the code that drains."""
+    done = []
+
+    def broken() -> None:
+        raise RuntimeError("broken record")
+
+    _deferred.defer(broken)
+    _deferred.defer(lambda: done.append(1))
+    _deferred.drain()
+    assert done == [1]
+    assert _deferred.pending() == 0
+    assert "recording a deferred outcome" in caplog.text
+
+
+def test_queued_records_are_drained_at_interpreter_exit_into_multiprocess_files(tmp_path):
+    """A worker that exits with records still queued writes them to its files before it goes."""
+    script = textwrap.dedent(
+        """
+        import gc
+        from bizmetrics import instrument_connector_operation, _deferred
+
+        class C:
+            tenant_id = "exit"
+            @instrument_connector_operation("at_exit")
+            async def op(self):
+                return 1
+
+        gc.disable()
+        for _ in range(4):
+            coro = C().op()
+            box = [coro]; box.append(box)
+            del coro, box
+        gc.collect()
+        assert _deferred.pending() == 4, _deferred.pending()
+        """
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env, check=True, timeout=60)
+    reader = textwrap.dedent(
+        """
+        from prometheus_client import generate_latest
+        from bizmetrics.multiprocess import registry
+        print(generate_latest(registry()).decode())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", reader], env=env, check=True, timeout=60, capture_output=True, text=True
+    ).stdout
+    assert 'operation="at_exit",status="cancelled",tenant_id="exit"} 4.0' in out
