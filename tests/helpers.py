@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.samples import Sample
 
 import bizmetrics.metrics
+from bizmetrics import _deferred
 
 #: What one tick of the fake clock is worth, in ns: 1 ms, so sums are whole milliseconds.
 TICK_NS = 1_000_000
@@ -23,6 +24,7 @@ def sample(name: str, **labels: str) -> float | None:
     every series a test recorded under its fresh label values, and reading
     them all would make every read slower than the last.
     """
+    _deferred.drain()  # as a collection of the registry would
     collector = REGISTRY._names_to_collectors.get(name)
     if collector is None:
         return REGISTRY.get_sample_value(name, labels)

@@ -14,6 +14,7 @@ from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from openai import APIStatusError
+from prometheus_client import REGISTRY
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseCompletedEvent
 from samples import make, run
@@ -558,3 +559,208 @@ def test_an_agent_returning_a_stream_object_is_said_to_count_nothing(caplog):
 
     asyncio.run(answer("acme"))
     assert any("returned a stream" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+# --- usage that is not reported, ends a stream early, or spans several model calls -----
+
+
+def _unreported(agent: str, tenant: str = "acme") -> float:
+    return value("agent_usage_unreported_total", agent_id=agent, tenant_id=tenant)
+
+
+def _chat_chunks(model: str, usage: dict[str, Any] | None, words: str = "ab") -> list[dict[str, Any]]:
+    chunks: list[dict[str, Any]] = [
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+        }
+        for w in words
+    ]
+    if usage is not None:
+        chunks.append(
+            {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage}
+        )
+    return chunks
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator"])
+@pytest.mark.parametrize(
+    "items",
+    [
+        pytest.param(_chat_chunks("gpt-4o", None), id="openai-without-include_usage"),
+        pytest.param(["plain", "text"], id="plain-text"),
+    ],
+)
+def test_a_stream_ending_without_a_usage_report_counts_as_unreported_not_as_zero(kind, items, caplog):
+    """No usage report is counted in agent_usage_unreported_total, with one warning per agent saying what to do."""
+    agent = unique("agent")
+    stream = instrument_agent(agent)(make(kind, items=items))
+    for _ in range(3):
+        run(stream, tenant_id="acme")
+    assert _unreported(agent) == 3
+    assert total_of(agent) == 0
+    warnings = [r for r in caplog.records if agent in r.getMessage() and "include_usage" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "report_usage" in warnings[0].getMessage()
+
+
+def test_a_stream_the_client_closes_before_its_usage_is_unreported():
+    """Closed early, before the usage chunk arrives: the call succeeded and its tokens are unknown."""
+    agent = unique("agent")
+    stream = instrument_agent(agent)(make("generator", items=_chat_chunks("gpt-4o", CHAT_USAGE)))
+    gen = stream(tenant_id="acme")
+    next(gen)
+    gen.close()
+    assert _unreported(agent) == 1
+    assert value("agent_invocations_total", agent_id=agent, status="success", tenant_id="acme") == 1
+
+
+def test_a_stream_with_its_usage_and_a_failed_call_are_not_unreported():
+    """A reported stream is not unreported; neither is a call that failed before any response."""
+    agent = unique("agent")
+    run(instrument_agent(agent)(make("generator", items=_chat_chunks("gpt-4o", CHAT_USAGE))), tenant_id="acme")
+    with pytest.raises(ValueError):
+        run(instrument_agent(agent)(make("sync", exc=ValueError("down"))), tenant_id="acme")
+    assert _unreported(agent) == 0
+    assert total_of(agent) == CHAT_USAGE["prompt_tokens"] + CHAT_USAGE["completion_tokens"]
+
+
+def _response_event(kind: str, model: str, inp: int, out: int) -> dict[str, Any]:
+    usage = {"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out}
+    return {"type": kind, "sequence_number": 1, "response": {**RESPONSE, "model": model, "usage": usage}}
+
+
+@pytest.mark.parametrize("end", ["response.incomplete", "response.failed", "response.completed"])
+def test_a_streamed_response_that_ends_incomplete_or_failed_counts_its_usage(end):
+    """Every last event of a Responses stream carries the call's usage, finished or not."""
+    agent = unique("agent")
+    items = [{"type": "response.output_text.delta", "delta": "hi"}, _response_event(end, "gpt-5", 70, 9)]
+    run(instrument_agent(agent)(make("generator", items=items)), tenant_id="acme")
+    assert usage_of(agent, "gpt-5") == {"input": 70, "output": 9}
+    assert _unreported(agent) == 0
+
+
+def _anthropic_call(model: str, inp: int, deltas: list[int]) -> list[dict[str, Any]]:
+    start = {
+        "type": "message_start",
+        "message": {**ANTHROPIC, "model": model, "usage": {"input_tokens": inp, "output_tokens": 1}},
+    }
+    events: list[dict[str, Any]] = [start]
+    for cumulative in deltas:
+        events.append({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}})
+        events.append({"type": "message_delta", "delta": {"stop_reason": None}, "usage": {"output_tokens": cumulative}})
+    return events
+
+
+calls = st.lists(
+    st.tuples(
+        st.sampled_from(["model-a", "model-b", "model-c"]),
+        st.integers(0, 500),
+        st.lists(st.integers(1, 300), min_size=1, max_size=3).map(sorted),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@given(calls=calls, shape=st.sampled_from(["anthropic", "responses", "chat"]))
+def test_a_stream_of_several_model_calls_adds_them_up_each_under_its_own_model(calls, shape):
+    """A tool loop in one stream: each call's tokens add up, under that call's model; cumulative reports replace only within a call."""
+    agent = unique("agent")
+    items: list[Any] = []
+    expected: dict[str, dict[str, float]] = {}
+    for model, inp, outs in calls:
+        if shape == "anthropic":
+            items += _anthropic_call(model, inp, outs)
+            out = outs[-1]
+        elif shape == "responses":
+            out = outs[-1]
+            items += [
+                {"type": "response.output_text.delta", "delta": "x"},
+                _response_event("response.completed", model, inp, out),
+            ]
+        else:
+            out = outs[-1]
+            items += _chat_chunks(model, {"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out})
+        tokens = expected.setdefault(model, {"input": 0, "output": 0})
+        tokens["input"] += inp
+        tokens["output"] += out
+    run(instrument_agent(agent)(make("generator", items=items)), tenant_id="acme")
+    for model, tokens in expected.items():
+        assert usage_of(agent, model) == {k: v for k, v in tokens.items() if v}
+    assert total_of(agent) == sum(t["input"] + t["output"] for t in expected.values())
+
+
+def _openai_like(inp: int, out: int) -> Any:
+    return ChatCompletion.model_validate(
+        _chat({"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out})
+    )
+
+
+@pytest.mark.parametrize("kind", ["sync", "coroutine", "generator", "async generator"])
+def test_report_usage_adds_tokens_to_the_running_agent_call(kind):
+    """From a mapping, an SDK response or with model=: booked to the call's agent and tenant, and not unreported."""
+    agent = unique("agent")
+    tenant = unique("tenant")
+
+    def body() -> None:
+        bizmetrics.report_usage({"input": 10, "output": 4}, model="tool-model")
+        bizmetrics.report_usage(_openai_like(5, 2))
+
+    if kind == "sync":
+
+        def fn(tenant_id: str) -> str:
+            body()
+            return "text"
+    elif kind == "coroutine":
+
+        async def fn(tenant_id: str) -> str:  # type: ignore[misc]
+            body()
+            return "text"
+    elif kind == "generator":
+
+        def fn(tenant_id: str) -> Any:  # type: ignore[misc]
+            yield "text"
+            body()
+    else:
+
+        async def fn(tenant_id: str) -> Any:  # type: ignore[misc]
+            yield "text"
+            body()
+
+    run(instrument_agent(agent)(fn), tenant)
+    assert usage_of(agent, "tool-model", tenant) == {"input": 10, "output": 4}
+    assert usage_of(agent, "gpt-4o", tenant) == {"input": 5, "output": 2}
+    assert total_of(agent, tenant) == 21
+    assert _unreported(agent, tenant) == 0
+
+
+def test_report_usage_outside_an_agent_records_nothing_and_logs_once(caplog):
+    """Outside an instrument_agent call there is no call to add to: one log line, nothing recorded."""
+    before = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in REGISTRY.collect() for s in f.samples}
+    bizmetrics.report_usage({"input": 10})
+    bizmetrics.report_usage({"input": 10})
+    after = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in REGISTRY.collect() for s in f.samples}
+    assert {k: v for k, v in after.items() if "token" in k[0]} == {k: v for k, v in before.items() if "token" in k[0]}
+    assert len([r for r in caplog.records if "outside an instrument_agent call" in r.getMessage()]) == 1
+
+
+def test_usage_reported_inside_a_tool_is_booked_to_the_enclosing_agent():
+    """An LLM call made inside a tool reports its usage to the agent call that runs the tool."""
+    agent = unique("agent")
+
+    @instrument_tool("search")
+    def search() -> str:
+        bizmetrics.report_usage({"input": 7, "output": 3})
+        return "found"
+
+    @instrument_agent(agent)
+    def answer(tenant_id: str) -> str:
+        return search()
+
+    answer("acme")
+    assert usage_of(agent, "unknown") == {"input": 7, "output": 3}
+    assert _unreported(agent) == 0

@@ -401,3 +401,146 @@ class TestDbAndCache:
         instrument_cache_lookup(other, miss=lambda r: r == 0)(make("sync", result=0))()
         assert value("cache_hits_total", cache=other) == 1
         assert value("cache_misses_total", cache=other) == 2
+
+
+class TestTheCallsTenantReachesItsBody:
+    """A connector, workflow or agent call that names its tenant makes it current for what it does inside."""
+
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("outer", ["connector", "workflow", "agent"])
+    @pytest.mark.parametrize("source", ["argument", "self"])
+    def test_inner_records_are_booked_to_the_outer_calls_tenant(self, kind, outer, source):
+        """Tools, steps, connector calls and LLM usage inside take the outer call's tenant; current_tenant() says it."""
+        tenant, name = unique(), unique("n")
+        seen: list[object] = []
+
+        @instrument_connector_operation("inner", connector_type=name)
+        def inner_connector() -> int:
+            return 1
+
+        @bizmetrics.instrument_tool("inner_tool", agent_id=name)
+        def inner_tool() -> int:
+            return 1
+
+        def body() -> None:
+            seen.append(bizmetrics.current_tenant())
+            inner_connector()
+            inner_tool()
+            bizmetrics.record_workflow_execution(name + "_inner", 1, True)
+
+        decorate = {
+            "connector": instrument_connector_operation("outer", connector_type=name),
+            "workflow": instrument_workflow(name),
+            "agent": instrument_agent(name),
+        }[outer]
+        fn = make_calling(kind, body)
+        if source == "argument":
+            decorated = decorate(fn)
+            run(decorated, tenant_id=tenant)
+        else:
+            holder = type("Holder", (), {"tenant_id": tenant, "call": decorate(_method_of(fn))})
+            run(holder().call)
+        assert seen == [tenant]
+        assert _ops(name, "inner", tenant) == 1
+        assert (
+            value("agent_tool_calls_total", agent_id=name, tool="inner_tool", status="success", tenant_id=tenant) == 1
+        )
+        assert value("workflow_executions_total", workflow_id=name + "_inner", status="success", tenant_id=tenant) == 1
+        assert bizmetrics.current_tenant() is None  # restored after the call
+
+    def test_an_inner_call_that_names_its_own_tenant_keeps_it(self):
+        """The outer tenant is only the current one: an explicit tenant inside still wins."""
+        name, outer_tenant, own = unique("n"), unique(), unique()
+
+        @instrument_connector_operation("inner", connector_type=name)
+        def inner(tenant_id: str) -> int:
+            return 1
+
+        @instrument_workflow(name)
+        def flow(tenant_id: str) -> int:
+            return inner(own)
+
+        flow(outer_tenant)
+        assert _ops(name, "inner", own) == 1
+        assert _ops(name, "inner", outer_tenant) == 0
+
+    def test_a_tenant_from_the_context_is_unchanged_and_none_leaks_out(self):
+        """Without a tenant of its own the call leaves the context as it is; with one, restores it after."""
+        name, ctx_tenant, own = unique("n"), unique(), unique()
+        seen: list[object] = []
+
+        @instrument_connector_operation("c", connector_type=name)
+        def call(tenant_id: str | None = None) -> None:
+            seen.append(bizmetrics.current_tenant())
+
+        with tenant_context(ctx_tenant):
+            call()
+            call(own)
+            seen.append(bizmetrics.current_tenant())
+        assert seen == [ctx_tenant, own, ctx_tenant]
+
+    def test_the_raw_tenant_value_is_current_not_its_cleaned_label(self):
+        """current_tenant() inside reads what the call was given (an int stays an int)."""
+        seen: list[object] = []
+
+        @instrument_connector_operation("c", connector_type=unique("n"))
+        def call(tenant_id: object) -> None:
+            seen.append(bizmetrics.current_tenant())
+
+        call(42)
+        assert seen == [42]
+
+
+def make_calling(kind: str, body: Any) -> Any:
+    """A function of ``kind`` taking ``tenant_id`` that calls ``body()`` while it runs."""
+    if kind == "sync":
+
+        def fn(tenant_id: str | None = None) -> int:
+            body()
+            return 1
+    elif kind == "coroutine":
+
+        async def fn(tenant_id: str | None = None) -> int:  # type: ignore[misc]
+            await asyncio.sleep(0)
+            body()
+            return 1
+    elif kind == "generator":
+
+        def fn(tenant_id: str | None = None) -> Any:  # type: ignore[misc]
+            yield 1
+            body()
+            yield 2
+    else:
+
+        async def fn(tenant_id: str | None = None) -> Any:  # type: ignore[misc]
+            yield 1
+            await asyncio.sleep(0)
+            body()
+            yield 2
+
+    return fn
+
+
+def _method_of(fn: Any) -> Any:
+    """``fn`` as a method: ``self`` first, no tenant argument."""
+    import inspect
+
+    if inspect.isasyncgenfunction(fn):
+
+        async def method(self: Any) -> Any:
+            async for item in fn():
+                yield item
+    elif inspect.iscoroutinefunction(fn):
+
+        async def method(self: Any) -> Any:  # type: ignore[misc]
+            return await fn()
+    elif inspect.isgeneratorfunction(fn):
+
+        def method(self: Any) -> Any:  # type: ignore[misc]
+            yield from fn()
+    else:
+
+        def method(self: Any) -> Any:  # type: ignore[misc]
+            return fn()
+
+    return method

@@ -445,3 +445,59 @@ def test_an_application_counter_subclass_is_reused_as_it_is():
     out = _run(script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2.0", "1.0"]
+
+
+def _folded_paths(ct: str) -> dict[str, Callable[[str], Any]]:
+    """Every way one record of a tenant arrives, each a call that makes exactly one record."""
+
+    @instrument_connector_operation("op", connector_type=ct)
+    def op(tenant_id: str) -> int:
+        return 1
+
+    @instrument_sync_operation("rows", connector_type=ct)
+    def rows(tenant_id: str) -> list[int]:
+        return [1, 2]
+
+    @bizmetrics.instrument_workflow(ct)
+    def flow(tenant_id: str) -> int:
+        return 1
+
+    @bizmetrics.instrument_agent(ct)
+    def agent(tenant_id: str) -> dict[str, Any]:
+        return {"model": "m", "usage": {"input_tokens": 3, "output_tokens": 2}}
+
+    @bizmetrics.instrument_agent(ct)
+    def stream(tenant_id: str) -> Any:
+        yield {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 3, "output_tokens": 1}}}
+        yield {"type": "message_delta", "usage": {"output_tokens": 4}}
+
+    @bizmetrics.instrument_tool("t", agent_id=ct)
+    def tool(tenant_id: str) -> int:
+        return 1
+
+    return {
+        "connector decorator": op,
+        "sync decorator": rows,
+        "workflow decorator": flow,
+        "agent decorator with usage": agent,
+        "agent stream": lambda t: list(stream(t)),
+        "tool decorator": tool,
+        "record_connector_operation": lambda t: bizmetrics.record_connector_operation(ct, "op", 1, True, t),
+        "record_connector_sync": lambda t: bizmetrics.record_connector_sync(ct, "rows", 3, t),
+        "record_workflow_execution": lambda t: bizmetrics.record_workflow_execution(ct, 1, True, t),
+        "record_agent_invocation with usage": lambda t: bizmetrics.record_agent_invocation(
+            ct, 1, 5, True, t, model="m", usage={"input": 3, "output": 2}
+        ),
+        "record_tool_call": lambda t: bizmetrics.record_tool_call(ct, "t", 1, True, t),
+        "record_api_request": lambda t: bizmetrics.record_api_request("GET", "/" + ct, 200, 1, t),
+    }
+
+
+def test_one_folded_record_adds_exactly_one_to_the_overflow_counter_whatever_the_path(cap):
+    """Each path that folds a tenant's record counts that record once, tokens by type included."""
+    cap(1)
+    bizmetrics.record_api_request("GET", "/", 200, 1, unique())  # fills the cap
+    for path, record in _folded_paths(unique("ct")).items():
+        before = value(OVERFLOW)
+        record(unique())
+        assert value(OVERFLOW) - before == 1, path
