@@ -164,15 +164,25 @@ class Site:
         self.error_type = error_type
 
 
-def _enter(pairs: Pairs) -> list[tuple[ContextVar[Any], Token[Any]]]:
+def _enter(pairs: Pairs) -> list[tuple[ContextVar[Any], Token[Any]]] | None:
+    """Set each variable of ``pairs``; inside a garbage collection set none (see ``_deferred``).
+
+    A finaliser that sets and resets several context variables while the
+    collector interrupts a thread updating its own can crash CPython 3.10
+    and 3.11; a relay closed by the collector leaves the context alone.
+    """
+    if _deferred.collector is not None and _deferred.collecting():
+        return None
     return [(var, var.set(value)) for var, value in pairs]
 
 
 def _leave(entered: list[tuple[ContextVar[Any], Token[Any]]]) -> None:
+    if _deferred.collector is not None and _deferred.collecting():
+        return  # closed by the collector: its context is not this thread's to change
     for var, token in reversed(entered):
         try:
             var.reset(token)
-        except ValueError:  # closed by the collector from another context: that context was never changed
+        except ValueError:  # closed from another context (a task's coroutine closed elsewhere)
             pass
 
 
