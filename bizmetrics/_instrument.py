@@ -28,7 +28,7 @@ import threading
 import types
 from asyncio import CancelledError, isfuture
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
-from contextvars import ContextVar, Token, copy_context
+from contextvars import Token, copy_context
 from time import perf_counter as clock  # seconds; tests patch ``clock`` and ``CLOCK_MS`` for exact durations
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
@@ -126,10 +126,10 @@ class Target:
         )
 
 
-#: Context variables to set while a call's body runs, with their values.
-Pairs = tuple[tuple[ContextVar[Any], object], ...]
-#: ``begin(bundle, own_tenant) -> (bundle, pairs)``: what one call records into, and its scope.
-Begin = Callable[[Any, object], "tuple[Bundle, Pairs | None]"]
+#: ``begin(bundle) -> bundle``: the bundle one call records into (an agent's call, say).
+Begin = Callable[[Any], Any]
+#: ``enter(bundle, own_tenant) -> entered``: sets the context variables the body runs with.
+Enter = Callable[[Any, object], Any]
 
 
 class Site:
@@ -140,14 +140,14 @@ class Site:
     or ``self.tenant_id``; ``None`` when it comes from the context or the
     default).  ``count(result)`` and ``count_item(item)`` say what the family
     counts in a return value or in each yielded item (``None``: nothing, and
-    one per item).  ``begin``, when set, is called once per call with the
-    bundle and the own tenant, and returns the bundle to record the call into
-    and the context variables to set while the body runs (the tenant, the
-    workflow, the agent).  ``error_type``, when set, turns an exception into
-    its ``error_type`` label (else the exception's class name).
+    one per item).  ``begin``, when set, turns the bundle into the one a
+    single call records into; ``enter``, when set, sets the context
+    variables the body runs with (the tenant, the workflow, the agent) and
+    returns their tokens for ``_leave``.  ``error_type``, when set, turns an
+    exception into its ``error_type`` label (else the exception's class name).
     """
 
-    __slots__ = ("begin", "count", "count_item", "error_type", "resolve")
+    __slots__ = ("begin", "count", "count_item", "enter", "error_type", "resolve")
 
     def __init__(
         self,
@@ -155,35 +155,35 @@ class Site:
         count: Count | None = None,
         count_item: Count | None = None,
         begin: Begin | None = None,
+        enter: Enter | None = None,
         error_type: Classify | None = None,
     ) -> None:
         self.resolve = resolve
         self.count = count
         self.count_item = count_item
         self.begin = begin
+        self.enter = enter
         self.error_type = error_type
 
 
-def _enter(pairs: Pairs) -> list[tuple[ContextVar[Any], Token[Any]]] | None:
-    """Set each variable of ``pairs``; inside a garbage collection set none (see ``_deferred``).
+def _leave(entered: Any) -> None:
+    """Reset what ``Site.enter`` set, innermost first; inside a garbage collection leave the context alone.
 
     A finaliser that sets and resets several context variables while the
     collector interrupts a thread updating its own can crash CPython 3.10
-    and 3.11; a relay closed by the collector leaves the context alone.
+    and 3.11, and the context of a relay closed by the collector is not the
+    interrupted thread's to change.
     """
     if _deferred.collector is not None and _deferred.collecting():
-        return None
-    return [(var, var.set(value)) for var, value in pairs]
-
-
-def _leave(entered: list[tuple[ContextVar[Any], Token[Any]]]) -> None:
-    if _deferred.collector is not None and _deferred.collecting():
-        return  # closed by the collector: its context is not this thread's to change
-    for var, token in reversed(entered):
-        try:
-            var.reset(token)
-        except ValueError:  # closed from another context (a task's coroutine closed elsewhere)
-            pass
+        return
+    try:
+        if type(entered) is Token:
+            entered.var.reset(entered)
+        else:
+            for token in reversed(entered):
+                token.var.reset(token)
+    except ValueError:  # closed from another context (a task's coroutine closed elsewhere)
+        pass
 
 
 # --- The outcome rules ---------------------------------------------------------------
@@ -268,15 +268,6 @@ def _resolved(resolve: Callable[[Args, Kwargs], tuple[Bundle, object]], args: Ar
         return None
 
 
-def _begun(begin: Begin, bundle: Bundle, own: object) -> tuple[Bundle, Pairs | None]:
-    """``begin(bundle, own)``; on a failure (logged), the call records into ``bundle`` with no scope."""
-    try:
-        return begin(bundle, own)
-    except Exception:
-        _log.internal_error("entering a call's scope")
-        return bundle, None
-
-
 # --- The bodies and relays -------------------------------------------------------------
 #
 # A body is ``call(self, *args, **kwargs)``: it becomes the ``__call__`` of the
@@ -284,7 +275,7 @@ def _begun(begin: Begin, bundle: Bundle, own: object) -> tuple[Bundle, Pairs | N
 # ``func`` is the undecorated function and ``args`` include ``self`` /
 # ``cls``.  Labels are resolved at call time (so a coroutine or generator
 # carries its caller's tenant); the clock runs while the user's code runs.
-# The scope (``Site.begin``'s context variables) is set while the user's
+# The scope (``Site.enter``'s context variables) is set while the user's
 # code runs: around the call, the awaited coroutine, each step of an async
 # generator; a generator's body runs in a context of its own (see
 # ``_timed_generator``).
@@ -293,18 +284,16 @@ Body = Callable[..., object]
 
 
 def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
-    resolve, count, begin, classify = site.resolve, site.count, site.begin, site.error_type
+    resolve, count, begin, enter, classify = site.resolve, site.count, site.begin, site.enter, site.error_type
 
     def call(self: object, *args: object, **kwargs: object) -> object:
         resolved = _resolved(resolve, args, kwargs)
         if resolved is None:
             return func(*args, **kwargs)
         bundle, own = resolved
-        entered = None
         if begin is not None:
-            bundle, pairs = _begun(begin, bundle, own)
-            if pairs:
-                entered = _enter(pairs)
+            bundle = begin(bundle)
+        entered = None if enter is None else enter(bundle, own)
         start = clock()
         try:
             result = func(*args, **kwargs)
@@ -359,16 +348,13 @@ def _pending(work: Awaitable[Any], bundle: Bundle, own: object) -> _Pending:
     return pending
 
 
-async def _timed_coroutine(
-    pending: _Pending, count: Count | None, begin: Begin | None, classify: Classify | None
-) -> Any:
+async def _timed_coroutine(pending: _Pending, count: Count | None, site: Site) -> Any:
     work, bundle = pending.work, pending.bundle
     pending.work = None
-    entered = None
+    begin, enter, classify = site.begin, site.enter, site.error_type
     if begin is not None:
-        bundle, pairs = _begun(begin, bundle, pending.own)
-        if pairs:
-            entered = _enter(pairs)
+        bundle = begin(bundle)
+    entered = None if enter is None else enter(bundle, pending.own)
     start = clock()
     try:
         result = await work  # type: ignore[misc]
@@ -382,18 +368,12 @@ async def _timed_coroutine(
     return result
 
 
-def _set_all(pairs: Pairs) -> None:
-    for var, value in pairs:
-        var.set(value)
-
-
 def _timed_generator(
     gen: Generator[Any, Any, Any],
     bundle: Bundle,
     own: object,
     count_item: Count | None,
-    classify: Classify | None,
-    begin: Begin | None,
+    site: Site,
 ) -> Generator[Any, Any, Any]:
     # A hand-expanded ``yield from`` that times each resume of the body, so
     # the consumer's time between items is never counted.  The body runs in
@@ -404,10 +384,11 @@ def _timed_generator(
     # with the fewest operations per item.
     ctx = copy_context()
     run = ctx.run
-    if begin is not None:
-        bundle, pairs = _begun(begin, bundle, own)
-        if pairs:
-            run(_set_all, pairs)
+    classify = site.error_type
+    if site.begin is not None:
+        bundle = site.begin(bundle)
+    if site.enter is not None:
+        run(site.enter, bundle, own)
     send, throw = gen.send, gen.throw
     elapsed = 0.0
     amount: Any = 0
@@ -477,8 +458,7 @@ async def _timed_async_generator(
     bundle: Bundle,
     own: object,
     count_item: Count | None,
-    classify: Classify | None,
-    begin: Begin | None,
+    site: Site,
 ) -> AsyncGenerator[Any, Any]:
     # As ``_timed_generator``, awaiting each step of ``agen``; the scope is set
     # around each await (a step runs only while it is awaited, in the
@@ -486,15 +466,15 @@ async def _timed_async_generator(
     elapsed = 0.0
     amount: Any = 0
     first = True
-    pairs = None
-    if begin is not None:
-        bundle, pairs = _begun(begin, bundle, own)
+    classify, enter = site.error_type, site.enter
+    if site.begin is not None:
+        bundle = site.begin(bundle)
     asend = agen.asend
     step = _first_asend(agen)
     entered = None
     while True:
-        if pairs:
-            entered = _enter(pairs)
+        if enter is not None:
+            entered = enter(bundle, own)
         elapsed -= clock()
         try:
             item = await step
@@ -515,8 +495,9 @@ async def _timed_async_generator(
         try:
             arg = yield item
         except GeneratorExit:
-            if pairs:
-                entered = _enter(pairs)
+            # Closed by the collector (no loop to finalise it): leave the thread's context alone.
+            if enter is not None and not _deferred.collecting():
+                entered = enter(bundle, own)
             elapsed -= clock()
             try:
                 await agen.aclose()
@@ -546,14 +527,14 @@ def _named(relay: Callable[..., Any], target: Target) -> Callable[..., Any]:
 
 
 def _coroutine_body(site: Site, func: Callable[..., Any], relay: Callable[..., Coroutine[Any, Any, Any]]) -> Body:
-    resolve, count, begin, classify = site.resolve, site.count, site.begin, site.error_type
+    resolve, count = site.resolve, site.count
 
     def call(self: object, *args: object, **kwargs: object) -> object:
         resolved = _resolved(resolve, args, kwargs)
         if resolved is None:
             return func(*args, **kwargs)
         work = func(*args, **kwargs)  # bad arguments raise here, at the call, as undecorated
-        return relay(_pending(work, *resolved), count, begin, classify)
+        return relay(_pending(work, *resolved), count, site)
 
     return call
 
@@ -572,18 +553,15 @@ def _future_done(future: Any, bundle: Bundle, start: float, count: Count | None,
 
 def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[..., Coroutine[Any, Any, Any]]) -> Body:
     """Body for a sync callable that may return an awaitable (a ``functools.wraps`` wrapper of a coroutine)."""
-    resolve, count, begin, classify = site.resolve, site.count, site.begin, site.error_type
+    resolve, count, begin, enter, classify = site.resolve, site.count, site.begin, site.enter, site.error_type
 
     def call(self: object, *args: object, **kwargs: object) -> object:
         resolved = _resolved(resolve, args, kwargs)
         if resolved is None:
             return func(*args, **kwargs)
         base, own = resolved
-        bundle, entered = base, None
-        if begin is not None:
-            bundle, pairs = _begun(begin, base, own)
-            if pairs:
-                entered = _enter(pairs)
+        bundle = base if begin is None else begin(base)
+        entered = None if enter is None else enter(bundle, own)
         start = clock()
         try:
             result = func(*args, **kwargs)
@@ -595,7 +573,7 @@ def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[
                 _leave(entered)
         if inspect.iscoroutine(result):
             # Timed (and scoped again) while awaited, from the shared bundle.
-            return relay(_pending(result, base, own), count, begin, classify)
+            return relay(_pending(result, base, own), count, site)
         if isfuture(result):
             # A Future or Task is returned as it is; its outcome is recorded when it is done.
             try:
@@ -611,14 +589,14 @@ def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[
 
 def _generator_body(site: Site, func: Callable[..., Any], relay: Callable[..., Any]) -> Body:
     """Body for generator and async generator functions: ``relay`` times the iteration."""
-    resolve, count_item, begin, classify = site.resolve, site.count_item, site.begin, site.error_type
+    resolve, count_item = site.resolve, site.count_item
 
     def call(self: object, *args: object, **kwargs: object) -> object:
         resolved = _resolved(resolve, args, kwargs)
         if resolved is None:
             return func(*args, **kwargs)
         bundle, own = resolved
-        return relay(func(*args, **kwargs), bundle, own, count_item, classify, begin)
+        return relay(func(*args, **kwargs), bundle, own, count_item, site)
 
     return call
 

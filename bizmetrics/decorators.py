@@ -9,6 +9,7 @@ README ("Decorators") for the label, counting and outcome rules.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import Token
 from typing import Any, Protocol, TypeVar, cast, overload
 
 from . import _extract, _values
@@ -24,7 +25,7 @@ from ._families import (
     AgentCall,
     Bundle,
 )
-from ._instrument import Pairs, Site, Target, wrap
+from ._instrument import Site, Target, wrap
 from ._labels import Args, Bundles, Kwargs, Label, Signature, attribute, resolver
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .context import AGENT, AGENT_CALL, TENANT, WORKFLOW
@@ -122,21 +123,22 @@ _TENANT_LABEL = Label("tenant_id", paths=("tenant_id",), context=TENANT, fallbac
 # reads what the call was given, and the cap judges every inner record.
 
 
-def _connector_begin(bundle: Bundle, own: object) -> tuple[Bundle, Pairs | None]:
-    return bundle, None if own is None else ((TENANT, own),)
+def _enter_tenant(bundle: object, own: object) -> Token[object] | None:
+    """A connector call's scope: its own tenant, if it names one."""
+    return None if own is None else TENANT.set(own)
 
 
-def _workflow_begin(bundle: Bundle, own: object) -> tuple[Bundle, Pairs | None]:
+def _enter_workflow(bundle: Bundle, own: object) -> Token[object] | tuple[Token[object], ...]:
+    workflow = WORKFLOW.set(bundle.scope)
+    return workflow if own is None else (workflow, TENANT.set(own))
+
+
+def _enter_agent(call: AgentCall, own: object) -> tuple[Token[object], ...]:
+    """An agent call's scope: the agent (for tools), the call itself (for ``report_usage``), its own tenant."""
+    agent = AGENT.set(call.agent.scope)
     if own is None:
-        return bundle, ((WORKFLOW, bundle.scope),)
-    return bundle, ((WORKFLOW, bundle.scope), (TENANT, own))
-
-
-def _agent_begin(bundle: Bundle, own: object) -> tuple[Bundle, Pairs | None]:
-    call = AgentCall(bundle)  # type: ignore[arg-type]
-    if own is None:
-        return call, ((AGENT, bundle.scope), (AGENT_CALL, call))
-    return call, ((AGENT, bundle.scope), (AGENT_CALL, call), (TENANT, own))
+        return agent, AGENT_CALL.set(call)
+    return agent, AGENT_CALL.set(call), TENANT.set(own)
 
 
 def _connector_type(given: str | None) -> Label:
@@ -176,7 +178,7 @@ def instrument_connector_operation(
         family = CONNECTOR_OPERATION_FAMILY
         return Site(
             _resolver(family, target, _connector_type(connector_type), operation, _TENANT_LABEL),
-            begin=_connector_begin,
+            enter=_enter_tenant,
             error_type=error_type,
         )
 
@@ -217,7 +219,7 @@ def instrument_sync_operation(
             _resolver(SYNC_CALL_FAMILY, target, *labels),
             count=counter,
             count_item=None if count is None else counter,
-            begin=_connector_begin,
+            enter=_enter_tenant,
             error_type=error_type,
         )
 
@@ -244,7 +246,7 @@ def instrument_workflow(workflow_id: str | None = None, *, error_type: ErrorType
 
     def make_site(target: Target) -> Site:
         labels = (_own_id("workflow_id", workflow_id, target), _TENANT_LABEL)
-        return Site(_resolver(WORKFLOW_FAMILY, target, *labels), begin=_workflow_begin, error_type=error_type)
+        return Site(_resolver(WORKFLOW_FAMILY, target, *labels), enter=_enter_workflow, error_type=error_type)
 
     return _decorator(make_site)
 
@@ -309,7 +311,8 @@ def instrument_agent(
             _resolver(AGENT_FAMILY, target, *labels),
             count=counter,
             count_item=counter,
-            begin=_agent_begin,
+            begin=AgentCall,
+            enter=_enter_agent,
             error_type=error_type,
         )
 

@@ -14,9 +14,9 @@ from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from openai import APIStatusError
-from prometheus_client import REGISTRY
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseCompletedEvent
+from prometheus_client import REGISTRY
 from samples import make, run
 
 import bizmetrics
@@ -668,7 +668,7 @@ calls = st.lists(
 
 @given(calls=calls, shape=st.sampled_from(["anthropic", "responses", "chat"]))
 def test_a_stream_of_several_model_calls_adds_them_up_each_under_its_own_model(calls, shape):
-    """A tool loop in one stream: each call's tokens add up, under that call's model; cumulative reports replace only within a call."""
+    """A tool loop in one stream: each call adds up under its own model; cumulative reports replace within a call."""
     agent = unique("agent")
     items: list[Any] = []
     expected: dict[str, dict[str, float]] = {}

@@ -20,8 +20,9 @@ STRESS = textwrap.dedent(
     import faulthandler, gc, os, random, sys, threading
     faulthandler.dump_traceback_later(60, exit=True)
     mode = sys.argv[1]
+    import asyncio
     import bizmetrics
-    from bizmetrics import instrument_agent, instrument_connector_operation
+    from bizmetrics import instrument_agent, instrument_connector_operation, instrument_workflow, tenant_context
     from bizmetrics.metrics import CACHE_HITS, CONNECTOR_OPERATIONS
     from bizmetrics.multiprocess import registry
     from prometheus_client import generate_latest
@@ -39,6 +40,16 @@ STRESS = textwrap.dedent(
         def abandoned(self):
             yield 1
             yield 2
+
+    @instrument_workflow("flow")
+    def flow(tenant_id):
+        yield 1
+        yield 2
+
+    @instrument_agent("suspended_agent")
+    async def suspended(tenant_id):
+        await asyncio.sleep(0)
+        return 1
 
     @instrument_agent("stream_agent")
     def stream():
@@ -60,13 +71,20 @@ STRESS = textwrap.dedent(
             next(gen)
             agent = stream()
             next(agent)
-            box = [coro, gen, agent]
+            # Closed by the collector with two or three context variables set in their scope.
+            workflow = flow("own")
+            next(workflow)
+            started = suspended("own")
+            started.send(None)
+            box = [coro, gen, agent, workflow, started]
             box.append(box)  # a cycle: only the collector frees it
-            del coro, gen, agent, box
+            del coro, gen, agent, workflow, started, box
             made[index] += 1
-            # New series: of the metric the finalisers record into, and of another metric.
-            CONNECTOR_OPERATIONS.labels("stress", f"op{index}_{i}", "success", "t")
-            CACHE_HITS.labels(f"cache{index}_{i}").inc()
+            # New series, of the metric the finalisers record into and of another metric, while
+            # this thread updates its own context variables.
+            with tenant_context(f"t{i}"):
+                CONNECTOR_OPERATIONS.labels("stress", f"op{index}_{i}", "success", "t")
+                CACHE_HITS.labels(f"cache{index}_{i}").inc()
 
     threads = [threading.Thread(target=churn, args=(i,)) for i in range(THREADS)]
     for t in threads:
@@ -89,12 +107,13 @@ STRESS = textwrap.dedent(
           sample("connector_operations_total", 'operation="never_awaited"', 'status="cancelled"'),
           sample("connector_operations_total", 'operation="abandoned"', 'status="success"'),
           sample("agent_invocations_total", 'agent_id="stream_agent"', 'status="success"'),
-          sample("agent_token_usage_total", 'agent_id="stream_agent"', 'model="m"', 'token_type="input"'))
+          sample("agent_token_usage_total", 'agent_id="stream_agent"', 'model="m"', 'token_type="input"'),
+          sample("workflow_executions_total", 'workflow_id="flow"', 'status="success"', 'tenant_id="own"'))
     """
 )
 
 
-@pytest.mark.slow
+# Not marked slow: it runs on every supported CPython (about a second each when nothing hangs).
 @pytest.mark.parametrize("mode", ["single", "multiprocess"])
 def test_finalisers_recording_inside_prometheus_client_locks_never_hang_and_count_exactly(mode, tmp_path):
     """Cycles of never-awaited coroutines, abandoned generators and streams, collected inside ``labels()``."""
@@ -113,9 +132,9 @@ def test_finalisers_recording_inside_prometheus_client_locks_never_hang_and_coun
         cwd=tmp_path,
     )
     assert done.returncode == 0, f"watchdog tripped or the child failed:\n{done.stderr[-3000:]}"
-    total, cancelled, abandoned, streams, tokens = (float(x) for x in done.stdout.split())
+    total, cancelled, abandoned, streams, tokens, flows = (float(x) for x in done.stdout.split())
     assert total == 4500
-    assert (cancelled, abandoned, streams, tokens) == (total, total, total, 3 * total)
+    assert (cancelled, abandoned, streams, tokens, flows) == (total, total, total, 3 * total, total)
 
 
 def _cycle_of_never_awaited(connector: object, n: int) -> None:
