@@ -90,6 +90,7 @@ bizmetrics.record_connector_sync(connector_type="wp", resource_type="posts", rec
 bizmetrics.record_workflow_execution("wf", 1.0, False, "t", error_type="Boom")
 bizmetrics.record_agent_invocation("agent", 1.0, 10, True, "t")
 bizmetrics.record_api_request("GET", "/x", 200, 1.0)
+bizmetrics.report_usage({"input": 10, "output": 2}, model="gpt-4o")
 with bizmetrics.tenant_context("tenant_123"):
     pass
 
@@ -97,3 +98,4 @@ with bizmetrics.tenant_context("tenant_123"):
 Connector().get_posts(limit="many")  # type: ignore[arg-type]
 bad: str = step_one(1)  # type: ignore[assignment]
 bizmetrics.record_connector_operation("wp", "op", 1.0)  # type: ignore[call-arg]
+bizmetrics.report_usage({"input": 1}, "gpt-4o")  # type: ignore[call-arg]
