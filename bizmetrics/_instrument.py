@@ -496,8 +496,7 @@ async def _timed_async_generator(
             arg = yield item
         except GeneratorExit:
             # Closed by the collector (no loop to finalise it): leave the thread's context alone.
-            if enter is not None and not _deferred.collecting():
-                entered = enter(bundle, own)
+            entered = None if enter is None or _deferred.collecting() else enter(bundle, own)
             elapsed -= clock()
             try:
                 await agen.aclose()
