@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ops_helpers import batch_run, binary, free_port, get, pushgateway, wait
 from prometheus_client.parser import text_string_to_metric_families
+from strategies import grouping_values
 
 import bizmetrics
 from bizmetrics.batch import LAST_DURATION, LAST_RUN_SUCCESS, LAST_SUCCESS, PushError, batch_job, push_job_metrics
@@ -229,15 +230,6 @@ def test_grouping_keys_on_a_catalogue_label_or_with_a_non_text_value_add_up_acro
         assert records(gateway, job, "someone_else") is None
     else:
         assert records(gateway, job, "someone_else", **group) == 3.0
-
-
-#: Grouping key values of any type: prometheus_client puts their ``str()`` in the URL.
-grouping_values = st.one_of(
-    st.integers(),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.booleans(),
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=20),
-)
 
 
 @pytest.mark.slow
