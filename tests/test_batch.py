@@ -468,3 +468,17 @@ def test_bad_retries_and_backoff_fall_back_to_the_defaults_with_a_warning(caplog
     assert "retries=-1 is not a number >= 0; using 3" in caplog.text
     assert "attempt 4 of 4" in caplog.text
     assert "backoff=nan is not a number >= 0; using 0.5" in caplog.text
+
+
+def test_a_spool_dir_that_cannot_be_used_is_said_and_the_push_goes_on(gateway, tmp_path, caplog):
+    """``spool_dir`` names a file, not a directory: a warning, and the push works without a spool."""
+    job, tenant = unique("job"), unique("t")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    bizmetrics.record_connector_sync("wordpress", "posts", 4, tenant)
+    with caplog.at_level(logging.WARNING, logger="bizmetrics"):
+        with batch_job(gateway, job, spool_dir=not_a_dir, grouping_key={"tenant_id": tenant}) as run:
+            pass
+    assert (run.pushed, run.spooled) == (True, False)
+    assert f"spool directory {not_a_dir} is not usable" in caplog.text
+    assert records(gateway, job, tenant) == 4.0
