@@ -39,6 +39,7 @@ from bizmetrics import (
     instrument_workflow,
     instrument_workflow_step,
 )
+from bizmetrics.metrics import NAMESPACE
 from bizmetrics.wsgi import MetricsMiddleware, metrics_app
 
 TENANTS = ("tenant_123", "tenant_456", "tenant_789")
@@ -344,10 +345,12 @@ async def _one_round(round_no: int, host: str, port: int) -> None:
 
 
 def _total(metric: str, **match: str) -> float:
+    """The sum of the samples of ``metric`` (a catalogue name, without the namespace) that match ``match``."""
+    name = f"{NAMESPACE}_{metric}" if NAMESPACE else metric
     total = 0.0
     for family in REGISTRY.collect():
         for sample in family.samples:
-            if sample.name == metric and all(sample.labels.get(k) == v for k, v in match.items()):
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in match.items()):
                 total += sample.value
     return total
 

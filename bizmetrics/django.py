@@ -3,7 +3,7 @@
 Importing this module imports nothing from Django; the middleware reads its
 settings when Django creates it::
 
-    MIDDLEWARE = ["bizmetrics.django.MetricsMiddleware", ...]  # first, to time the others too
+    MIDDLEWARE = ["bizmetrics.django.MetricsMiddleware", ...]  # first: the others run in the tenant's scope
     BIZMETRICS_TENANT = "X-Tenant-ID"  # or a callable taking the request
     BIZMETRICS_EXCLUDE = [...]  # default: bizmetrics.asgi.DEFAULT_EXCLUDE
     BIZMETRICS_UNMATCHED = "__unmatched__"
@@ -11,9 +11,10 @@ settings when Django creates it::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+import sys
+from collections.abc import Awaitable, Callable
 from time import perf_counter_ns
+from types import FrameType
 from typing import Any
 
 from . import _http, _log
@@ -37,6 +38,23 @@ def route_template(request: Any) -> str | None:
     return "/" + route.removeprefix("^")
 
 
+class _Request:
+    """One request, from the handler's start to Django closing its response; kept on the request."""
+
+    __slots__ = ("entered", "start", "tenant", "trace")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        #: Whether the middleware itself was reached (then it read the tenant and trace).
+        self.entered = False
+        self.tenant: object = None
+        self.trace: dict[str, str] | None = None
+
+
+#: The attribute of a Django request that holds its ``_Request``.
+_STATE = "_bizmetrics_request"
+
+
 class MetricsMiddleware:
     """Record every HTTP request of a Django project in the ``api_*`` metrics.
 
@@ -46,6 +64,12 @@ class MetricsMiddleware:
     response, after its body (streaming ones included) was sent; an exception
     that escapes the handler is recorded as status 500 and re-raised.
     Works in WSGI and ASGI (async) projects.
+
+    Wherever it stands in ``MIDDLEWARE``, it records the response Django
+    sends, once per request: it also wraps the handler that built the
+    middleware chain, so responses that outer middlewares return or replace
+    are counted with their status.  Its position decides where the request's
+    tenant and trace are set: the middlewares before it run outside them.
 
     .. versionadded:: 0.2.0
     """
@@ -64,6 +88,12 @@ class MetricsMiddleware:
         self.header, self.tenant = _http.tenant_source(getattr(settings, "BIZMETRICS_TENANT", None), str)
         self.exclude = _http.exclusions(getattr(settings, "BIZMETRICS_EXCLUDE", None))
         self.unmatched: str = getattr(settings, "BIZMETRICS_UNMATCHED", UNMATCHED)
+        try:
+            handler = _loading_handler()
+            if handler is not None:
+                _wrap_handler(handler, self)
+        except Exception:  # then it records what it sees from where it stands
+            _log.internal_error("django middleware setup")
 
     def _tenant_of(self, request: Any) -> object:
         if self.header is not None:
@@ -72,37 +102,80 @@ class MetricsMiddleware:
             return _http.call_tenant(self.tenant, request)
         return None
 
-    def _finish(self, request: Any, status: int, start: int, tenant: object, trace: dict[str, str] | None) -> None:
+    def _enter(self, request: Any, state: _Request) -> _http.RequestScope:
+        """Read the request's tenant and trace here, where the middleware stands, and scope them."""
+        state.entered = True
+        state.tenant = self._tenant_of(request)
+        state.trace = _http.trace_of(request.headers.get("traceparent"))
+        return _http.RequestScope(state.tenant, state.trace)
+
+    def _template(self, request: Any, status: int) -> str:
+        template = route_template(request)
+        if template is None and status != 404:
+            # The view was never reached: an outer middleware answered before URL resolution.
+            template = _resolve(request)
+        return template or self.unmatched
+
+    def _finish(self, request: Any, status: int, state: _Request) -> None:
         try:
-            template = route_template(request) or self.unmatched
+            template = self._template(request, status)
             if not _http.excluded(template, self.exclude):
-                with _http.RequestScope(tenant, trace):
-                    _http.record(request.method, template, status, start, perf_counter_ns(), tenant)
+                with _http.RequestScope(state.tenant, state.trace):
+                    _http.record(request.method, template, status, state.start, perf_counter_ns(), state.tenant)
         except Exception:
             _log.internal_error("django middleware")
 
-    def _on_close(self, request: Any, response: Any, start: int, tenant: object, trace: dict[str, str] | None) -> None:
+    def _on_close(self, request: Any, response: Any, state: _Request) -> None:
         status = getattr(response, "status_code", 0)
         if getattr(response, "streaming", False):
-            _stream_in_scope(response, tenant, trace)
+            _stream_in_scope(response, state.tenant, state.trace)
         closers = getattr(response, "_resource_closers", None)
         if isinstance(closers, list):
             # Django closes the response after the server sent its body.
-            closers.append(lambda: self._finish(request, status, start, tenant, trace))
+            closers.append(lambda: self._finish(request, status, state))
         else:
-            self._finish(request, status, start, tenant, trace)
+            self._finish(request, status, state)
 
-    @contextmanager
-    def _handling(self, request: Any) -> Iterator[Callable[[Any], None]]:
-        start = perf_counter_ns()
-        tenant = self._tenant_of(request)
-        trace = _http.trace_of(request.headers.get("traceparent"))
-        with _http.RequestScope(tenant, trace):
-            try:
-                yield lambda response: self._on_close(request, response, start, tenant, trace)
-            except BaseException:
-                self._finish(request, 500, start, tenant, trace)
-                raise
+    def _begin(self, request: Any) -> _Request:
+        state = _Request(perf_counter_ns())
+        setattr(request, _STATE, state)
+        return state
+
+    def _answered(self, request: Any, response: Any, state: _Request) -> None:
+        """The response Django sends: record it when Django closes it."""
+        try:
+            if not state.entered:  # an outer middleware answered: read the tenant and trace now
+                state.tenant = self._tenant_of(request)
+                state.trace = _http.trace_of(request.headers.get("traceparent"))
+            self._on_close(request, response, state)
+        except Exception:
+            _log.internal_error("django middleware")
+
+    def _handle(self, get_response: Callable[[Any], Any], request: Any) -> Any:
+        """Run Django's whole middleware chain for ``request``: what the wrapped handler does."""
+        if request.path_info in self.exclude:
+            return get_response(request)
+        state = self._begin(request)
+        try:
+            response = get_response(request)
+        except BaseException:
+            self._finish(request, 500, state)
+            raise
+        self._answered(request, response, state)
+        return response
+
+    async def _ahandle(self, get_response: Callable[[Any], Awaitable[Any]], request: Any) -> Any:
+        """Run Django's whole middleware chain for ``request`` in an async project."""
+        if request.path_info in self.exclude:
+            return await get_response(request)
+        state = self._begin(request)
+        try:
+            response = await get_response(request)
+        except BaseException:
+            self._finish(request, 500, state)
+            raise
+        self._answered(request, response, state)
+        return response
 
     def __call__(self, request: Any) -> Any:
         """Handle one request."""
@@ -110,20 +183,80 @@ class MetricsMiddleware:
             return self.__acall__(request)
         if request.path_info in self.exclude:
             return self.get_response(request)
-        with self._handling(request) as done:
-            response = self.get_response(request)
-            done(response)
-        return response
+        state = getattr(request, _STATE, None)
+        if state is None:  # not behind a handler it wraps (built by hand): it is the outermost point itself
+            return self._handle(self.__call__, request)
+        if state.entered:
+            return self.get_response(request)
+        with self._enter(request, state):
+            return self.get_response(request)
 
     async def __acall__(self, request: Any) -> Any:
         """Handle one request in an async project."""
         get_response: Callable[[Any], Awaitable[Any]] = self.get_response
         if request.path_info in self.exclude:
             return await get_response(request)
-        with self._handling(request) as done:
-            response = await get_response(request)
-            done(response)
-        return response
+        state = getattr(request, _STATE, None)
+        if state is None:
+            return await self._ahandle(self.__acall__, request)
+        if state.entered:
+            return await get_response(request)
+        with self._enter(request, state):
+            return await get_response(request)
+
+
+def _loading_handler() -> Any:
+    """The Django handler whose ``load_middleware()`` is creating the middleware, or ``None``.
+
+    Django gives a middleware only the rest of the chain; the responses of
+    the middlewares before it are seen only by the handler that called
+    ``load_middleware()``, so the middleware finds it among its callers.
+    """
+    from django.core.handlers.base import BaseHandler  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(8):  # __init__ of subclasses of the middleware in between
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "load_middleware":
+            handler = frame.f_locals.get("self")
+            if isinstance(handler, BaseHandler):
+                return handler
+        frame = frame.f_back
+    return None
+
+
+def _wrap_handler(handler: Any, middleware: MetricsMiddleware) -> None:
+    """Make ``handler`` run each request through ``middleware._handle``, around the whole middleware chain.
+
+    Only this handler's own ``get_response`` and ``get_response_async`` are
+    replaced (no Django class is patched); a handler that loads its
+    middleware again is wrapped again around the same originals.
+    """
+    original = handler.__dict__.get("_bizmetrics_original")
+    if original is None:
+        original = handler.__dict__["_bizmetrics_original"] = (handler.get_response, handler.get_response_async)
+    get_response, get_response_async = original
+
+    def wrapped(request: Any) -> Any:
+        return middleware._handle(get_response, request)
+
+    async def wrapped_async(request: Any) -> Any:
+        return await middleware._ahandle(get_response_async, request)
+
+    handler.get_response = wrapped
+    handler.get_response_async = wrapped_async
+
+
+def _resolve(request: Any) -> str | None:
+    """The route pattern ``request``'s path matches (for a request answered before URL resolution), or ``None``."""
+    try:
+        from django.urls import resolve  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+        route = getattr(resolve(request.path_info, getattr(request, "urlconf", None)), "route", None)
+    except Exception:  # Resolver404, or a broken URLconf: the view could not have run either
+        return None
+    return "/" + route.removeprefix("^") if isinstance(route, str) else None
 
 
 def _stream_in_scope(response: Any, tenant: object, trace: dict[str, str] | None) -> None:

@@ -51,3 +51,11 @@ outcomes = st.one_of(
 
 #: The four kinds of callable the decorators handle.
 kinds = st.sampled_from(["sync", "coroutine", "generator", "async generator"])
+
+#: Grouping key values of a batch job, of any type: prometheus_client puts their ``str()`` in the URL.
+grouping_values = st.one_of(
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=20),
+)

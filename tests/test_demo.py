@@ -176,3 +176,45 @@ def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for f in text_string_to_metric_families(text)
         for s in f.samples
     }
+
+
+#: The demo, run in a process whose catalogue is namespaced; prints its last line, then the exposition.
+NAMESPACED_RUN = """
+import io, sys
+from prometheus_client import generate_latest
+from bizmetrics import demo
+out = io.StringIO()
+assert demo.run(port=0, duration=float(sys.argv[1]), seed=1, out=out) == 0
+print(out.getvalue().splitlines()[-1])
+print(generate_latest().decode())
+"""
+
+
+def test_demo_summary_counts_the_namespaced_metrics(tmp_path):
+    """With ``BIZMETRICS_NAMESPACE`` set, the demo's closing summary is the sum of what it exposes, not zeros."""
+    import os
+
+    env = {**os.environ, "BIZMETRICS_NAMESPACE": "acme"}
+    done = subprocess.run(
+        [sys.executable, "-c", NAMESPACED_RUN, "0.5"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    last, exposition = done.stdout.split("\n", 1)
+    samples = [s for f in text_string_to_metric_families(exposition) for s in f.samples]
+    assert samples and all(s.name.startswith(("acme_", "bizmetrics_", "python_", "process_")) for s in samples)
+
+    def total(name: str, **match: str) -> int:
+        found = [s.value for s in samples if s.name == f"acme_{name}" and match.items() <= s.labels.items()]
+        return round(sum(found))
+
+    expected = (
+        f"connector ops {total('connector_operations_total')} "
+        f"(errors {total('connector_operations_total', status='error')}), "
+        f"records {total('connector_sync_records_total')}, "
+        f"workflows {total('workflow_executions_total')}, "
+        f"agent calls {total('agent_invocations_total')}, "
+        f"tokens {total('agent_tokens_used_total')}, "
+        f"api requests {total('api_requests_total')}"
+    )
+    assert last.endswith(expected), (last, expected)
+    assert all(int(n) > 0 for n in re.findall(r"\d+", expected)), expected

@@ -99,6 +99,7 @@ def setup_module() -> None:
             LOGGING_CONFIG=None,
         )
         django.setup()
+    _register_helpers()
 
 
 def count(endpoint: str, tenant: str, status: str = "2xx", method: str = "GET") -> float:
@@ -209,3 +210,222 @@ def test_settings_tenant_callable_exclude_and_unmatched_label():
     middleware(factory.get("/skip", {"org": tenant})).close()
     assert count("none", tenant, "4xx") == 1
     assert count("__unmatched__", tenant, "4xx") == 0
+
+
+# --- Wherever it stands in MIDDLEWARE ---------------------------------------------------------------
+
+METRICS = "bizmetrics.django.MetricsMiddleware"
+SECURITY = "django.middleware.security.SecurityMiddleware"
+COMMON = "django.middleware.common.CommonMiddleware"
+
+
+class Conflict(Exception):
+    """A domain error that an outer middleware of the project turns into a 409."""
+
+
+def conflict(request: HttpRequest) -> HttpResponse:
+    raise Conflict("the deal changed meanwhile")
+
+
+class Gate:
+    """Answers 429 itself, before the rest of the chain, when ``X-Blocked`` is set (a rate limiter)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "X-Blocked" in request.headers:
+            return HttpResponse("slow down", status=429)
+        return self.get_response(request)
+
+
+class Rescue:
+    """Turns the ``Conflict`` escaping the inner chain into a 409 response."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return self.get_response(request)
+        except Conflict:
+            return HttpResponse("conflict", status=409)
+
+
+class Slow:
+    """Takes 7 ms of the (fake) clock before passing the request on."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        NOW[0] += 7_000_000
+        return self.get_response(request)
+
+
+class Org:
+    """Sets ``request.org`` from ``X-Org``, as an authentication middleware sets ``request.user``."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.org = request.headers.get("X-Org")  # type: ignore[attr-defined]
+        return self.get_response(request)
+
+
+def _register_helpers() -> None:
+    """Make the helper middlewares importable by Django, from the URLconf module."""
+    urls = sys.modules[URLS]
+    for helper in (Gate, Rescue, Slow, Org):
+        setattr(urls, helper.__name__, helper)
+    urls.urlpatterns.append(path("conflict/", conflict))  # type: ignore[attr-defined]
+
+
+def placed(others: list[str], position: int) -> list[str]:
+    """``others`` with the metrics middleware inserted at ``position``."""
+    return [*others[:position], METRICS, *others[position:]]
+
+
+def recorded(tenant: str) -> dict[tuple[str, str], float]:
+    """Every ``api_requests_total`` series of ``tenant``, by (endpoint, status), zeros left out."""
+    found: dict[tuple[str, str], float] = {}
+    for family in bizmetrics.metrics.API_REQUESTS.collect():
+        for s in family.samples:
+            if s.name.endswith("_total") and s.labels["tenant_id"] == tenant and s.value:
+                found[(s.labels["endpoint"], s.labels["status"])] = s.value
+    return found
+
+
+POSITIONS = pytest.mark.parametrize("position", [0, 1, 2], ids=["first", "middle", "last"])
+
+
+@POSITIONS
+def test_an_append_slash_redirect_of_common_middleware_is_recorded_once_wherever_it_stands(position):
+    """``/users/1`` without its slash: CommonMiddleware answers 301; one 3xx request is recorded, no 404."""
+    from django.test import override_settings
+
+    tenant = unique()
+    with override_settings(MIDDLEWARE=placed([SECURITY, COMMON], position), APPEND_SLASH=True):
+        answer = client().get("/users/1", headers={"X-Tenant-ID": tenant})
+    assert (answer.status_code, answer["Location"]) == (301, "/users/1/")
+    assert recorded(tenant) == {("__unmatched__", "3xx"): 1.0}
+
+
+@POSITIONS
+def test_a_response_an_outer_middleware_returns_itself_is_recorded_wherever_it_stands(position):
+    """A rate limiter answers 429 before the view: recorded once, under the route the path matches."""
+    from django.test import override_settings
+
+    tenant = unique()
+    with override_settings(MIDDLEWARE=placed([SECURITY, f"{URLS}.Gate"], position)):
+        c = client()
+        assert c.get("/users/3/", headers={"X-Tenant-ID": tenant, "X-Blocked": "1"}).status_code == 429
+        assert c.get("/users/4/", headers={"X-Tenant-ID": tenant}).status_code == 200
+        assert c.get("/wp-login.php", headers={"X-Tenant-ID": tenant, "X-Blocked": "1"}).status_code == 429
+    assert recorded(tenant) == {
+        ("/users/<int:user_id>/", "4xx"): 1.0,
+        ("/users/<int:user_id>/", "2xx"): 1.0,
+        ("__unmatched__", "4xx"): 1.0,
+    }
+    assert (
+        value("api_errors_total", method="GET", endpoint="/users/<int:user_id>/", status="4xx", tenant_id=tenant) == 1
+    )
+
+
+@POSITIONS
+def test_an_exception_an_outer_middleware_turns_into_a_response_is_recorded_with_that_response(position):
+    """The view raises, an outer middleware answers 409: one 4xx request is recorded, not a 5xx."""
+    from django.test import override_settings
+
+    tenant = unique()
+    with override_settings(MIDDLEWARE=placed([SECURITY, f"{URLS}.Rescue"], position), DEBUG_PROPAGATE_EXCEPTIONS=True):
+        answer = client().get("/conflict/", headers={"X-Tenant-ID": tenant})
+    assert answer.status_code == 409
+    assert recorded(tenant) == {("/conflict/", "4xx"): 1.0}
+
+
+@POSITIONS
+def test_the_async_handler_records_responses_outer_middlewares_return_wherever_it_stands(position):
+    """In an async project too: the 429 of an outer middleware and the 301 of CommonMiddleware, once each."""
+    from django.test import override_settings
+
+    tenant = unique()
+
+    async def main() -> list[int]:
+        c = AsyncClient()
+        blocked = await c.get("/async/users/1/", headers={"X-Tenant-ID": tenant, "X-Blocked": "1"})
+        redirected = await c.get("/async/users/2", headers={"X-Tenant-ID": tenant})
+        return [blocked.status_code, redirected.status_code]
+
+    with override_settings(MIDDLEWARE=placed([f"{URLS}.Gate", COMMON], position), APPEND_SLASH=True):
+        assert asyncio.run(main()) == [429, 301]
+    assert recorded(tenant) == {("/async/users/<int:user_id>/", "4xx"): 1.0, ("__unmatched__", "3xx"): 1.0}
+
+
+@POSITIONS
+def test_the_duration_covers_every_middleware_wherever_it_stands(position, monkeypatch: pytest.MonkeyPatch):
+    """A middleware that takes 7 ms, before or after this one: the request's duration is 7 ms either way."""
+    from django.test import override_settings
+
+    monkeypatch.setattr(bizmetrics.django, "perf_counter_ns", lambda: NOW[0])
+    tenant = unique()
+    before = value("api_request_duration_sum", method="GET", endpoint="/users/<int:user_id>/")
+    with override_settings(MIDDLEWARE=placed([f"{URLS}.Slow", SECURITY], position)):
+        assert client().get("/users/1/", headers={"X-Tenant-ID": tenant}).status_code == 200
+    assert recorded(tenant) == {("/users/<int:user_id>/", "2xx"): 1.0}
+    assert value("api_request_duration_sum", method="GET", endpoint="/users/<int:user_id>/") - before == 7.0
+
+
+@pytest.mark.parametrize(("position", "tenant_seen"), [(0, False), (1, True)], ids=["before-Org", "after-Org"])
+def test_a_tenant_callable_sees_what_the_middlewares_before_it_set(position, tenant_seen):
+    """Placed after the middleware that sets ``request.org``, the tenant callable and the view see it."""
+    from django.test import override_settings
+
+    org = unique()
+    with override_settings(
+        MIDDLEWARE=placed([f"{URLS}.Org"], position),
+        BIZMETRICS_TENANT=lambda request: getattr(request, "org", None),
+    ):
+        answer = client().get("/users/9/", headers={"X-Org": org})
+    assert answer.json()["tenant"] == (org if tenant_seen else None)
+    assert recorded(org) == ({("/users/<int:user_id>/", "2xx"): 1.0} if tenant_seen else {})
+
+
+def test_a_real_wsgi_server_records_what_outer_middlewares_answer():
+    """Django's own WSGI handler behind a real server on loopback, the middleware last: 301 and 429 recorded once."""
+    import http.client
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.test import override_settings
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    tenant = unique()
+    with override_settings(MIDDLEWARE=[COMMON, f"{URLS}.Gate", METRICS], APPEND_SLASH=True, ALLOWED_HOSTS=["*"]):
+        server = make_server("127.0.0.1", 0, WSGIHandler(), handler_class=Quiet)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            statuses = []
+            for path_, blocked in (("/users/1", False), ("/users/2/", True), ("/users/3/", False)):
+                conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+                headers = {"X-Tenant-ID": tenant, **({"X-Blocked": "1"} if blocked else {})}
+                conn.request("GET", path_, headers=headers)
+                answer = conn.getresponse()
+                answer.read()
+                statuses.append(answer.status)
+                conn.close()
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert statuses == [301, 429, 200]
+    assert recorded(tenant) == {
+        ("__unmatched__", "3xx"): 1.0,
+        ("/users/<int:user_id>/", "4xx"): 1.0,
+        ("/users/<int:user_id>/", "2xx"): 1.0,
+    }
