@@ -6,6 +6,7 @@ record with the ``record_*`` helpers or the ``instrument_*`` decorators.
 
 from __future__ import annotations
 
+from ._server import start_http_server
 from ._tenants import OVERFLOW_TENANT, limit_tenants
 from ._trace import parse_traceparent, set_exemplar_provider, trace_context
 from .context import current_tenant, current_workflow, tenant_context, workflow_context
@@ -70,6 +71,7 @@ __all__ = [
     "record_workflow_step",
     "set_db_pool_size",
     "set_exemplar_provider",
+    "start_http_server",
     "tenant_context",
     "trace_context",
     "workflow_context",

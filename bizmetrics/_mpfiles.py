@@ -1,0 +1,330 @@
+"""The files of multiprocess mode: each worker's, read and merged, and the archive of dead workers.
+
+prometheus_client has every worker write ``{kind}_{pid}.db`` and every scrape
+read every file any worker ever wrote: with gunicorn recycling its workers,
+thousands of dead workers' files make each scrape slower while its output
+stays the same.  bizmetrics names a worker's files by its *identity*, pid
+and process start time (``counter_4242-987654.db``), and merges the files of
+workers that are gone into one archive, ``bizmetrics-archive.json``:
+
+- a file is dead when no process has its pid with its start time (a zombie is
+  dead): a new process that reuses the pid has another start time, writes
+  other files, and never has its data merged while it runs;
+- a compaction holds an exclusive ``flock`` on ``bizmetrics.lock`` and every
+  scrape a shared one, so no scrape sees half a compaction;
+- the archive is written to a temporary file and renamed over the old one:
+  the rename is the commit.  The archive lists the files it absorbed; they
+  are deleted after the rename, skipped by every reader until then, and
+  deleted by the next compaction if a ``kill -9`` came first.  A compaction
+  killed before its rename leaves the old archive and every file in place.
+
+What a dead worker's file holds is merged by its kind as the scrape merges
+it: counters, histograms, summaries and ``sum`` gauges add up, ``min`` and
+``max`` gauges keep their extreme, ``mostrecent`` the latest, ``all`` one
+series per (old) pid; ``live*`` gauges of a dead worker are dropped, as
+``mark_process_dead`` drops them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+ARCHIVE = "bizmetrics-archive.json"
+LOCK = "bizmetrics.lock"
+#: A file named by a worker's identity: kind, pid, start time.
+OWN_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_(\d+)-(\d+)\.db\Z")
+_ADDED = frozenset(("counter", "histogram", "summary", "gauge_sum", "gauge_livesum"))
+_PER_PID = frozenset(("gauge_all", "gauge_liveall"))
+
+#: ``(metric_name, kind, sample_name, labels, pid)``, ``pid`` only for ``all`` gauges.
+Key = tuple[str, str, str, tuple[tuple[str, str], ...], str | None]
+
+
+def start_time(pid: int | str) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), or ``None`` if there is none alive.
+
+    A zombie (killed, not yet reaped) counts as gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
+
+
+def alive(pid: str, start: str) -> bool:
+    """Whether the worker ``pid`` started at ``start`` may still run (when unsure: yes)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell (a restricted /proc): never merge what may be live
+    if len(fields) < 20:
+        return True
+    return fields[0] not in (b"Z", b"X") and fields[19].decode() == start
+
+
+@contextmanager
+def locked(directory: str, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
+    """Hold the directory's lock (shared for a scrape, exclusive for a compaction); yield whether it is held."""
+    if fcntl is None:
+        yield not exclusive
+        return
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class Merged:
+    """Samples merged across files, by kind; what a scrape exposes and what the archive keeps."""
+
+    __slots__ = ("help", "values")
+
+    def __init__(self) -> None:
+        #: metric name -> (type, help text), in the order first seen.
+        self.help: dict[str, tuple[str, str]] = {}
+        #: Key -> [value, timestamp].
+        self.values: dict[Key, list[float]] = {}
+
+    def add(self, key: Key, help_text: str, value: float, timestamp: float) -> None:
+        """Merge one sample in, by the rule of its kind."""
+        metric_name, kind = key[0], key[1]
+        if metric_name not in self.help:
+            self.help[metric_name] = (kind.partition("_")[0], help_text)
+        found = self.values.get(key)
+        if found is None:
+            if kind.endswith("mostrecent") and not timestamp > 0:
+                return  # prometheus_client exposes only a timestamped value
+            self.values[key] = [value, timestamp]
+        elif kind in _ADDED:
+            found[0] += value
+        elif kind.endswith("max"):
+            if value > found[0]:
+                found[0] = value
+        elif kind.endswith("min"):
+            if value < found[0]:
+                found[0] = value
+        elif kind.endswith("mostrecent"):
+            if timestamp > found[1]:
+                found[0], found[1] = value, timestamp
+        else:  # all, liveall: one writer per pid, the later file wins
+            found[0], found[1] = value, timestamp
+
+    def read(self, path: str, kind: str, pid: str, cache: dict[str, Any]) -> None:
+        """Merge the samples of one worker's file in; a file that vanished is skipped."""
+        try:
+            entries = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
+        except FileNotFoundError:
+            return
+        per_pid = pid if kind in _PER_PID else None
+        for raw, value, timestamp, _ in entries:
+            parsed = cache.get(raw)
+            if parsed is None:
+                metric_name, name, labels, help_text = json.loads(raw)
+                parsed = cache[raw] = (metric_name, name, tuple(sorted(labels.items())), help_text)
+            metric_name, name, labels, help_text = parsed
+            self.add((metric_name, kind, name, labels, per_pid), help_text, value, timestamp)
+
+    def metrics(self) -> list[Metric]:
+        """The merged samples as prometheus_client's multiprocess collector exposes them."""
+        out: dict[str, Metric] = {}
+        buckets: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = {}
+        for metric_name, (typ, help_text) in self.help.items():
+            out[metric_name] = Metric(metric_name, help_text, typ)
+        for (metric_name, kind, name, labels, pid), (value, _) in self.values.items():
+            metric = out[metric_name]
+            if pid is not None:
+                metric.samples.append(Sample(name, dict((*labels, ("pid", pid))), value))
+                continue
+            if kind == "histogram":
+                le = next((v for k, v in labels if k == "le"), None)
+                if le is not None:
+                    without = tuple(p for p in labels if p[0] != "le")
+                    per = buckets.setdefault((metric_name, without), {})
+                    bound = float(le)
+                    per[bound] = per.get(bound, 0.0) + value
+                    continue
+            metric.samples.append(Sample(name, dict(labels), value))
+        for (metric_name, labels), per in buckets.items():
+            metric = out[metric_name]
+            acc = 0.0
+            for bound in sorted(per):
+                acc += per[bound]
+                metric.samples.append(
+                    Sample(metric_name + "_bucket", dict((*labels, ("le", floatToGoString(bound)))), acc)  # type: ignore[no-untyped-call]
+                )
+            metric.samples.append(Sample(metric_name + "_count", dict(labels), acc))
+        return list(out.values())
+
+    def dump(self) -> list[list[Any]]:
+        return [
+            [k[0], k[1], k[2], [list(p) for p in k[3]], k[4], self.help[k[0]][1], v[0], v[1]]
+            for k, v in self.values.items()
+        ]
+
+    def load(self, rows: Iterable[list[Any]]) -> None:
+        for metric_name, kind, name, labels, pid, help_text, value, timestamp in rows:
+            key = (metric_name, kind, name, tuple((str(a), str(b)) for a, b in labels), pid)
+            self.add(key, help_text, float(value), float(timestamp))
+
+
+class Archive:
+    """The committed archive: merged samples of dead workers, and the files it absorbed."""
+
+    __slots__ = ("absorbed", "extra", "rows")
+
+    def __init__(self, rows: list[list[Any]], absorbed: list[str], extra: dict[str, Any]) -> None:
+        self.rows = rows
+        self.absorbed = absorbed
+        #: What other parts keep about dead workers (exemplars, CPU seconds).
+        self.extra = extra
+
+    @classmethod
+    def read(cls, directory: str) -> Archive:
+        try:
+            with open(os.path.join(directory, ARCHIVE), "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            return cls([], [], {})
+        return cls(data["samples"], data["absorbed"], data.get("extra") or {})
+
+    def write(self, directory: str) -> None:
+        """Commit: write to a temporary file, then rename it over the archive."""
+        data = json.dumps({"version": 1, "absorbed": self.absorbed, "samples": self.rows, "extra": self.extra})
+        fd, tmp = tempfile.mkstemp(prefix=ARCHIVE + ".", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(directory, ARCHIVE))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
+def kind_and_pid(name: str) -> tuple[str, str] | None:
+    """The kind (``counter``, ``gauge_max``...) and pid label of a ``.db`` file, as prometheus_client reads it."""
+    if not name.endswith(".db"):
+        return None
+    match = OWN_FILE.match(name)
+    if match:
+        return match.group(1), match.group(2)
+    parts = name[:-3].split("_")
+    if parts[0] == "gauge" and len(parts) >= 3:
+        return "gauge_" + parts[1], parts[2]
+    if len(parts) >= 2:
+        return parts[0], parts[1]
+    return None
+
+
+def unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def compact(directory: str, blocking: bool = True, limit: int | None = None) -> list[str]:
+    """Merge the files of dead workers into the archive; return the files absorbed.
+
+    ``blocking=False`` gives up at once when a scrape or another compaction
+    holds the lock; ``limit`` bounds the files absorbed in one go.
+    """
+    with locked(directory, exclusive=True, blocking=blocking) as held:
+        if not held:
+            return []
+        archive = Archive.read(directory)
+        # Files a killed compaction committed but did not delete, and its temporary files.
+        for name in archive.absorbed:
+            unlink(os.path.join(directory, name))
+        names = os.listdir(directory)
+        for name in names:
+            if name.startswith(ARCHIVE + ".") and name.endswith(".tmp"):
+                unlink(os.path.join(directory, name))
+        dead: list[tuple[str, str, str]] = []
+        verdict: dict[tuple[str, str], bool] = {}
+        for name in names:
+            match = OWN_FILE.match(name)
+            if match is None:
+                continue
+            kind, pid, start = match.groups()
+            owner = (pid, start)
+            if owner not in verdict:
+                verdict[owner] = alive(pid, start)
+            if verdict[owner]:
+                continue
+            if kind.startswith("gauge_live"):
+                unlink(os.path.join(directory, name))  # what mark_process_dead does
+            else:
+                dead.append((name, kind, pid))
+        if not dead:
+            return []
+        dead.sort()
+        if limit is not None:
+            dead = dead[:limit]
+        merged = Merged()
+        merged.load(archive.rows)
+        cache: dict[str, Any] = {}
+        for name, kind, pid in dead:
+            merged.read(os.path.join(directory, name), kind, pid, cache)
+        absorbed = [name for name, _, _ in dead]
+        extra = absorb_extra(directory, archive.extra, [(pid, name) for name, _, pid in dead])
+        Archive(merged.dump(), absorbed, extra).write(directory)
+        for name in absorbed:
+            unlink(os.path.join(directory, name))
+        return absorbed
+
+
+def absorb_extra(directory: str, extra: dict[str, Any], dead: list[tuple[str, str]]) -> dict[str, Any]:
+    """What the archive keeps besides samples (see ``_mpextra``); unchanged by default."""
+    return extra
+
+
+def collect(directory: str) -> list[Metric]:
+    """Every worker's samples, merged: the archive and the files it has not absorbed."""
+    with locked(directory, exclusive=False):
+        archive = Archive.read(directory)
+        skip = set(archive.absorbed)
+        merged = Merged()
+        merged.load(archive.rows)
+        cache: dict[str, Any] = {}
+        for name in sorted(os.listdir(directory)):
+            if name in skip:
+                continue
+            found = kind_and_pid(name)
+            if found is not None:
+                merged.read(os.path.join(directory, name), found[0], found[1], cache)
+    return merged.metrics()
