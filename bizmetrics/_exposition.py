@@ -51,8 +51,8 @@ _text_generate: Callable[..., bytes] = exposition.generate_latest
 _INF = math.inf
 _LEGACY_METRIC = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LEGACY_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-#: Escaping schemes under which legacy names are written unchanged (``dots`` rewrites ``_``).
-_PLAIN_ESCAPINGS = frozenset(("underscores", "allow-utf-8", "values"))
+#: Escaping schemes under which legacy names are written unchanged (``dots`` and ``values`` rewrite them).
+_PLAIN_ESCAPINGS = frozenset(("underscores", "allow-utf-8"))
 
 
 class _Unsupported(Exception):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -145,6 +146,8 @@ class Merged:
             entries = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
         except FileNotFoundError:
             return
+        except struct.error:
+            return  # a file its new worker has created but not sized yet: nothing in it
         per_pid = pid if kind in _PER_PID else None
         for raw, value, timestamp, _ in entries:
             parsed = cache.get(raw)
