@@ -270,10 +270,12 @@ def compact(directory: str, blocking: bool = True, limit: int | None = None) -> 
         if not held:
             return []
         archive = Archive.read(directory)
+        names = os.listdir(directory)
+        present = set(names)
         # Files a killed compaction committed but did not delete, and its temporary files.
         for name in archive.absorbed:
-            unlink(os.path.join(directory, name))
-        names = os.listdir(directory)
+            if name in present:
+                unlink(os.path.join(directory, name))
         for name in names:
             if name.startswith(ARCHIVE + ".") and name.endswith(".tmp"):
                 unlink(os.path.join(directory, name))
@@ -308,6 +310,8 @@ def compact(directory: str, blocking: bool = True, limit: int | None = None) -> 
         Archive(merged.dump(), absorbed, extra).write(directory)
         for name in absorbed:
             unlink(os.path.join(directory, name))
+        # Deleted: the list goes, or every scrape would read it (a kill -9 before this leaves it, harmless).
+        Archive(merged.dump(), [], extra).write(directory)
         return absorbed
 
 
