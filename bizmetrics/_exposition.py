@@ -440,6 +440,11 @@ def self_test() -> bool:
 
 def _check() -> bool:
     global FAST
+    if values.ValueClass is not values.MutexValue:
+        # Multiprocess mode: the sample registry's values would be files every worker's scrape reads,
+        # and no value is in process memory for this renderer to read.
+        FAST = False
+        return False
     FAST = True
     started = time.perf_counter()
     ok = self_test()

@@ -38,7 +38,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
 try:
@@ -50,6 +50,8 @@ ARCHIVE = "bizmetrics-archive.json"
 LOCK = "bizmetrics.lock"
 #: A file named by a worker's identity: kind, pid, start time.
 OWN_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_(\d+)-(\d+)\.db\Z")
+#: A worker's exemplars (``_mpworker``).
+EXEMPLAR_FILE = re.compile(r"(exemplars)_(\d+)-(\d+)\.json\Z")
 _ADDED = frozenset(("counter", "histogram", "summary", "gauge_sum", "gauge_livesum"))
 _PER_PID = frozenset(("gauge_all", "gauge_liveall"))
 
@@ -157,8 +159,9 @@ class Merged:
             metric_name, name, labels, help_text = parsed
             self.add((metric_name, kind, name, labels, per_pid), help_text, value, timestamp)
 
-    def metrics(self) -> list[Metric]:
-        """The merged samples as prometheus_client's multiprocess collector exposes them."""
+    def metrics(self, exemplars: dict[tuple[str, tuple[tuple[str, str], ...]], Exemplar] | None = None) -> list[Metric]:
+        """The merged samples as prometheus_client's multiprocess collector exposes them, with ``exemplars``."""
+        exemplars = exemplars or {}
         out: dict[str, Metric] = {}
         buckets: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = {}
         for metric_name, (typ, help_text) in self.help.items():
@@ -176,15 +179,17 @@ class Merged:
                     bound = float(le)
                     per[bound] = per.get(bound, 0.0) + value
                     continue
-            metric.samples.append(Sample(name, dict(labels), value))
+            found = exemplars.get((name, labels)) if kind == "counter" and name.endswith("_total") else None
+            metric.samples.append(Sample(name, dict(labels), value, None, found))
         for (metric_name, labels), per in buckets.items():
             metric = out[metric_name]
             acc = 0.0
             for bound in sorted(per):
                 acc += per[bound]
-                metric.samples.append(
-                    Sample(metric_name + "_bucket", dict((*labels, ("le", floatToGoString(bound)))), acc)  # type: ignore[no-untyped-call]
-                )
+                le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+                with_le = (*labels, ("le", le))
+                found = exemplars.get((metric_name + "_bucket", tuple(sorted(with_le)))) if exemplars else None
+                metric.samples.append(Sample(metric_name + "_bucket", dict(with_le), acc, None, found))
             metric.samples.append(Sample(metric_name + "_count", dict(labels), acc))
         return list(out.values())
 
@@ -282,7 +287,7 @@ def compact(directory: str, blocking: bool = True, limit: int | None = None) -> 
         dead: list[tuple[str, str, str]] = []
         verdict: dict[tuple[str, str], bool] = {}
         for name in names:
-            match = OWN_FILE.match(name)
+            match = OWN_FILE.match(name) or EXEMPLAR_FILE.match(name)
             if match is None:
                 continue
             kind, pid, start = match.groups()
@@ -302,11 +307,15 @@ def compact(directory: str, blocking: bool = True, limit: int | None = None) -> 
             dead = dead[:limit]
         merged = Merged()
         merged.load(archive.rows)
+        exemplars = Exemplars(archive.extra.get("exemplars"))
         cache: dict[str, Any] = {}
         for name, kind, pid in dead:
-            merged.read(os.path.join(directory, name), kind, pid, cache)
+            if kind == "exemplars":
+                exemplars.read(os.path.join(directory, name))
+            else:
+                merged.read(os.path.join(directory, name), kind, pid, cache)
         absorbed = [name for name, _, _ in dead]
-        extra = absorb_extra(directory, archive.extra, [(pid, name) for name, _, pid in dead])
+        extra = {**archive.extra, "exemplars": exemplars.latest}
         Archive(merged.dump(), absorbed, extra).write(directory)
         for name in absorbed:
             unlink(os.path.join(directory, name))
@@ -315,9 +324,40 @@ def compact(directory: str, blocking: bool = True, limit: int | None = None) -> 
         return absorbed
 
 
-def absorb_extra(directory: str, extra: dict[str, Any], dead: list[tuple[str, str]]) -> dict[str, Any]:
-    """What the archive keeps besides samples (see ``_mpextra``); unchanged by default."""
-    return extra
+class Exemplars:
+    """The latest exemplar of each series (keyed as in the value files) across workers."""
+
+    __slots__ = ("latest",)
+
+    def __init__(self, latest: dict[str, list[Any]] | None = None) -> None:
+        #: Series key -> [exemplar labels, value, timestamp].
+        self.latest: dict[str, list[Any]] = dict(latest or {})
+
+    def add(self, found: dict[str, list[Any]]) -> None:
+        latest = self.latest
+        for key, entry in found.items():
+            current = latest.get(key)
+            if current is None or entry[2] > current[2]:
+                latest[key] = entry
+
+    def read(self, path: str) -> None:
+        """Merge in a worker's exemplar file (written whole by a rename: never half)."""
+        try:
+            with open(path, "rb") as f:
+                self.add(json.loads(f.read()))
+        except (FileNotFoundError, ValueError):
+            return
+
+    def by_sample(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], Exemplar]:
+        """The exemplars by exposed sample: name and sorted labels."""
+        out = {}
+        for key, (labels, value, timestamp) in self.latest.items():
+            try:
+                _, name, series, _ = json.loads(key)
+                out[(name, tuple(sorted(series.items())))] = Exemplar(labels, value, timestamp)
+            except (ValueError, TypeError, AttributeError):
+                continue
+        return out
 
 
 def collect(directory: str) -> list[Metric]:
@@ -327,6 +367,7 @@ def collect(directory: str) -> list[Metric]:
         skip = set(archive.absorbed)
         merged = Merged()
         merged.load(archive.rows)
+        exemplars = Exemplars(archive.extra.get("exemplars"))
         cache: dict[str, Any] = {}
         for name in sorted(os.listdir(directory)):
             if name in skip:
@@ -334,4 +375,6 @@ def collect(directory: str) -> list[Metric]:
             found = kind_and_pid(name)
             if found is not None:
                 merged.read(os.path.join(directory, name), found[0], found[1], cache)
-    return merged.metrics()
+            elif EXEMPLAR_FILE.match(name):
+                exemplars.read(os.path.join(directory, name))
+    return merged.metrics(exemplars.by_sample() if exemplars.latest else None)

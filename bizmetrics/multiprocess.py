@@ -76,6 +76,7 @@ class Collector:
         """Return the merged metrics of every worker, live and dead."""
         _deferred.drain()
         if _IDENTITY:
+            _touch()
             try:
                 _mpfiles.compact(self.directory, blocking=False, limit=COMPACT_PER_SCRAPE)
             except Exception:
@@ -219,13 +220,43 @@ def _install_identity() -> bool:
     if getattr(values.ValueClass, "_bizmetrics_identity", False):
         return True
     try:
-        value_class = values.MultiProcessValue(identity)  # type: ignore[no-untyped-call]
-        value_class._bizmetrics_identity = True
-        values.ValueClass = value_class
+        base: Any = values.MultiProcessValue(identity)  # type: ignore[no-untyped-call]
+
+        class WorkerValue(base):  # type: ignore[misc]
+            """prometheus_client's value, in files named by identity; writing one starts the worker thread."""
+
+            _bizmetrics_identity = True
+
+            def inc(self, amount: float) -> None:
+                _touch()
+                super().inc(amount)
+
+            def set(self, value: float, timestamp: float | None = None) -> None:
+                _touch()
+                super().set(value, timestamp)
+
+        values.ValueClass = WorkerValue
     except Exception:
         _log.internal_error("naming multiprocess files by worker identity")
         return False
     return True
+
+
+_worker: list[int] = [0]
+
+
+def _touch() -> None:
+    """Start this process's worker thread (exemplars, process metrics) if it does not run yet."""
+    if _worker[0] != os.getpid():
+        _worker[0] = os.getpid()
+        directory = _directory()
+        if directory:
+            from . import _mpworker
+
+            try:
+                _mpworker.start(directory, identity)
+            except Exception:
+                _log.internal_error("starting the worker thread")
 
 
 #: Whether this process names its files by identity, so dead workers' files can be merged.
