@@ -228,19 +228,28 @@ class Archive:
     def write(self, directory: str) -> None:
         """Commit: write to a temporary file, then rename it over the archive."""
         data = json.dumps({"version": 1, "absorbed": self.absorbed, "samples": self.rows, "extra": self.extra})
-        fd, tmp = tempfile.mkstemp(prefix=ARCHIVE + ".", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data)
+        replace_file(directory, ARCHIVE, data, durable=True)
+
+
+def replace_file(directory: str, name: str, data: str, durable: bool = False) -> None:
+    """Replace ``directory/name`` by ``data`` at once: readers see the old file or the new one, never half.
+
+    The temporary file is ``.{name}.*.tmp``: a compaction deletes what a killed writer left.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            if durable:
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(directory, ARCHIVE))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def kind_and_pid(name: str) -> tuple[str, str] | None:
@@ -282,8 +291,11 @@ def compact(directory: str, blocking: bool = True, limit: int | None = None) -> 
             if name in present:
                 unlink(os.path.join(directory, name))
         for name in names:
-            if name.startswith(ARCHIVE + ".") and name.endswith(".tmp"):
-                unlink(os.path.join(directory, name))
+            if name.endswith(".tmp") and name.startswith("."):
+                # What a killed writer left: the archive's (we hold the lock), or a dead worker's exemplars.
+                writer = EXEMPLAR_FILE.match(name[1:].rpartition(".json.")[0] + ".json")
+                if name.startswith(f".{ARCHIVE}.") or (writer and not alive(writer.group(2), writer.group(3))):
+                    unlink(os.path.join(directory, name))
         dead: list[tuple[str, str, str]] = []
         verdict: dict[tuple[str, str], bool] = {}
         for name in names:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import tempfile
 import threading
 import time
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 # First: it names this process's files by identity before the metrics below create theirs.
-from . import _log, multiprocess  # noqa: F401
+from . import _log, _mpfiles, multiprocess  # noqa: F401
 
 #: Seconds between two writes of a worker's exemplars and process metrics.
 INTERVAL = 1.0
@@ -61,17 +60,7 @@ def flush() -> None:
         return
     _dirty = False
     data = json.dumps({key: [labels, value, ts] for key, (labels, value, ts) in list(_store.items())})
-    fd, tmp = tempfile.mkstemp(prefix=".exemplars.", suffix=".tmp", dir=_directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(_directory, f"exemplars_{_identity()}.json"))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _mpfiles.replace_file(_directory, f"exemplars_{_identity()}.json", data)
 
 
 # --- Process metrics ---------------------------------------------------------------------
@@ -82,27 +71,40 @@ def flush() -> None:
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-WORKER_RSS = Gauge(
-    "process_worker_resident_memory_bytes",
-    "Resident memory of each live worker in bytes",
-    registry=None,
-    multiprocess_mode="liveall",
-)
-WORKER_FDS = Gauge(
-    "process_worker_open_fds", "Open file descriptors of each live worker", registry=None, multiprocess_mode="liveall"
-)
-RSS = Gauge(
-    "process_resident_memory_bytes",
-    "Resident memory of all live workers in bytes",
-    registry=None,
-    multiprocess_mode="livesum",
-)
-FDS = Gauge("process_open_fds", "Open file descriptors of all live workers", registry=None, multiprocess_mode="livesum")
-CPU = Counter(
-    "process_cpu_seconds",
-    "User and system CPU time spent by all workers, live and dead, in seconds",
-    registry=None,
-)
+
+class _Metrics:
+    """The process metrics, created with the thread (their files need the directory)."""
+
+    def __init__(self) -> None:
+        self.worker_rss = Gauge(
+            "process_worker_resident_memory_bytes",
+            "Resident memory of each live worker in bytes",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+        self.worker_fds = Gauge(
+            "process_worker_open_fds",
+            "Open file descriptors of each live worker",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+        self.rss = Gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of all live workers in bytes",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self.fds = Gauge(
+            "process_open_fds", "Open file descriptors of all live workers", registry=None, multiprocess_mode="livesum"
+        )
+        self.cpu = Counter(
+            "process_cpu_seconds",
+            "User and system CPU time spent by all workers, live and dead, in seconds",
+            registry=None,
+        )
+
+
+_metrics: _Metrics | None = None
 _cpu_seen = [0.0]
 
 
@@ -113,12 +115,15 @@ def _sample_process() -> None:
     with open("/proc/self/statm", "rb") as f:
         rss = int(f.read().split()[1]) * _PAGE
     fds = len(os.listdir("/proc/self/fd"))
-    WORKER_RSS.set(rss)
-    RSS.set(rss)
-    WORKER_FDS.set(fds)
-    FDS.set(fds)
+    global _metrics
+    if _metrics is None:
+        _metrics = _Metrics()
+    _metrics.worker_rss.set(rss)
+    _metrics.rss.set(rss)
+    _metrics.worker_fds.set(fds)
+    _metrics.fds.set(fds)
     if cpu > _cpu_seen[0]:
-        CPU.inc(cpu - _cpu_seen[0])
+        _metrics.cpu.inc(cpu - _cpu_seen[0])
         _cpu_seen[0] = cpu
 
 
