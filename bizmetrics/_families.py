@@ -9,10 +9,12 @@ Two ways of recording, chosen per record:
 
 - the fast path (``_fastpath``): the cells of the whole record updated under
   the shared lock, taken once;
+- with a current trace and nothing else set (``_trace.TRACED_FAST``): the
+  fast path, each counted cell also given the trace as its exemplar;
 - the public path: prometheus_client's ``inc()`` / ``observe()``, with the
-  current trace's exemplar and the fixed test duration, when a trace is
-  current, an exemplar provider or fixed durations are set, or the fast path
-  is off (``_trace.ACTIVE``).
+  exemplar and the fixed test duration, when an exemplar provider or fixed
+  durations are set, or the fast path is off (``_trace.ACTIVE``); an exemplar
+  is still written into the cell (or the worker's store) directly.
 
 Creating a bundle also creates its ``error`` sibling at 0, so error ratios
 exist before the first failure.
