@@ -55,7 +55,10 @@ def test_label_names_checked_once_per_key_set_give_the_same_verdict_every_time(n
     """Plain label names (not ``__``) are taken, nothing prometheus_client refuses is, and the verdict never changes."""
     import re
 
-    from prometheus_client.validation import _validate_exemplar
+    try:
+        from prometheus_client.validation import _validate_exemplar
+    except ImportError:  # prometheus_client before 0.22
+        from prometheus_client.metrics import _validate_exemplar  # type: ignore[attr-defined,no-redef]
 
     labels = dict.fromkeys(names, "v")
     first = _trace.valid_exemplar(labels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import re
 import ssl
+from inspect import signature
 from typing import Any
 
 import pytest
@@ -39,7 +40,9 @@ def both(registry: Any) -> None:
     assert _exposition.FAST
     assert _exposition.generate_latest(registry) == pc_text(registry)
     assert _exposition.generate_latest_openmetrics(registry) == pc_openmetrics(registry)
-    for escaping in ("allow-utf-8", "underscores", "values", "dots"):
+    # prometheus_client before 0.22 has no escaping schemes.
+    escapings = ("allow-utf-8", "underscores", "values", "dots") if "escaping" in signature(pc_text).parameters else ()
+    for escaping in escapings:
         for om in (False, True):
             assert _exposition.render(registry, om, escaping) == _exposition._reference(registry, om, escaping)
 
@@ -179,14 +182,18 @@ def test_start_http_server_serves_what_prometheus_client_serves() -> None:
 
 
 def test_start_http_server_takes_prometheus_clients_arguments() -> None:
-    """Same parameters, same defaults, as the ``start_http_server`` of the installed prometheus_client."""
+    """The parameters and defaults of the installed prometheus_client's ``start_http_server``, in order.
+
+    Older prometheus_client versions lack the last ones (``tls_min_version``, ``tls_max_version``).
+    """
     import inspect
 
     import prometheus_client
 
     ours = inspect.signature(bizmetrics.start_http_server).parameters
     theirs = inspect.signature(prometheus_client.start_http_server).parameters
-    assert list(ours) == list(theirs)
+    assert list(ours)[: len(theirs)] == list(theirs)
+    assert list(ours) == list(theirs) or "tls_min_version" not in theirs
     for name, parameter in theirs.items():
         assert ours[name].default == parameter.default or (
             parameter.default is ssl.PROTOCOL_TLS_SERVER and ours[name].default is ssl.PROTOCOL_TLS_SERVER
