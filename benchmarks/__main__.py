@@ -28,6 +28,7 @@ TARGETS = {
     "coroutine method, success / hand-written": 0.40,
     "sync method, error / hand-written": 0.50,
     "coroutine method, error / hand-written": 0.50,
+    "trace current, + ns per record (exemplar on the counter and the histogram)": 300.0,
     "generator ns per item": 200.0,
     "async generator ns per item": 300.0,
     "generator of 10, success / hand-written": 1.0,
@@ -104,6 +105,11 @@ def summarize(cases: list[Case], per_round: dict[int, list[float]]) -> tuple[lis
         fixed = statistics.median(d0 - b0 for d0, b0 in zip(deco0, bare0, strict=True))
         return slope, fixed
 
+    def paired_difference(case: str, other: str) -> float:
+        """Median over rounds of ``case`` minus ``other`` (sync, success), ns per call."""
+        index = {c.name: i for i, c in enumerate(cases) if c.kind == "sync" and c.path == "success"}
+        return statistics.median(a - b for a, b in zip(per_round[index[case]], per_round[index[other]], strict=True))
+
     gen_item, gen_fixed = per_item("generator")
     agen_item, agen_fixed = per_item("async generator")
     measured = {
@@ -113,6 +119,9 @@ def summarize(cases: list[Case], per_round: dict[int, list[float]]) -> tuple[lis
         "coroutine method, error / hand-written": ratio("coroutine", "error"),
         "sync method, trace current / hand-written": next(
             r["ratio_to_hand"] for r in rows if r["case"] == "bizmetrics method, trace current"
+        ),
+        "trace current, + ns per record (exemplar on the counter and the histogram)": paired_difference(
+            "bizmetrics method, trace current", "bizmetrics method"
         ),
         "generator ns per item": gen_item,
         "async generator ns per item": agen_item,

@@ -218,22 +218,9 @@ def _observe(child: Any, ms: float | None, exemplar: dict[str, str] | None) -> N
 
 
 #: The last exemplar of a count of 1: ``(labels, its timestamp, the Exemplar)``, read and replaced whole.
+#: The records of one request share its trace: while under 10 ms old it serves them all, since
+#: building one ``Exemplar`` per count is most of what an exemplar costs.
 _last_count: tuple[Any, float, Any] = (None, 0.0, None)
-
-
-def _counted(exemplar: dict[str, str], now: float) -> Any:
-    """The exemplar of a count of 1 under ``exemplar``: the last one while it is under 10 ms old.
-
-    The records of one request share its trace: building one ``Exemplar``
-    for each count is most of what an exemplar costs.
-    """
-    global _last_count
-    labels, then, found = _last_count
-    if labels is exemplar and now - then < 0.01:
-        return found
-    found = _exemplar(Exemplar, (exemplar, 1, now))
-    _last_count = (exemplar, now, found)
-    return found
 
 
 def _traced(calls: Any, timed: Any, ms: float | None, exemplar: dict[str, str]) -> None:
@@ -241,25 +228,25 @@ def _traced(calls: Any, timed: Any, ms: float | None, exemplar: dict[str, str]) 
 
     ``calls`` may be ``None`` (a histogram alone), ``ms`` too (a count alone).
     """
+    global _last_count
     now = _now()
-    if ms is None:
-        found = _counted(exemplar, now)
-        with LOCK:
-            calls._value += 1
-            calls._exemplar = found
-        return
+    counted = None
+    if calls is not None:
+        labels, then, counted = _last_count
+        if labels is not exemplar or now - then >= 0.01:
+            counted = _exemplar(Exemplar, (exemplar, 1, now))
+            _last_count = (exemplar, now, counted)
+        if ms is None:
+            with LOCK:
+                calls._value += 1
+                calls._exemplar = counted
+            return
     bucket = timed.buckets[bisect_left(timed.bounds, ms)]
     observed = _exemplar(Exemplar, (exemplar, ms, now))
-    if calls is None:
-        with LOCK:
-            timed.sum._value += ms
-            bucket._value += 1
-            bucket._exemplar = observed
-        return
-    counted = _counted(exemplar, now)
     with LOCK:
-        calls._value += 1
-        calls._exemplar = counted
+        if counted is not None:
+            calls._value += 1
+            calls._exemplar = counted
         timed.sum._value += ms
         bucket._value += 1
         bucket._exemplar = observed
