@@ -28,6 +28,7 @@ TARGETS = {
     "coroutine method, success / hand-written": 0.40,
     "sync method, error / hand-written": 0.50,
     "coroutine method, error / hand-written": 0.50,
+    "trace current, + ns per record (exemplar on the counter and the histogram)": 300.0,
     "generator ns per item": 200.0,
     "async generator ns per item": 300.0,
     "generator of 10, success / hand-written": 1.0,
@@ -104,6 +105,11 @@ def summarize(cases: list[Case], per_round: dict[int, list[float]]) -> tuple[lis
         fixed = statistics.median(d0 - b0 for d0, b0 in zip(deco0, bare0, strict=True))
         return slope, fixed
 
+    def paired_difference(case: str, other: str) -> float:
+        """Median over rounds of ``case`` minus ``other`` (sync, success), ns per call."""
+        index = {c.name: i for i, c in enumerate(cases) if c.kind == "sync" and c.path == "success"}
+        return statistics.median(a - b for a, b in zip(per_round[index[case]], per_round[index[other]], strict=True))
+
     gen_item, gen_fixed = per_item("generator")
     agen_item, agen_fixed = per_item("async generator")
     measured = {
@@ -113,6 +119,9 @@ def summarize(cases: list[Case], per_round: dict[int, list[float]]) -> tuple[lis
         "coroutine method, error / hand-written": ratio("coroutine", "error"),
         "sync method, trace current / hand-written": next(
             r["ratio_to_hand"] for r in rows if r["case"] == "bizmetrics method, trace current"
+        ),
+        "trace current, + ns per record (exemplar on the counter and the histogram)": paired_difference(
+            "bizmetrics method, trace current", "bizmetrics method"
         ),
         "generator ns per item": gen_item,
         "async generator ns per item": agen_item,
@@ -163,15 +172,38 @@ def print_report(rows: list[dict[str, Any]], measured: dict[str, float], scrape:
         print()
         print(
             f"{'tenants':>8} {'cap':>5} {'_created':>8} {'series':>8} {'lines':>8} {'scrape ms':>10} {'us/series':>10} "
-            f"{'RSS B/series':>12} {'text B/series':>13}"
+            f"{'RSS B/series':>12} {'text B/series':>13} {'bizmetrics ms':>13} {'us/series':>9} {'OM ms':>7} "
+            f"{'bizmetrics OM ms':>16} {'us/series':>9}"
         )
         for s in scrape:
             print(
                 f"{s['tenants']:>8} {s.get('cap', 'none'):>5} {'yes' if s['created'] else 'no':>8} "
                 f"{s['series']:>8} {s['lines']:>8} "
                 f"{s['scrape_ms']:>10.1f} {s['scrape_us_per_series']:>10.2f} {s['memory_bytes_per_series']:>12.0f} "
-                f"{s['exposition_bytes_per_series']:>13.0f}"
+                f"{s['exposition_bytes_per_series']:>13.0f} {s['bizmetrics_scrape_ms']:>13.1f} "
+                f"{s['bizmetrics_us_per_series']:>9.2f} {s['openmetrics_scrape_ms']:>7.1f} "
+                f"{s['bizmetrics_openmetrics_scrape_ms']:>16.1f} {s['bizmetrics_openmetrics_us_per_series']:>9.2f}"
             )
+
+
+def dead_worker_costs(counts: list[int]) -> list[dict[str, Any]]:
+    """Scrape time in multiprocess mode against dead workers, in a fresh process."""
+    if not counts:
+        return []
+    cmd = [sys.executable, "-m", "benchmarks.scrape", "--dead-workers", ",".join(map(str, counts))]
+    result: list[dict[str, Any]] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return result
+
+
+def print_dead_workers(rows: list[dict[str, Any]]) -> None:
+    print()
+    print(f"{'dead workers':>12} {'files':>6} {'prometheus_client ms':>20} ", end="")
+    print(f"{'bizmetrics ms':>13} {'first merge ms':>14}")
+    for r in rows:
+        print(
+            f"{r['dead_workers']:>12} {r['files_before']:>6} {r['prometheus_client_ms']:>20.1f} "
+            f"{r['bizmetrics_ms']:>13.1f} {r['first_compaction_ms']:>14.0f}"
+        )
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
@@ -210,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 21)
     calls = args.calls or (50 if args.quick else 4000)
-    sizes = [] if args.no_scrape else ([1000] if args.quick else [1000, 10_000, 50_000])
+    sizes = [] if args.no_scrape else ([1000] if args.quick else [1000, 2000, 10_000, 50_000])
 
     cases = all_cases()
     rows, measured = summarize(cases, sample(cases, rounds, calls))
     scrape = scrape_costs(sizes)
     print_report(rows, measured, scrape)
+    dead = dead_worker_costs([] if args.no_scrape else ([0, 100] if args.quick else [0, 300, 1000, 3000]))
+    if dead:
+        print_dead_workers(dead)
     http = None
     if not args.no_middleware:
         http = middleware.measure(rounds, 100 if args.quick else 2000)
@@ -236,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             report = {"meta": meta, "rows": rows, "measured": measured, "targets": TARGETS, "scrape": scrape}
             report["middleware"] = http
+            report["dead_workers"] = dead
             json.dump(report, f, indent=1)
     if args.plot:
         plot(rows, args.plot)

@@ -7,6 +7,7 @@ record with the ``record_*`` helpers or the ``instrument_*`` decorators.
 from __future__ import annotations
 
 from . import _deferred  # noqa: F401  # first: its drain collector must precede every metric of bizmetrics
+from ._server import start_http_server
 from ._tenants import OVERFLOW_TENANT, limit_tenants
 from ._trace import parse_traceparent, set_exemplar_provider, trace_context
 from .context import current_tenant, current_workflow, tenant_context, workflow_context
@@ -73,6 +74,7 @@ __all__ = [
     "report_usage",
     "set_db_pool_size",
     "set_exemplar_provider",
+    "start_http_server",
     "tenant_context",
     "trace_context",
     "workflow_context",

@@ -9,10 +9,12 @@ Two ways of recording, chosen per record:
 
 - the fast path (``_fastpath``): the cells of the whole record updated under
   the shared lock, taken once;
+- with a current trace and nothing else set (``_trace.TRACED_FAST``): the
+  fast path, each counted cell also given the trace as its exemplar;
 - the public path: prometheus_client's ``inc()`` / ``observe()``, with the
-  current trace's exemplar and the fixed test duration, when a trace is
-  current, an exemplar provider or fixed durations are set, or the fast path
-  is off (``_trace.ACTIVE``).
+  exemplar and the fixed test duration, when an exemplar provider or fixed
+  durations are set, or the fast path is off (``_trace.ACTIVE``); an exemplar
+  is still written into the cell (or the worker's store) directly.
 
 Creating a bundle also creates its ``error`` sibling at 0, so error ratios
 exist before the first failure.
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from time import time as _now
 from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.samples import Exemplar
 
-from . import _cache, _extract, _log, _tenants, _trace, _values
+from . import _cache, _extract, _log, _mpworker, _tenants, _trace, _values
 from ._fastpath import FAST_PATH, LOCK, Cell, Cells, cell
 from ._fastpath import add as add_to
 from ._values import DEFAULT_TENANT, UNKNOWN
@@ -160,33 +164,94 @@ def _error_label(error_type: object) -> str:
     return _values.label(error_type, "error_type")
 
 
-# --- The public path: exemplars and fixed durations ---------------------------------
+# --- Exemplars, and the public path -------------------------------------------------
 #
-# prometheus_client counts first and validates the exemplar after, so a
-# rejected exemplar has already been counted: never count again.
+# An exemplar's labels were checked once, when they became the current trace
+# (``_trace.valid_exemplar``): prometheus_client's ``inc(exemplar=)`` and
+# ``observe(exemplar=)`` would check them again on every call (a regex per
+# label name).  So the exemplar is written straight into the value cell
+# that was counted, as ``set_exemplar`` would; in multiprocess mode, where
+# prometheus_client drops exemplars, into the worker's shared store.
 
 _current_trace = _trace.current
+#: ``Exemplar(labels, value, timestamp)`` without the frame of its ``__new__``: half the cost.
+_exemplar = tuple.__new__
 
 
-def _public(record: Callable[..., None], amount: float, exemplar: dict[str, str] | None) -> None:
-    """``record(amount)`` (a child's ``inc`` or ``observe``), with the exemplar if there is one."""
-    if exemplar is None:
-        record(amount)
-        return
-    try:
-        record(amount, exemplar=exemplar)
-    except Exception:
-        _log.warn("exemplar:rejected", "bizmetrics: prometheus_client rejected an exemplar; dropped")
+def _keep(value: Any, exemplar: dict[str, str], amount: float) -> None:
+    """Give the value cell ``value`` (just counted by its owner's public method) its exemplar."""
+    if _trace.MULTIPROCESS:
+        _mpworker.keep(value, exemplar, amount)
+    else:
+        value.set_exemplar(Exemplar(exemplar, amount, _now()))
 
 
 def _inc(child: Any, exemplar: dict[str, str] | None, amount: float = 1) -> None:
-    _public(child.inc, amount, exemplar)
+    value = child._value
+    if exemplar is None:
+        child.inc(amount)
+    elif getattr(value, "_lock", None) is LOCK:
+        found = Exemplar(exemplar, amount, _now())
+        with LOCK:
+            value._value += amount
+            value._exemplar = found
+    else:
+        child.inc(amount)
+        _keep(value, exemplar, amount)
 
 
 def _observe(child: Any, ms: float | None, exemplar: dict[str, str] | None) -> None:
     ms = _trace.duration(ms)
-    if ms is not None:
-        _public(child.observe, ms, exemplar)
+    if ms is None:
+        return
+    if exemplar is None:
+        child.observe(ms)
+        return
+    bucket = child._buckets[bisect_left(child._upper_bounds, ms)]  # Histogram.observe's bucket
+    if getattr(bucket, "_lock", None) is LOCK:
+        found = Exemplar(exemplar, ms, _now())
+        with LOCK:
+            child._sum._value += ms
+            bucket._value += 1
+            bucket._exemplar = found
+    else:
+        child.observe(ms)
+        _keep(bucket, exemplar, ms)
+
+
+#: The last exemplar of a count of 1: ``(labels, its timestamp, the Exemplar)``, read and replaced whole.
+#: The records of one request share its trace: while under 10 ms old it serves them all, since
+#: building one ``Exemplar`` per count is most of what an exemplar costs.
+_last_count: tuple[Any, float, Any] = (None, 0.0, None)
+
+
+def _traced(calls: Any, timed: Any, ms: float | None, exemplar: dict[str, str]) -> None:
+    """The fast path with the current trace: count ``calls``, observe ``ms`` in ``timed``'s cells, both exemplified.
+
+    ``calls`` may be ``None`` (a histogram alone), ``ms`` too (a count alone).
+    """
+    global _last_count
+    now = _now()
+    counted = None
+    if calls is not None:
+        labels, then, counted = _last_count
+        if labels is not exemplar or now - then >= 0.01:
+            counted = _exemplar(Exemplar, (exemplar, 1, now))
+            _last_count = (exemplar, now, counted)
+        if ms is None:
+            with LOCK:
+                calls._value += 1
+                calls._exemplar = counted
+            return
+    bucket = timed.buckets[bisect_left(timed.bounds, ms)]
+    observed = _exemplar(Exemplar, (exemplar, ms, now))
+    with LOCK:
+        if counted is not None:
+            calls._value += 1
+            calls._exemplar = counted
+        timed.sum._value += ms
+        bucket._value += 1
+        bucket._exemplar = observed
 
 
 # --- Bundles --------------------------------------------------------------------------
@@ -228,7 +293,11 @@ class _Outcomes:
             self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
 
     def success(self, ms: float | None, amount: Any) -> None:
-        if _trace.ACTIVE or _current_trace() is not None:
+        trace = _current_trace()
+        if _trace.ACTIVE or trace is not None:
+            if trace is not None and _trace.TRACED_FAST:
+                _traced(self.ok, self, ms, trace)
+                return
             exemplar = _trace.exemplar()
             _inc(self.children[0], exemplar)
             _observe(self.children[2], ms, exemplar)
@@ -254,7 +323,12 @@ class _Outcomes:
         return found
 
     def failure(self, ms: float | None, error_type: object, amount: Any) -> None:
-        if _trace.ACTIVE or _current_trace() is not None:
+        trace = _current_trace()
+        if _trace.ACTIVE or trace is not None:
+            if trace is not None and _trace.TRACED_FAST:
+                add_to(self._error_cell(error_type), 1)
+                _traced(self.err, self, ms, trace)
+                return
             exemplar = _trace.exemplar()
             _inc(self.children[1], exemplar)
             _inc(self.ERRORS.labels(*self.key, _error_label(error_type), self.tenant), None)
@@ -419,7 +493,11 @@ class _Agent(_Outcomes):
     def first_item(self, ms: float) -> None:
         """Observe the time to the first item of a stream."""
         cells = self.ttft_cells
-        if cells is None or _trace.ACTIVE or _current_trace() is not None:
+        trace = _current_trace()
+        if cells is None or _trace.ACTIVE or trace is not None:
+            if cells is not None and trace is not None and _trace.TRACED_FAST:
+                _traced(None, cells, ms, trace)
+                return
             _observe(self.ttft, ms, _trace.exemplar())
             return
         index = bisect_left(cells.bounds, ms)
@@ -504,7 +582,12 @@ class _Timed:
             self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
 
     def success(self, ms: float | None, amount: Any) -> None:
-        if _trace.ACTIVE or _current_trace() is not None:
+        trace = _current_trace()
+        if _trace.ACTIVE or trace is not None:
+            if trace is not None and _trace.TRACED_FAST:
+                if ms is not None:
+                    _traced(None, self, ms, trace)
+                return
             _observe(self.child, ms, _trace.exemplar())
         elif ms is not None:
             index = bisect_left(self.bounds, ms)
@@ -579,7 +662,14 @@ class _Api:
         """Record one request answered with status class ``status``."""
         method, endpoint, tenant = self.labels
         failed = status in ("4xx", "5xx")
-        if _trace.ACTIVE or _current_trace() is not None:
+        trace = _current_trace()
+        if _trace.ACTIVE or trace is not None:
+            if trace is not None and _trace.TRACED_FAST:
+                requests = _keyed_cell(self.requests, API_REQUESTS, status, method, endpoint, status, tenant)
+                if failed:
+                    add_to(_keyed_cell(self.errors, API_ERRORS, status, method, endpoint, status, tenant), 1)
+                _traced(requests, self, ms, trace)
+                return
             exemplar = _trace.exemplar()
             _inc(API_REQUESTS.labels(method, endpoint, status, tenant), exemplar)
             if failed:

@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
-from prometheus_client import exposition
 from prometheus_client.registry import CollectorRegistry
 
-from . import _log, _trace, multiprocess
+from . import _deferred, _exposition, _log, _trace, multiprocess
 from ._families import API_FAMILY
 from ._trace import TRACE
 from .context import TENANT, tenant_or_current
@@ -126,14 +125,18 @@ def exposition_body(
     reg: CollectorRegistry | None, accept: str, accept_encoding: str, query: str, compress: bool
 ) -> tuple[bytes, list[tuple[str, str]]]:
     """Return the body and headers of one scrape, negotiated by ``Accept`` and ``Accept-Encoding``."""
+    _deferred.drain()
     if reg is None:
         reg = registry()
         if multiprocess.enabled():
             # uvicorn has no hook for a dead worker: its live gauges go at the next scrape.
             multiprocess.remove_dead_workers()
-    encoder, content_type = exposition.choose_encoder(accept)
+    encoder, content_type = _exposition.choose_encoder(accept)
     names = parse_qs(query).get("name[]")
-    target: Any = reg.restricted_registry(names) if names else reg
+    target: Any = reg
+    if names:
+        # prometheus_client's restricted registry finds no names in a multiprocess registry.
+        target = _exposition.Restricted(reg, names) if multiprocess.enabled() else reg.restricted_registry(names)
     body = encoder(target)
     headers = [("Content-Type", content_type)]
     if compress and "gzip" in accept_encoding:

@@ -26,6 +26,10 @@ current = TRACE.get
 #: True while every record must take prometheus_client's public API: an exemplar
 #: provider or fixed durations are set, or the fast path is off (see ``_fastpath``).
 ACTIVE = not FAST_PATH
+#: True while a record with a current trace takes the fast path, the trace written into the cells.
+TRACED_FAST = FAST_PATH
+#: Multiprocess mode: exemplars go to the worker's shared store (``_mpexemplars``).
+MULTIPROCESS = multiprocess_enabled()
 #: The duration every measurement takes under ``fixed_durations``, or ``None``.
 FIXED_MS: float | None = None
 _provider: Callable[[], dict[str, str] | None] | None = None
@@ -38,8 +42,26 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 
 
 def _refresh() -> None:
-    global ACTIVE
+    global ACTIVE, TRACED_FAST
     ACTIVE = _provider is not None or FIXED_MS is not None or not FAST_PATH
+    TRACED_FAST = FAST_PATH and FIXED_MS is None and _provider is None
+
+
+#: Key sets (label names, in order) already checked: the names are checked once per key set.
+_CHECKED_NAMES: dict[tuple[str, ...], bool] = {}
+
+
+def _names_ok(names: tuple[str, ...]) -> bool:
+    ok = _CHECKED_NAMES.get(names)
+    if ok is None:
+        ok = all(_LABEL_NAME.fullmatch(k) and not k.startswith("__") for k in names)
+        try:
+            "".join(names).encode("utf-8")
+        except UnicodeEncodeError:
+            ok = False
+        if len(_CHECKED_NAMES) < 1024:  # a provider inventing names must not grow it forever
+            _CHECKED_NAMES[names] = ok
+    return ok
 
 
 def valid_exemplar(labels: object) -> dict[str, str] | None:
@@ -58,16 +80,11 @@ def valid_exemplar(labels: object) -> dict[str, str] | None:
     runes = sum(len(k) + len(v) for k, v in clean.items())
     try:
         # Every character must survive UTF-8, or each scrape of the exemplar would fail.
-        "".join(clean).encode("utf-8")
         "".join(clean.values()).encode("utf-8")
         encodable = True
     except UnicodeEncodeError:
         encodable = False
-    if (
-        runes > MAX_EXEMPLAR_RUNES
-        or not encodable
-        or not all(_LABEL_NAME.fullmatch(k) and not k.startswith("__") for k in clean)
-    ):
+    if runes > MAX_EXEMPLAR_RUNES or not encodable or not _names_ok(tuple(clean)):
         _log.warn(
             "exemplar:long",
             "bizmetrics: exemplar %r is invalid or longer than %d characters; dropped",
@@ -87,20 +104,7 @@ def exemplar() -> dict[str, str] | None:
         except Exception:
             _log.internal_error("the exemplar provider")
             return None
-    if labels is not None and multiprocess_enabled():
-        global _warned_multiprocess
-        if not _warned_multiprocess:
-            _warned_multiprocess = True
-            _log.warn(
-                "exemplar:multiprocess",
-                "bizmetrics: exemplars are not supported in prometheus_client's multiprocess mode; "
-                "recording without them (this is said once)",
-            )
-        return None
     return labels
-
-
-_warned_multiprocess = False
 
 
 def duration(ms: float | None) -> float | None:

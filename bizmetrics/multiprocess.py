@@ -2,7 +2,10 @@
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is first
 imported, each worker writes its samples to files in that directory and one
-exposition endpoint sums them.  See README, "Several processes".
+exposition endpoint sums them.  On Linux, bizmetrics names each worker's files
+by its pid and start time and merges dead workers' files into one archive
+(``_mpfiles``), so a scrape costs the same after thousands of worker
+restarts.  See README, "Several processes".
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, values
 from prometheus_client import multiprocess as _mp
+from prometheus_client.metrics_core import Metric
 
-from . import _deferred, _log
+from . import _deferred, _log, _mpfiles
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -47,28 +51,94 @@ def check_import_order() -> bool:
     return True
 
 
+def _directory() -> str | None:
+    return os.environ.get(ENV) or os.environ.get(ENV.lower())
+
+
+#: Dead workers' files merged by one scrape at most (the rest at the next ones), to bound a scrape's time.
+COMPACT_PER_SCRAPE = 1000
+
+
+class Collector:
+    """Every worker's samples: the archive of dead workers and the files of the others, merged.
+
+    Each ``collect()`` first merges the files of dead workers into the archive
+    (when no other scrape or compaction holds the directory), then reads.
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        path = directory or _directory()
+        if not path or not os.path.isdir(path):
+            raise ValueError(f"{ENV} is not set or not a directory")
+        self.directory = path
+
+    def collect(self) -> list[Metric]:
+        """Return the merged metrics of every worker, live and dead."""
+        _deferred.drain()
+        if _IDENTITY:
+            _touch()
+            try:
+                _mpfiles.compact(self.directory, blocking=False, limit=COMPACT_PER_SCRAPE)
+            except Exception:
+                _log.internal_error("compacting dead workers' files")
+        return _mpfiles.collect(self.directory)
+
+
 def registry() -> CollectorRegistry:
     """Return the registry to expose: every worker's samples, or the default registry.
 
     In multiprocess mode, a fresh registry that collects the samples of every
-    worker (expose it, not the default registry, from exactly one endpoint);
-    otherwise prometheus_client's default registry, so one ``/metrics``
-    endpoint serves both modes.
+    worker, dead ones included (expose it, not the default registry, from
+    exactly one endpoint); otherwise prometheus_client's default registry,
+    so one ``/metrics`` endpoint serves both modes.
 
     .. versionchanged:: 0.2.0
        Returns the default registry instead of raising when multiprocess mode is off.
+    .. versionchanged:: 0.3.0
+       Reads dead workers' samples from the archive ``compact()`` writes.
     """
     if not enabled():
         return REGISTRY
     reg = CollectorRegistry()
-    reg.register(_deferred.DRAIN_COLLECTOR)  # this worker's deferred records reach its files first
-    _mp.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+    reg.register(Collector())
     return reg
+
+
+def compact(directory: str | None = None) -> int:
+    """Merge the files of dead workers into the directory's archive; return how many files it absorbed.
+
+    Every scrape of ``registry()`` does it (at most ``COMPACT_PER_SCRAPE``
+    files at a time, and only when no other scrape holds the directory), and
+    so does importing bizmetrics in a worker: call it yourself only to compact
+    at a time of your choosing.  Safe against pid reuse, concurrent scrapes
+    and a ``kill -9`` at any moment (see README, "Dead workers' files").
+    Linux only (it needs ``/proc``); 0 elsewhere.
+
+    .. versionadded:: 0.3.0
+    """
+    directory = directory or _directory()
+    if not _IDENTITY or not directory:
+        return 0
+    return len(_mpfiles.compact(directory))
 
 
 def mark_process_dead(pid: int) -> None:
     """Drop the live gauges of a dead worker (call it from gunicorn's ``child_exit``)."""
     _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    directory = _directory()
+    if directory:
+        _drop_dead_live_gauges(directory, glob.glob(os.path.join(glob.escape(directory), f"gauge_live*_{pid}-*.db")))
+
+
+def _drop_dead_live_gauges(directory: str, paths: list[str]) -> set[int]:
+    """Remove the live-gauge files among ``paths`` whose worker (pid and start time) is gone."""
+    gone = set()
+    for path in paths:
+        match = _mpfiles.OWN_FILE.match(os.path.basename(path))
+        if match and not _mpfiles.alive(match.group(2), match.group(3)):
+            _mpfiles.unlink(path)
+            gone.add(int(match.group(2)))
+    return gone
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -120,13 +190,86 @@ def remove_dead_workers(directory: str | None = None) -> list[int]:
             except OSError:
                 continue  # another worker removed it first
             dead.append(pid)
-    return dead
+    own = glob.glob(os.path.join(glob.escape(directory), "gauge_live*_*-*.db"))
+    return sorted(set(dead) | _drop_dead_live_gauges(directory, own))
+
+
+# --- Worker identity ------------------------------------------------------------------
+#
+# prometheus_client names a worker's files by its pid: a new worker that gets a
+# dead one's pid appends to its files, so they could never be merged safely.
+# Its value class takes the function that names them; bizmetrics gives it
+# "pid-start time", read once per process (again after a fork).
+
+_me: list[Any] = [0, ""]
+
+
+def identity() -> str:
+    """This process's identity in multiprocess file names: ``"{pid}-{start time}"``."""
+    pid = os.getpid()
+    if pid != _me[0]:
+        _me[1] = f"{pid}-{_mpfiles.start_time(pid)}"
+        _me[0] = pid
+    return str(_me[1])
+
+
+def _install_identity() -> bool:
+    """Name the files of value cells created from now on by identity; return whether it is done."""
+    if not enabled() or not _directory() or _mpfiles.start_time(os.getpid()) is None:
+        return False
+    if getattr(values.ValueClass, "_bizmetrics_identity", False):
+        return True
+    try:
+        base: Any = values.MultiProcessValue(identity)  # type: ignore[no-untyped-call]
+
+        class WorkerValue(base):  # type: ignore[misc]
+            """prometheus_client's value, in files named by identity; writing one starts the worker thread."""
+
+            _bizmetrics_identity = True
+
+            def inc(self, amount: float) -> None:
+                _touch()
+                super().inc(amount)
+
+            def set(self, value: float, timestamp: float | None = None) -> None:
+                _touch()
+                super().set(value, timestamp)
+
+        values.ValueClass = WorkerValue
+    except Exception:
+        _log.internal_error("naming multiprocess files by worker identity")
+        return False
+    return True
+
+
+_worker: list[int] = [0]
+
+
+def _touch() -> None:
+    """Start this process's worker thread (exemplars, process metrics) if it does not run yet."""
+    if _worker[0] != os.getpid():
+        _worker[0] = os.getpid()
+        directory = _directory()
+        if directory:
+            from . import _mpworker
+
+            try:
+                _mpworker.start(directory, identity)
+            except Exception:
+                _log.internal_error("starting the worker thread")
+
+
+#: Whether this process names its files by identity, so dead workers' files can be merged.
+_IDENTITY = _install_identity()
 
 
 def _clean_at_import() -> None:
     if enabled():
         try:
             removed = remove_dead_workers()
+            directory = _directory()
+            if _IDENTITY and directory and os.path.isdir(directory):
+                _mpfiles.compact(directory, blocking=False, limit=COMPACT_PER_SCRAPE)
         except Exception:
             _log.internal_error("remove_dead_workers")
         else:

@@ -370,27 +370,49 @@ def test_traceparent_parsing(header, expected):
 
 
 @pytest.mark.slow
-def test_multiprocess_mode_records_without_exemplars_and_warns_once(tmp_path):
-    """In multiprocess mode a trace gives no exemplar, one warning, and the records are kept."""
+def test_multiprocess_mode_keeps_the_latest_exemplar_of_each_series_across_workers(tmp_path):
+    """In multiprocess mode a trace gives exemplars: per series the latest of any worker, a dead one's included."""
     script = textwrap.dedent(
         """
-        import logging
-        logging.basicConfig()
+        import os, time
         import bizmetrics
-        from bizmetrics import _log
-        from bizmetrics.testing import capture
-        _log.LOG_INTERVAL = 0  # no rate limit: "once" must come from bizmetrics itself
-        with capture() as captured, bizmetrics.trace_context("abc"):
-            for _ in range(3):
-                bizmetrics.record_db_query("q", 1)
-        print(captured.delta("db_query_duration_count", operation="q"))
+        from bizmetrics import _mpworker, multiprocess
+        from prometheus_client.openmetrics.exposition import generate_latest
+
+        def worker(trace, query):
+            pid = os.fork()
+            if pid == 0:
+                with bizmetrics.trace_context(trace, "5pan"):
+                    bizmetrics.record_db_query(query, 3)
+                _mpworker.flush()
+                os._exit(0)
+            os.waitpid(pid, 0)
+
+        worker("dead1", "q")
+        time.sleep(0.01)
+        worker("dead2", "q")  # later: its exemplar replaces the first worker's
+        worker("dead3", "other")
+        with bizmetrics.trace_context("live", "5pan"):
+            bizmetrics.record_db_query("mine", 7)
+        _mpworker.flush()
+        print(generate_latest(multiprocess.registry()).decode())
         """
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "3.0"
-    assert out.stderr.count("exemplars are not supported") == 1
+    assert "bizmetrics" not in out.stderr  # no warning any more
+    lines = out.stdout.splitlines()
+
+    def bucket(operation, le):
+        prefix = f'db_query_duration_bucket{{le="{le}",operation="{operation}"}} '
+        return next(line[len(prefix) :] for line in lines if line.startswith(prefix))
+
+    assert bucket("q", "5.0") == '2.0 # {span_id="5pan",trace_id="dead2"} 3.0 ' + bucket("q", "5.0").rsplit(" ", 1)[1]
+    assert bucket("other", "5.0").startswith('1.0 # {span_id="5pan",trace_id="dead3"} 3.0 ')
+    assert bucket("mine", "10.0").startswith('1.0 # {span_id="5pan",trace_id="live"} 7.0 ')
+    assert " # " not in bucket("q", "1.0")  # no observation there: no exemplar
+    assert not list(tmp_path.glob("exemplars_*.json"))[3:]  # the dead workers' files were merged away
 
 
 # --- the middleware takes the trace from traceparent ------------------------------------------
