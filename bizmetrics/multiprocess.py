@@ -266,10 +266,9 @@ _IDENTITY = _install_identity()
 def _clean_at_import() -> None:
     if enabled():
         try:
+            # No merge here: only a scrape through ``registry()``, which reads the archive, merges, so
+            # a service that serves the directory with prometheus_client's own collector loses nothing.
             removed = remove_dead_workers()
-            directory = _directory()
-            if _IDENTITY and directory and os.path.isdir(directory):
-                _mpfiles.compact(directory, blocking=False, limit=COMPACT_PER_SCRAPE)
         except Exception:
             _log.internal_error("remove_dead_workers")
         else:
