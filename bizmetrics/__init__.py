@@ -21,6 +21,7 @@ from .decorators import (
     instrument_workflow,
     instrument_workflow_step,
 )
+from .helpers import track_tenant_latency
 from .metrics import (
     dec_db_pool_size,
     inc_db_pool_size,
@@ -72,5 +73,6 @@ __all__ = [
     "set_exemplar_provider",
     "tenant_context",
     "trace_context",
+    "track_tenant_latency",
     "workflow_context",
 ]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import unique
+from hypothesis import given
 from ops_helpers import (
     ASSETS,
     PROMTOOL_TESTS,
@@ -27,6 +28,7 @@ from ops_helpers import (
     all_variables,
     batch_run,
     binary,
+    burn_rate_spec,
     dashboard_targets,
     free_port,
     get,
@@ -36,6 +38,7 @@ from ops_helpers import (
     wait,
 )
 from ops_helpers import prometheus as start_prometheus
+from strategies import DURATION_UNITS, duration_like, durations, namespaces
 
 from bizmetrics import assets
 from bizmetrics.assets import dashboards
@@ -69,8 +72,8 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     """``promtool test rules``: each shipped alert fires on synthetic series, then resolves."""
     fired: set[str] = set()
     resolved: set[str] = set()
-    for name in PROMTOOL_TESTS:
-        spec = yaml.safe_load((HERE / "promtool" / name).read_text())
+    specs = [yaml.safe_load((HERE / "promtool" / name).read_text()) for name in PROMTOOL_TESTS]
+    for spec in [*specs, burn_rate_spec()]:
         for case in spec["tests"]:
             for check in case.get("alert_rule_test", []):
                 (fired if check["exp_alerts"] else resolved).add(check["alertname"])
@@ -81,6 +84,105 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     for name in PROMTOOL_TESTS:
         done = promtool_unit_tests(tmp_path, name)
         assert done.returncode == 0, done.stdout + done.stderr
+    done = promtool_unit_tests(tmp_path, "burn_rate_test.yml", spec=burn_rate_spec())
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- The alerts an on-call team can trust (promtool) ---------------------------------------
+
+
+def _without_guards(rendered: dict[str, str]) -> dict[str, str]:
+    """The rules without the batch-job exclusion (the volume guard is off with ``min_events=0``)."""
+    return {name: text.replace("unless on (job) batch_job_last_run_success", "") for name, text in rendered.items()}
+
+
+@pytest.mark.slow
+def test_nightly_one_failure_in_three_pages_nothing(tmp_path):
+    """A nightly batch job failing 1 tenant sync of 3 pages nothing; without the guards the same rules page."""
+    done = promtool_unit_tests(tmp_path, "slo_test.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    unguarded = promtool_unit_tests(tmp_path, "slo_test.yml", rendered=_without_guards(assets.render(min_events=0)))
+    assert unguarded.returncode != 0
+    out = unguarded.stdout + unguarded.stderr
+    assert 'count(count_over_time(ALERTS{job=\\"nightly_sync' in out, (
+        "the nightly case must be what fails without the guards"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("rule", "old", "new", "why"),
+    [
+        (
+            "BizmetricsApiTenantSLOBurnRateFast",
+            "job_tenant_id:bizmetrics_slo_errors:wilson_lower_rate6h",
+            "job_tenant_id:bizmetrics_slo_errors:ratio_rate6h",
+            "the raw ratio instead of the Wilson bound: modest's 1 failure in 60 pages",
+        ),
+        (
+            "BizmetricsApiTenantSLOBurnRateFast",
+            ">= on (job) group_left () job:bizmetrics_alert_min_events:count",
+            ">= on (job) group_left () (0 * job:bizmetrics_alert_min_events:count)",
+            "no volume guard: tiny's 2 failures in 3 page (the Wilson bound alone is 0.21)",
+        ),
+        (
+            "BizmetricsConnectorErrorRatioCritical",
+            "job:connector_operations_errors:ratio_rate5m > 0.25",
+            "job_connector_type:connector_operations_errors:ratio_rate5m > 0.25",
+            "a page per connector type instead of one per service",
+        ),
+        (
+            "BizmetricsApiLatencySLOBurnRateFast",
+            "> on (job, slo) (14.4",
+            "> on (job, slo) (34.4",
+            "a latency burn rate alert that cannot see a 20x burn",
+        ),
+    ],
+)
+def test_slo_promtool_unit_tests_catch_a_broken_rule(tmp_path, rule, old, new, why):
+    """slo_test.yml fails when a guard, the Wilson bound, the per-service aggregation or a burn rate is broken."""
+    done = promtool_unit_tests(tmp_path, "slo_test.yml", break_rule=(rule, old, new))
+    assert done.returncode != 0, why
+    assert "FAILED" in done.stdout + done.stderr, why
+
+
+@pytest.mark.slow
+def test_error_budget_remaining_reads_the_hand_computed_month(tmp_path):
+    """budget_test.yml: a scripted month leaves 0.8 of the API budget, -1 of the workflow budget, 0 on day 10."""
+    done = promtool_unit_tests(tmp_path, "budget_test.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The traffic-weighted ratio matters: averaging each hour's ratio instead reads 2/3, not 0.8.
+    unweighted = promtool_unit_tests(
+        tmp_path,
+        "budget_test.yml",
+        break_rule=(
+            "job:bizmetrics_slo_errors:ratio_rate30d",
+            'sum by (job, slo) (sum_over_time(job:bizmetrics_slo_errors:increase1h{slo="api"}[30d]))'
+            ' / sum by (job, slo) (sum_over_time(job:bizmetrics_slo_events:increase1h{slo="api"}[30d]))',
+            'sum by (job, slo) (avg_over_time(job:bizmetrics_slo_errors:ratio_rate1h{slo="api"}[30d]))',
+        ),
+    )
+    assert unweighted.returncode != 0
+    assert "FAILED" in unweighted.stdout + unweighted.stderr
+
+
+@pytest.mark.slow
+def test_per_job_latency_thresholds_in_promtool_unit_tests(tmp_path):
+    """--api-latency-threshold checkout=1000: 750 ms answers page billing (500 ms), not checkout."""
+    rendered = assets.render(latency_thresholds={"api_latency": {"checkout": 1000.0}})
+    done = promtool_unit_tests(tmp_path, "threshold_test.yml", rendered=rendered)
+    assert done.returncode == 0, done.stdout + done.stderr
+    same = promtool_unit_tests(tmp_path, "threshold_test.yml")
+    assert same.returncode != 0, "with one threshold for every job, checkout would page too"
+    assert "FAILED" in same.stdout + same.stderr
+
+
+@pytest.mark.slow
+def test_min_events_per_job_in_promtool_unit_tests(tmp_path):
+    """--min-events burning=1000000: the job that burns every SLO fast and slow alerts on nothing."""
+    rendered = assets.render(min_events={None: 50, "burning": 1_000_000})
+    done = promtool_unit_tests(tmp_path, "burn_rate_test.yml", rendered=rendered, spec=burn_rate_spec(paging_job=""))
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -159,6 +261,121 @@ def test_demo_exposition_passes_promtool_check_metrics():
 
 
 # --- export-assets and the dashboards ------------------------------------------------------
+
+#: Prometheus' own duration regex (prometheus/common model.ParseDuration), the reference.
+PROMETHEUS_DURATION = re.compile("".join(rf"(([0-9]+){unit})?" for unit, _ in DURATION_UNITS))
+
+
+@given(durations)
+def test_parse_duration_accepts_every_prometheus_duration(duration):
+    """Every duration of Prometheus' grammar parses to its value (``0s`` and ``1h30m`` included)."""
+    text, ms = duration
+    assert assets.parse_duration(text) == ms / 1000
+
+
+@given(duration_like)
+def test_parse_duration_accepts_exactly_what_prometheus_accepts(text):
+    """Any text of digits and unit letters is accepted iff Prometheus' regex matches it (``0`` alone too).
+
+    Like Prometheus, a duration past int64 nanoseconds (about 292 years) is refused too.
+    """
+    match = PROMETHEUS_DURATION.fullmatch(text) if text else None
+    if text == "0":
+        assert assets.parse_duration(text) == 0
+    elif match is None:
+        with pytest.raises(ValueError, match="is not a Prometheus duration"):
+            assets.parse_duration(text)
+    else:
+        numbers = match.groups()[1::2]
+        ms = sum(int(n) * unit_ms for n, (_, unit_ms) in zip(numbers, DURATION_UNITS, strict=True) if n)
+        if ms * 1_000_000 <= 2**63 - 1:
+            assert assets.parse_duration(text) == ms / 1000
+        else:
+            with pytest.raises(ValueError, match="longer than Prometheus can hold"):
+                assets.parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0s", 0), ("0", 0), ("1h30m", 5400), ("1y2w3d4h5m6s7ms", 33019506.007)])
+def test_parse_duration_examples(text, seconds):
+    """The issue's examples, and every unit at once."""
+    assert assets.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["30s2m", "1h1h", "", "1.5h", "h", "5", "-1s", "1 h", "1H"])
+def test_parse_duration_refuses_what_prometheus_refuses(text):
+    """Units out of order or repeated, fractions, bare numbers, signs and spaces are not durations."""
+    with pytest.raises(ValueError, match="is not a Prometheus duration"):
+        assets.parse_duration(text)
+
+
+@given(namespaces, namespaces)
+def test_namespaced_dashboard_uids_are_distinct_short_and_stable(first, second):
+    """Two namespaces give every dashboard two uids of at most 40 characters, the same each time."""
+    for name in dashboards.DASHBOARDS:
+        uid = json.loads(dashboards.render(dashboards.DASHBOARDS[name]))["uid"]
+        a, b = assets.namespaced_uid(uid, first), assets.namespaced_uid(uid, second)
+        assert len(a) <= 40 and len(b) <= 40
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", a), a  # what Grafana allows in a uid
+        assert a == assets.namespaced_uid(uid, first)
+        assert (a == b) == (first == second)
+
+
+def test_namespaced_dashboards_of_close_namespaces_do_not_collide():
+    """checkout_eu and checkout_us, whose uids used to be cut to the same 40 characters, get distinct uids."""
+    uids = {}
+    for namespace in ("checkout_eu", "checkout_us"):
+        files = assets.render(namespace=namespace)
+        uids[namespace] = {name: json.loads(files[name])["uid"] for name in files if name.startswith("grafana/")}
+    for name, uid in uids["checkout_eu"].items():
+        assert uid != uids["checkout_us"][name], name
+        assert len(uid) <= 40
+
+
+def test_shipped_slo_rules_match_their_description():
+    """The shipped slo_rules.yml is what ``bizmetrics.assets.slo`` builds (``python -m bizmetrics.assets.slo``)."""
+    from bizmetrics.assets import slo
+
+    assert ASSETS.joinpath("prometheus").joinpath("slo_rules.yml").read_text() == slo.build()
+
+
+def test_every_slo_has_its_objective_budget_and_alerts():
+    """Each of the eight SLOs has an objective, a 30-day budget, and fast (critical) and slow (ticket) alerts."""
+    from bizmetrics.assets import slo
+
+    assert list(slo.SLOS) == [
+        "connector", "api", "workflow", "agent", "api_latency", "connector_latency", "agent_latency", "agent_ttft",
+    ]  # fmt: skip
+    rules = all_rules()
+    for name, one in slo.SLOS.items():
+        recorded = {(r["record"], r.get("labels", {}).get("slo")) for r in rules if "record" in r}
+        assert ("job:bizmetrics_slo_objective:ratio", name) in recorded
+        assert ("job:bizmetrics_slo_error_budget_remaining:ratio", name) in recorded
+        assert (("job:bizmetrics_slo_latency_threshold:ms", name) in recorded) == one.latency
+        for speed, severity in (("Fast", "critical"), ("Slow", "ticket")):
+            names = [f"Bizmetrics{one.title}SLOBurnRate{speed}"]
+            if not one.latency:
+                names.append(f"Bizmetrics{one.title}TenantSLOBurnRate{speed}")
+            for alert in names:
+                rule = next(r for r in alerts() if r["alert"] == alert)
+                assert rule["labels"] == {"severity": severity, "slo": name}, alert
+                assert "job:bizmetrics_alert_min_events:count" in rule["expr"], alert
+                assert "unless on (job) batch_job_last_run_success" in rule["expr"], alert
+        tenant_alert = f"Bizmetrics{one.title}TenantSLOBurnRateFast"
+        if not one.latency:
+            assert "wilson_lower" in next(r for r in alerts() if r["alert"] == tenant_alert)["expr"]
+
+
+def test_every_page_is_about_a_service_and_every_ratio_alert_is_guarded():
+    """Critical alerts aggregate to job (tenant_id only on per-customer SLO alerts); every ratio alert has a guard."""
+    for rule in alerts():
+        expr = rule["expr"]
+        if "ratio_rate" in expr:
+            assert "job:bizmetrics_alert_min_events:count" in expr, rule["alert"]
+            assert "unless on (job) batch_job_last_run_success" in expr, rule["alert"]
+        if rule["labels"]["severity"] == "critical" and "ratio_rate" in expr:
+            detail = re.findall(r"\b(job_[a-z_]+):", expr)
+            allowed = {"job_tenant_id"} if "Tenant" in rule["alert"] else set()
+            assert set(detail) <= allowed, (rule["alert"], detail)
 
 
 def _files(directory: Path) -> list[str]:
@@ -426,6 +643,11 @@ def test_dashboards_say_which_panels_ignore_the_tenant():
             ("system-overview.json", "Batch jobs: time since last success"),
             ("system-overview.json", "Batch jobs: last run succeeded (1) or failed (0)"),
             ("system-overview.json", "Batch jobs: last run duration"),
+            ("slo-overview.json", "Error budget left (30 days)"),
+            ("slo-overview.json", "Burn rate (1 hour): 1 spends the budget in exactly 30 days"),
+            ("slo-overview.json", "Attainment (30 days) and objective"),
+            ("slo-overview.json", "Latency thresholds of the latency SLOs"),
+            ("slo-overview.json", "Events per hour, and the minimum an alert's window needs"),
         ]
     )
 

@@ -368,9 +368,7 @@ def render(
     for name, value in (("connector", connector_objective), ("api", api_objective)):
         if value is not None:
             every_objective[name] = value
-    texts["slo_rules.yml"] = slo.build(
-        objectives=every_objective, thresholds=latency_thresholds, min_events=min_events
-    )
+    texts["slo_rules.yml"] = slo.build(objectives=every_objective, thresholds=latency_thresholds, min_events=min_events)
     durations: dict[str, dict[str, str]] = {name: {} for name in RULE_FILES}
     for alert, duration in (for_durations or {}).items():
         holder = [name for name, text in texts.items() if f"- alert: {alert}\n" in text]

@@ -32,10 +32,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import DEFAULT_MIN_EVENTS
+
 __all__ = [
     "DEFAULT_MIN_EVENTS",
-    "SLOS",
     "SLO",
+    "SLOS",
     "build",
     "check_threshold",
     "main",
@@ -43,7 +45,6 @@ __all__ = [
 
 PROMETHEUS_DIR = Path(__file__).parent / "prometheus"
 
-from . import DEFAULT_MIN_EVENTS
 
 #: The windows the rules record: the burn-rate pairs' long and short windows.
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
@@ -73,9 +74,6 @@ BUDGET = "job:bizmetrics_slo_error_budget_remaining:ratio"
 TENANT_BUDGET = "job_tenant_id:bizmetrics_slo_error_budget_remaining:ratio"
 BATCH_JOBS = "batch_job_last_run_success"
 
-#: The metrics whose jobs get a minimum event count.
-_EVENT_METRICS = "connector_operations_total|api_requests_total|workflow_executions_total|agent_invocations_total"
-
 
 @dataclass(frozen=True)
 class SLO:
@@ -96,10 +94,17 @@ class SLO:
     threshold: float | None = None
     buckets: str = ""
     runbook: str = ""
+    #: Latency SLOs: the per-tenant histogram of the tenants ``track_tenant_latency`` names ("": none).
+    tenant_metric: str = ""
 
     @property
     def latency(self) -> bool:
         return self.threshold is not None
+
+    @property
+    def per_tenant(self) -> bool:
+        """Whether the SLO has a view per tenant: success SLOs always, latency SLOs of tracked tenants."""
+        return not self.latency or bool(self.tenant_metric)
 
 
 SLOS: dict[str, SLO] = {
@@ -153,6 +158,7 @@ SLOS: dict[str, SLO] = {
             0.99,
             threshold=500.0,
             buckets="API_BUCKETS",
+            tenant_metric="api_request_duration_by_tenant",
             runbook="job_method_endpoint:api_request_duration_ms:p95_5m names the slow endpoints; db_query_duration"
             " and the connector latency show a slow dependency.",
         ),
@@ -164,6 +170,7 @@ SLOS: dict[str, SLO] = {
             0.99,
             threshold=2500.0,
             buckets="CONNECTOR_BUCKETS",
+            tenant_metric="connector_operation_duration_by_tenant",
             runbook="job_connector_type_operation:connector_operation_duration_ms:p95_5m names the slow operations;"
             " check the remote service's status and rate limits.",
         ),
@@ -175,6 +182,7 @@ SLOS: dict[str, SLO] = {
             0.95,
             threshold=10000.0,
             buckets="AGENT_BUCKETS",
+            tenant_metric="agent_response_duration_by_tenant",
             runbook="job_agent_id:agent_response_duration_ms:p95_5m names the slow agents; check the model"
             " provider, prompt sizes (agent_tokens_used_total) and tool latency.",
         ),
@@ -192,8 +200,9 @@ SLOS: dict[str, SLO] = {
     )
 }
 
-#: The SLOs with a view per tenant (their counters carry ``tenant_id``).
-TENANT_SLOS = tuple(slo for slo in SLOS.values() if not slo.latency)
+#: The SLOs with a view per tenant: the success SLOs (their counters carry ``tenant_id``), and the
+#: latency SLOs of the tenants tracked with ``track_tenant_latency`` (their own histograms).
+TENANT_SLOS = tuple(slo for slo in SLOS.values() if slo.per_tenant)
 
 
 def _check_ratio(what: str, value: float) -> None:
@@ -236,14 +245,19 @@ def _le(bound: float) -> str:
     text = repr(float(bound))
     if text.endswith(".0"):
         return f'le=~"{text[:-2]}(\\\\.0)?"'
-    return f'le={_promql_string(text)}'
+    return f"le={_promql_string(text)}"
 
 
-def _per_job(default: float, overrides: Mapping[str, float], base: str) -> str:
+def _jobs(by_job: Mapping[str | None, float]) -> list[tuple[str, float]]:
+    """The per-job entries of ``by_job`` (its ``None`` key is the default), sorted."""
+    return sorted((job, value) for job, value in by_job.items() if job is not None)
+
+
+def _per_job(default: float, overrides: Mapping[str | None, float], base: str) -> str:
     """``default`` for every job of ``base`` (``group by (job) (...)``), but ``overrides`` for their jobs."""
     expr = f"{default!r} * group by (job) ({base})"
     parts = [
-        f'label_replace(vector({value!r}), "job", {_promql_string(job)}, "", "")' for job, value in sorted(overrides.items())
+        f'label_replace(vector({value!r}), "job", {_promql_string(job)}, "", "")' for job, value in _jobs(overrides)
     ]
     return " or ".join([*parts, expr])
 
@@ -257,24 +271,26 @@ def _increase(metric: str, window: str, by: str, *matchers: str) -> str:
     return f"sum by ({by}) (increase({metric}{_matchers(*matchers)}[{window}]))"
 
 
-def _good_latency(slo: SLO, window: str, by: str, thresholds: Mapping[str, float], default: float) -> str:
+def _metric(slo: SLO, by: str) -> str:
+    return slo.tenant_metric if slo.latency and "tenant_id" in by else slo.metric
+
+
+def _good_latency(slo: SLO, window: str, by: str, thresholds: Mapping[str | None, float], default: float) -> str:
     """Observations at or under the threshold: the bucket at the threshold, per job's threshold."""
-    bucket = f"{slo.metric}_bucket"
-    if not thresholds:
+    bucket = f"{_metric(slo, by)}_bucket"
+    jobs = _jobs(thresholds)
+    if not jobs:
         return _increase(bucket, window, by, _le(default))
-    others = "|".join(_regex_escape(job) for job in sorted(thresholds))
+    others = "|".join(_regex_escape(job) for job, _ in jobs)
     parts = [_increase(bucket, window, by, f"job!~{_promql_string(others)}", _le(default))]
-    parts += [
-        _increase(bucket, window, by, f"job={_promql_string(job)}", _le(value))
-        for job, value in sorted(thresholds.items())
-    ]
+    parts += [_increase(bucket, window, by, f"job={_promql_string(job)}", _le(value)) for job, value in jobs]
     return "(" + " or ".join(parts) + ")"
 
 
-def _counts(slo: SLO, window: str, by: str, thresholds: Mapping[str, float], default: float) -> tuple[str, str]:
+def _counts(slo: SLO, window: str, by: str, thresholds: Mapping[str | None, float], default: float) -> tuple[str, str]:
     """(events, bad events) of ``slo`` in ``window``, summed by ``by``."""
     if slo.latency:
-        events = _increase(f"{slo.metric}_count", window, by)
+        events = _increase(f"{_metric(slo, by)}_count", window, by)
         return events, f"{events} - {_good_latency(slo, window, by, thresholds, default)}"
     events = _increase(slo.metric, window, by)
     # A job (or tenant) that never failed has no bad series: count 0 for it, not nothing.
@@ -328,7 +344,8 @@ def _alert(slo: SLO, speed: str, tenant: bool) -> str:
     share1 = float(burn1) * _hours(long1) / (30 * 24)
     share2 = float(burn2) * _hours(long2) / (30 * 24)
     description = (
-        f"{slo.noun[0].upper()}{slo.noun[1:]} of {who} {bad} often enough to use {_percent(share1)} of a 30-day error budget"
+        f"{slo.noun[0].upper()}{slo.noun[1:]} of {who} {bad} often enough to use {_percent(share1)}"
+        " of a 30-day error budget"
         f" in {long1} (or {_percent(share2)} in {long2}), with at least the job's minimum number of events"
         " (job:bizmetrics_alert_min_events:count) in that window."
     )
@@ -393,22 +410,29 @@ def build(
             raise ValueError(f"the {name} SLO has no latency threshold; latency SLOs: {', '.join(_latency_names())}")
     for slo in SLOS.values():
         if slo.latency:
-            by_job = chosen_thresholds.get(slo.name, {})
-            for job, value in {None: by_job.get(None, slo.threshold), **by_job}.items():
-                check_threshold(slo, float(value), job)  # type: ignore[arg-type]
+            latency_by_job = chosen_thresholds.get(slo.name, {})
+            default = latency_by_job.get(None, slo.threshold or 0.0)
+            for job, value in {**latency_by_job, None: default}.items():
+                check_threshold(slo, float(value), job)
     events_by_job: dict[str | None, int] = (
-        dict(min_events) if isinstance(min_events, Mapping) else {None: DEFAULT_MIN_EVENTS if min_events is None else min_events}
+        dict(min_events)
+        if isinstance(min_events, Mapping)
+        else {None: DEFAULT_MIN_EVENTS if min_events is None else min_events}
     )
     for job, count in events_by_job.items():
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"the minimum number of events{f' of job {job!r}' if job else ''} must be a count, not {count!r}")
+            raise ValueError(
+                f"the minimum number of events{f' of job {job!r}' if job else ''} must be a count, not {count!r}"
+            )
 
     # One group per SLO, holding everything its budget and alerts read but the minimum event
     # counts: rules of one group run in order at one instant, while groups run independently
     # (a rule that reads another group's record may see its previous evaluation, or none).
     out = [_HEADER, "groups:\n", "  - name: bizmetrics-alert-settings\n", "    rules:\n"]
     default_events = events_by_job.pop(None, DEFAULT_MIN_EVENTS)
-    base_events = f'{{__name__=~"{_EVENT_METRICS}"}}'
+    # Every job with a metric an SLO reads gets a minimum.
+    counted = "|".join(f"{slo.metric}_count" if slo.latency else slo.metric for slo in SLOS.values())
+    base_events = f'{{__name__=~"{counted}"}}'
     out.append(_record(MIN_EVENTS, _yaml_quoted(_per_job(default_events, events_by_job, base_events))))
     for slo in SLOS.values():
         out.append(f"\n  - name: bizmetrics-slo-{slo.name.replace('_', '-')}\n    rules:\n")
@@ -436,7 +460,7 @@ def _slo_rules(slo: SLO, objectives: Mapping[str | None, float], thresholds: Map
     if slo.latency:
         rules.append(_record(THRESHOLD, _yaml_quoted(_per_job(threshold, per_job, base)), slo=name))
     levels = [("job", EVENTS, ERRORS, RATIO)]
-    if not slo.latency:
+    if slo.per_tenant:
         levels.append(("job, tenant_id", TENANT_EVENTS, TENANT_ERRORS, TENANT_RATIO))
     for by, events_name, errors_name, ratio_name in levels:
         for window in WINDOWS:
@@ -449,7 +473,7 @@ def _slo_rules(slo: SLO, objectives: Mapping[str | None, float], thresholds: Map
                 f"sum by ({by}, slo) ({events_name.format(w=window)}{sel})",
             )
             rules.append(_record(ratio_name.format(w=window), _yaml_quoted(f"{errors} / {events}"), slo=name))
-    if not slo.latency:
+    if slo.per_tenant:
         for window in ("1h", "6h", "1d", "3d"):
             errors, events = (
                 f"sum by (job, tenant_id, slo) ({TENANT_ERRORS.format(w=window)}{sel})",
@@ -473,7 +497,9 @@ def _slo_rules(slo: SLO, objectives: Mapping[str | None, float], thresholds: Map
         rules.append(
             _record(
                 budget,
-                _yaml_quoted(f"1 - sum by ({by}, slo) ({ratio30d}{sel}) / {join}sum by (job, slo) (1 - {OBJECTIVE}{sel})"),
+                _yaml_quoted(
+                    f"1 - sum by ({by}, slo) ({ratio30d}{sel}) / {join}sum by (job, slo) (1 - {OBJECTIVE}{sel})"
+                ),
                 slo=name,
             )
         )
@@ -496,7 +522,9 @@ def _by_job(values: Mapping[str, float | Mapping[str | None, float]], what: str)
         chosen[name] = {None: value} if isinstance(value, (int, float)) else dict(value)
         for job, number in chosen[name].items():
             if not isinstance(number, (int, float)) or not math.isfinite(number):
-                raise ValueError(f"the {name} {what}{f' of job {job!r}' if job else ''} must be a number, not {number!r}")
+                raise ValueError(
+                    f"the {name} {what}{f' of job {job!r}' if job else ''} must be a number, not {number!r}"
+                )
     return chosen
 
 
@@ -521,6 +549,7 @@ _HEADER = """\
 #   job (jobs that push batch_job_last_run_success: the batch alerts report them). Per tenant they
 #   judge the 95% Wilson score lower bound of the error ratio, not the raw ratio.
 """
+
 
 def main() -> int:
     """Write ``prometheus/slo_rules.yml`` from the descriptions above."""
