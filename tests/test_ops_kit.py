@@ -7,6 +7,7 @@ Every binary is required: a missing one fails these tests, it never skips them
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -667,7 +668,10 @@ class Stack(Prometheus):
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Prometheus scraping the demo (job "bizmetrics") and a Pushgateway every second, with the shipped rules."""
+    """Prometheus scraping the demo (job "bizmetrics") and a Pushgateway every second, with the shipped rules.
+
+    The demo names tenant_123 in BIZMETRICS_TENANT_LATENCY, as a service would its key customers.
+    """
     work = tmp_path_factory.mktemp("prometheus")
     assets.export(work)
     demo_port, gateway_port, prom_port = free_port(), free_port(), free_port()
@@ -685,7 +689,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     with (
         pushgateway(gateway_port, work),
-        process([sys.executable, "-m", "bizmetrics", "demo", "--port", str(demo_port), "--seed", "7"]),
+        process(
+            [sys.executable, "-m", "bizmetrics", "demo", "--port", str(demo_port), "--seed", "7"],
+            # One key customer's latency per tenant, for the per-tenant latency SLOs and panel.
+            env={**os.environ, "BIZMETRICS_TENANT_LATENCY": "tenant_123"},
+        ),
         start_prometheus(config, work, prom_port),
     ):
         gateway = f"127.0.0.1:{gateway_port}"
@@ -823,3 +831,31 @@ def test_batch_runs_add_up_in_prometheus(prometheus):
     assert [float(s["value"][1]) for s in prometheus.result(f"batch_job_last_run_success{{{group}}}")] == [1.0]
     duration = prometheus.result(f"batch_job_last_run_duration_seconds{{{group}}}")
     assert 0 < float(duration[0]["value"][1]) < 5
+
+
+@pytest.mark.slow
+def test_slo_series_of_the_demo_in_prometheus(prometheus):
+    """Every SLO has its objective, budget and burn ratios; latency SLOs per tenant exist for the tracked tenant only."""
+    from bizmetrics.assets import slo
+
+    objectives = {s["metric"]["slo"] for s in prometheus.result('job:bizmetrics_slo_objective:ratio{job="bizmetrics"}')}
+    assert objectives == set(slo.SLOS)
+    thresholds = {
+        s["metric"]["slo"]: float(s["value"][1])
+        for s in prometheus.result('job:bizmetrics_slo_latency_threshold:ms{job="bizmetrics"}')
+    }
+    assert thresholds == {name: one.threshold for name, one in slo.SLOS.items() if one.latency}
+    budgets = prometheus.result('job:bizmetrics_slo_error_budget_remaining:ratio{job="bizmetrics"}')
+    assert {s["metric"]["slo"] for s in budgets} == set(slo.SLOS)
+    assert all(float(s["value"][1]) <= 1 for s in budgets)
+    per_tenant = prometheus.result('job_tenant_id:bizmetrics_slo_error_budget_remaining:ratio{job="bizmetrics"}')
+    rows = {(s["metric"]["tenant_id"], s["metric"]["slo"]) for s in per_tenant}
+    assert {("tenant_456", name) for name in ("connector", "api", "workflow", "agent")} <= rows
+    latency_rows = {row for row in rows if row[1].endswith("_latency")}
+    assert latency_rows == {
+        ("tenant_123", "api_latency"),
+        ("tenant_123", "connector_latency"),
+        ("tenant_123", "agent_latency"),
+    }
+    minimum = prometheus.result('job:bizmetrics_alert_min_events:count{job="bizmetrics"}')
+    assert [float(s["value"][1]) for s in minimum] == [assets.DEFAULT_MIN_EVENTS]
