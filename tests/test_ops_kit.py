@@ -835,7 +835,7 @@ def test_batch_runs_add_up_in_prometheus(prometheus):
 
 @pytest.mark.slow
 def test_slo_series_of_the_demo_in_prometheus(prometheus):
-    """Every SLO has its objective, budget and burn ratios; latency SLOs per tenant exist for the tracked tenant only."""
+    """Every SLO has its objective, budget and burn ratios; latency SLOs per tenant only for the tracked tenant."""
     from bizmetrics.assets import slo
 
     objectives = {s["metric"]["slo"] for s in prometheus.result('job:bizmetrics_slo_objective:ratio{job="bizmetrics"}')}
