@@ -29,6 +29,7 @@ from bizmetrics import assets
 from bizmetrics.assets import dashboards
 
 HERE = Path(__file__).parent
+RULE_FILES = assets.RULE_FILES
 ASSETS = resources.files("bizmetrics.assets")
 #: The promtool unit test files, run against the shipped rules.
 PROMTOOL_TESTS = ("alerts_test.yml", "batch_test.yml", "slo_test.yml", "budget_test.yml")

@@ -308,9 +308,10 @@ def _wilson_lower(errors: str, events: str) -> str:
     """The Wilson score interval's lower bound of the error ratio (``Z``): sure, not just observed, failures."""
     z2 = Z * Z
     p = f"({errors} / {events})"
+    # Never below 0: with no failure, rounding can leave -1e-19.
     return (
-        f"({p} + {z2 / 2!r} / {events} - {Z!r} * sqrt({p} * (1 - {p}) / {events} + {z2 / 4!r} / ({events} ^ 2)))"
-        f" / (1 + {z2!r} / {events})"
+        f"clamp_min(({p} + {z2 / 2!r} / {events} - {Z!r} * sqrt({p} * (1 - {p}) / {events} + {z2 / 4!r}"
+        f" / ({events} ^ 2))) / (1 + {z2!r} / {events}), 0)"
     )
 
 
