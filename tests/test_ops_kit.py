@@ -332,6 +332,15 @@ def test_namespaced_dashboards_of_close_namespaces_do_not_collide():
         assert len(uid) <= 40
 
 
+def test_set_objectives_still_tunes_the_connector_and_api_objectives():
+    """``set_objectives`` (0.1.0) rewrites the two objectives of the new rules as ``slo.build`` writes them."""
+    from bizmetrics.assets import slo
+
+    tuned = assets.set_objectives(slo.build(), connector=0.9, api={"checkout": 0.5})
+    assert tuned == slo.build(objectives={"connector": 0.9, "api": {"checkout": 0.5}})
+    assert tuned != slo.build()
+
+
 def test_shipped_slo_rules_match_their_description():
     """The shipped slo_rules.yml is what ``bizmetrics.assets.slo`` builds (``python -m bizmetrics.assets.slo``)."""
     from bizmetrics.assets import slo

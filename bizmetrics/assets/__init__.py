@@ -52,7 +52,8 @@ _STALE_ALERT = "BizmetricsBatchJobStale"
 _SHIPPED_STALE = ("93600", "26h")
 _SHIPPED_JOBS_EXPR = "expr: 'up{job=~\".+\"} == 0'"
 _OBJECTIVE = re.compile(
-    r"(        expr: )(.+)(\n        labels:\n          slo: )(connector|api)\n",
+    r"(      - record: job:bizmetrics_slo_objective:ratio\n        expr: )(.+)(\n        labels:\n          slo: )"
+    r"(connector|api)\n",
 )
 _OBJECTIVE_METRIC = {"connector": "connector_operations_total", "api": "api_requests_total"}
 # Prometheus' own grammar (prometheus/common model.ParseDuration): each unit at most once, in this order.
