@@ -92,6 +92,19 @@ def _alertmanager_config(webhooks: str) -> dict[str, Any]:
     return config
 
 
+#: The outage service: half of every customer's requests fail, so the service as a whole pages.
+OUTAGE = """
+import sys, time, bizmetrics
+from prometheus_client import start_http_server
+start_http_server(int(sys.argv[1]), addr="127.0.0.1")
+for tick in range(6000):
+    for tenant in ("initech", "umbrella"):
+        for status in (200, 503) * 20:
+            bizmetrics.record_api_request("GET", "/orders", status, 5.0, tenant)
+    time.sleep(0.1)
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("alertmanager")
@@ -104,14 +117,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yaml.safe_dump(_alertmanager_config(f"http://127.0.0.1:{hooks.server_port}"))
     )
     am_port, prom_port, checkout_port, billing_port = free_port(), free_port(), free_port(), free_port()
-    shop_port = free_port()
+    shop_port, outage_port = free_port(), free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(work / "prometheus" / name) for name in assets.RULE_FILES],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-            for job, port in (("checkout", checkout_port), ("billing", billing_port), ("shop", shop_port))
+            for job, port in (
+                ("checkout", checkout_port),
+                ("billing", billing_port),
+                ("shop", shop_port),
+                ("outage", outage_port),
+            )
         ],
     }
     demo = [sys.executable, "-m", "bizmetrics", "demo", "--seed", "3", "--port"]
@@ -120,6 +138,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with (
             process([*demo, str(checkout_port)]),
             process([sys.executable, "-c", SHOP, str(shop_port)]),
+            process([sys.executable, "-c", OUTAGE, str(outage_port)]),
             process(
                 [
                     binary("prometheus-alertmanager"),
@@ -263,3 +282,42 @@ def test_a_tiny_customer_and_the_service_as_a_whole_do_not_page(stack):
     assert "tiny" not in tenants
     pages = [a["labels"]["alertname"] for a in stack.alerts() if a["labels"].get("job") == "shop"]
     assert "BizmetricsApiSLOBurnRateFast" not in pages
+
+
+@pytest.mark.slow
+def test_a_service_outage_pages_once_not_once_per_customer(stack):
+    """When a whole service burns its budget, its page holds back its customers' pages of the same SLO."""
+    _firing(stack, "BizmetricsApiSLOBurnRateFast", "outage")
+    tenant = _firing_for_tenant(stack, "BizmetricsApiTenantSLOBurnRateFast", "initech")
+    assert tenant["labels"]["job"] == "outage"
+
+    def suppressed() -> list[dict[str, Any]] | None:
+        found = [
+            alert
+            for alert in stack.alerts()
+            if alert["labels"]["alertname"] == "BizmetricsApiTenantSLOBurnRateFast"
+            and alert["labels"]["job"] == "outage"
+            and alert["status"]["state"] == "suppressed"
+            and alert["status"]["inhibitedBy"]
+        ]
+        return found if len(found) == 2 else None
+
+    assert {a["labels"]["tenant_id"] for a in wait(suppressed, "the customers' pages held back")} == {
+        "initech",
+        "umbrella",
+    }
+    wait(
+        lambda: any(
+            path == "/pager" and any(a["labels"]["alertname"] == "BizmetricsApiSLOBurnRateFast" for a in body["alerts"])
+            for path, body in list(stack.received)
+        ),
+        "the service's page at the pager",
+    )
+    paged_tenants = {
+        a["labels"].get("tenant_id")
+        for path, body in list(stack.received)
+        if path == "/pager"
+        for a in body["alerts"]
+        if a["labels"].get("job") == "outage"
+    }
+    assert paged_tenants == {None}

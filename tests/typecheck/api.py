@@ -92,6 +92,7 @@ bizmetrics.record_agent_invocation("agent", 1.0, 10, True, "t")
 bizmetrics.record_api_request("GET", "/x", 200, 1.0)
 with bizmetrics.tenant_context("tenant_123"):
     pass
+bizmetrics.track_tenant_latency("acme", "globex")
 
 # Misuses.
 Connector().get_posts(limit="many")  # type: ignore[arg-type]
