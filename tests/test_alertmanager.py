@@ -10,7 +10,9 @@ three requests, two failing. Alertmanager (Debian's
 show the alerts with their job, severity and rendered annotations, routed
 to the pager and ticket receivers, which are webhooks served by this test:
 globex's page names its tenant_id, tiny never pages, and shop as a whole
-(0.3% of failures) does not page.
+(0.3% of failures) does not page. A fourth, ``outage``, fails half of every
+customer's requests: it pages once, as a service, and the example's
+inhibition holds back its customers' pages.
 """
 
 from __future__ import annotations
