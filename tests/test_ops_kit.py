@@ -426,6 +426,12 @@ def test_export_assets_writes_every_file_as_shipped(tmp_path):
     assert _objectives((tmp_path / "prometheus" / "slo_rules.yml").read_text()) == {
         "connector": "0.995 * group by (job) (connector_operations_total)",
         "api": "0.999 * group by (job) (api_requests_total)",
+        "workflow": "0.99 * group by (job) (workflow_executions_total)",
+        "agent": "0.99 * group by (job) (agent_invocations_total)",
+        "api_latency": "0.99 * group by (job) (api_request_duration_count)",
+        "connector_latency": "0.99 * group by (job) (connector_operation_duration_count)",
+        "agent_latency": "0.95 * group by (job) (agent_response_duration_count)",
+        "agent_ttft": "0.95 * group by (job) (agent_time_to_first_token_count)",
     }
 
 
@@ -456,6 +462,16 @@ def test_export_assets_options_tune_the_files(tmp_path):
         "BizmetricsTargetDown=30s",
         "--for",
         "BizmetricsApiSLOBurnRateFast=1m",
+        "--workflow-objective",
+        "billing=0.95",
+        "--api-latency-threshold",
+        "250",
+        "--api-latency-threshold",
+        "checkout=1000",
+        "--min-events",
+        "20",
+        "--min-events",
+        "checkout=500",
     )
     assert done.returncode == 0, done.stderr
     prom = tmp_path / "prometheus"
@@ -481,16 +497,32 @@ def test_export_assets_options_tune_the_files(tmp_path):
     }
     for alert, (value, percent) in expected.items():
         rule = _rule(alerting, alert)
-        assert str(rule["expr"]).endswith(f"> {value}"), alert
+        assert f"ratio_rate5m > {value}\n" in str(rule["expr"]), alert
         assert f"More than {percent} " in str(rule["annotations"]["description"]), alert  # type: ignore[index]
     stale = _rule(alerting, "BizmetricsBatchJobStale")
     assert stale["expr"] == "time() - batch_job_last_success_timestamp_seconds > 10800"
     assert "more than 3h ago" in str(stale["annotations"]["description"])  # type: ignore[index]
-    assert _objectives(slo) == {
+    objectives = _objectives(slo)
+    assert {name: objectives[name] for name in ("connector", "api", "workflow")} == {
         "connector": 'label_replace(vector(0.999), "job", "checkout", "", "")'
         " or 0.99 * group by (job) (connector_operations_total)",
         "api": 'label_replace(vector(0.98), "job", "billing", "", "") or 0.999 * group by (job) (api_requests_total)',
+        "workflow": 'label_replace(vector(0.95), "job", "billing", "", "")'
+        " or 0.99 * group by (job) (workflow_executions_total)",
     }
+    threshold = next(
+        r for g in yaml.safe_load(slo)["groups"] for r in g["rules"]
+        if r.get("record") == "job:bizmetrics_slo_latency_threshold:ms" and r["labels"]["slo"] == "api_latency"
+    )  # fmt: skip
+    assert threshold["expr"] == (
+        'label_replace(vector(1000.0), "job", "checkout", "", "")'
+        " or 250.0 * group by (job) (api_request_duration_count)"
+    )
+    assert r'api_request_duration_bucket{job="checkout", le=~"1000(\\.0)?"}' in slo
+    assert r'api_request_duration_bucket{job!~"checkout", le=~"250(\\.0)?"}' in slo
+    assert str(_rule(slo, "job:bizmetrics_alert_min_events:count")["expr"]).startswith(
+        'label_replace(vector(500), "job", "checkout", "", "") or 20 * group by (job) ({__name__=~"'
+    )
     for name in dashboards.DASHBOARDS:
         board = json.loads((tmp_path / "grafana" / name).read_text())
         job = next(v for v in board["templating"]["list"] if v["name"] == "job")
@@ -533,6 +565,18 @@ def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
         (["--jobs", "("], "is not a regex"),
         (["--jobs", "(?!billing).+"], "RE2"),
         (["--namespace", "1acme"], "not a valid metric name prefix"),
+        (["--for", "BizmetricsTargetDown=30s2m"], "is not a Prometheus duration"),
+        (["--for", "BizmetricsTargetDown=1h1h"], "is not a Prometheus duration"),
+        (["--batch-stale-after", "0s"], "longer than zero"),
+        (["--api-latency-threshold", "300"], "must be a bucket bound of api_request_duration"),
+        (
+            ["--agent-ttft-threshold", "checkout=333"],
+            "the agent_ttft threshold of job 'checkout' must be a bucket bound",
+        ),
+        (["--workflow-objective", "1"], "between 0 and 1"),
+        (["--agent-latency-objective", "checkout=x"], "--agent-latency-objective must be RATIO or JOB=RATIO"),
+        (["--min-events", "many"], "--min-events must be N or JOB=N"),
+        (["--min-events", "checkout=-5"], "must be a count"),
     ],
 )
 def test_export_assets_rejects_bad_options(tmp_path, args, message):
