@@ -134,9 +134,9 @@ def test_nightly_one_failure_in_three_pages_nothing(tmp_path):
         ),
         (
             "BizmetricsApiLatencySLOBurnRateFast",
-            "> on (job, slo) (14.4",
-            "> on (job, slo) (34.4",
-            "a latency burn rate alert that cannot see a 20x burn",
+            '{slo="api_latency"}',
+            '{slo="api"}',
+            "the latency alert reading the API's 5xx ratios: the latency regression would not page",
         ),
     ],
 )
