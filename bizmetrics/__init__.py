@@ -23,7 +23,7 @@ from .decorators import (
     instrument_workflow,
     instrument_workflow_step,
 )
-from .helpers import report_usage
+from .helpers import report_usage, track_tenant_latency
 from .metrics import (
     dec_db_pool_size,
     inc_db_pool_size,
@@ -77,5 +77,6 @@ __all__ = [
     "start_http_server",
     "tenant_context",
     "trace_context",
+    "track_tenant_latency",
     "workflow_context",
 ]

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         "--duration", type=_seconds, default=None, help="stop after this many seconds (default: run until Ctrl-C)"
     )
     demo.add_argument("--seed", type=int, default=None, help="seed the random traffic (default: a random seed)")
-    from .assets import THRESHOLDS
+    from .assets import DEFAULT_MIN_EVENTS, THRESHOLDS
+    from .assets.slo import SLOS
 
     export = commands.add_parser(
         "export-assets",
@@ -56,14 +57,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("directory", help="where to write prometheus/*.yml, grafana/*.json and alertmanager/*.yml")
     export.add_argument("--jobs", metavar="REGEX", help="scrape jobs the target-down alert and dashboards cover (.+)")
-    for slo, default in (("connector", "0.995"), ("api", "0.999")):
+    for slo in SLOS.values():
+        option = slo.name.replace("_", "-")
         export.add_argument(
-            f"--{slo}-objective",
+            f"--{option}-objective",
             action="append",
             default=[],
             metavar="[JOB=]RATIO",
-            help=f"{slo} success SLO ({default}); JOB=RATIO sets one job's, repeatable",
+            help=f"objective of the {slo.name} SLO ({slo.objective:g}); JOB=RATIO sets one job's, repeatable",
         )
+        if slo.threshold is not None:
+            export.add_argument(
+                f"--{option}-threshold",
+                action="append",
+                default=[],
+                metavar="[JOB=]MS",
+                help=f"threshold of the {slo.name} SLO, a bucket bound of {slo.metric} ({slo.threshold:g} ms);"
+                " JOB=MS sets one job's, repeatable",
+            )
+    export.add_argument(
+        "--min-events",
+        action="append",
+        default=[],
+        metavar="[JOB=]N",
+        help=f"events a window must hold before a ratio or burn-rate alert fires ({DEFAULT_MIN_EVENTS});"
+        " JOB=N sets one job's, repeatable",
+    )
     for name, (alert, shipped) in THRESHOLDS.items():
         export.add_argument(f"--{name}", type=float, metavar="RATIO", help=f"threshold of {alert} ({shipped})")
     export.add_argument(
@@ -91,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
                     thresholds={name: getattr(args, name.replace("-", "_")) for name in THRESHOLDS},
                     batch_stale_after=args.batch_stale_after,
                     for_durations=args.for_durations,
+                    objectives={
+                        name: getattr(args, f"{name}_objective") for name in SLOS if name not in ("connector", "api")
+                    },
+                    latency_thresholds={
+                        name: getattr(args, f"{name}_threshold") for name, slo in SLOS.items() if slo.threshold
+                    },
+                    min_events=args.min_events,
                 ),
                 namespace=args.namespace,
             )

@@ -30,7 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.samples import Exemplar
 
-from . import _cache, _extract, _log, _mpworker, _tenants, _trace, _values
+from . import _cache, _extract, _log, _mpworker, _settings, _tenants, _trace, _values
 from ._fastpath import FAST_PATH, LOCK, Cell, Cells, cell
 from ._fastpath import add as add_to
 from ._values import DEFAULT_TENANT, UNKNOWN
@@ -38,6 +38,7 @@ from .metrics import (
     AGENT_ERRORS,
     AGENT_INVOCATIONS,
     AGENT_RESPONSE_DURATION,
+    AGENT_RESPONSE_DURATION_BY_TENANT,
     AGENT_TIME_TO_FIRST_TOKEN,
     AGENT_TOKEN_USAGE,
     AGENT_TOKENS_USED,
@@ -47,17 +48,20 @@ from .metrics import (
     AGENT_USAGE_UNREPORTED,
     API_ERRORS,
     API_REQUEST_DURATION,
+    API_REQUEST_DURATION_BY_TENANT,
     API_REQUESTS,
     CACHE_HITS,
     CACHE_MISSES,
     CONNECTOR_ERRORS,
     CONNECTOR_OPERATION_DURATION,
+    CONNECTOR_OPERATION_DURATION_BY_TENANT,
     CONNECTOR_OPERATIONS,
     CONNECTOR_SYNC_OPERATIONS,
     CONNECTOR_SYNC_RECORDS,
     DB_CONNECTION_POOL_SIZE,
     DB_QUERY_DURATION,
     WORKFLOW_EXECUTION_DURATION,
+    WORKFLOW_EXECUTION_DURATION_BY_TENANT,
     WORKFLOW_EXECUTIONS,
     WORKFLOW_FAILURES,
     WORKFLOW_STEP_DURATION,
@@ -79,6 +83,7 @@ __all__ = [
     "AgentCall",
     "Bundle",
     "Family",
+    "track_tenant_latency",
 ]
 
 
@@ -688,22 +693,127 @@ class _Api:
                 self.buckets[index]._value += 1
 
 
+# --- Latency per tenant, opt-in ----------------------------------------------------------
+#
+# Decided once per bundle, when its family makes it: a tracked tenant's bundle is of a
+# subclass that also observes the per-tenant histogram; every other bundle is the plain
+# class, so untracked tenants pay nothing per call.
+
+#: Tenants whose durations are also recorded per tenant (``track_tenant_latency``, ``BIZMETRICS_TENANT_LATENCY``).
+TRACKED_TENANTS: frozenset[str] = frozenset(_values.label(t, "tenant_id") for t in _settings.tenant_latency())
+
+
+def track_tenant_latency(*tenant_ids: str) -> None:
+    """Also record the durations of these tenants in the ``*_duration_by_tenant`` histograms (adds to those named).
+
+    Their bundles are made again on their next record (the label caches are
+    emptied), so the choice is never made per call.
+    """
+    global TRACKED_TENANTS
+    added = frozenset(_values.label(t, "tenant_id") for t in tenant_ids) - TRACKED_TENANTS
+    if added:
+        TRACKED_TENANTS = TRACKED_TENANTS | added
+        _cache.invalidate_all()
+
+
+def _observe_tenant(child: Any, ms: float | None) -> None:
+    ms = _trace.duration(ms)
+    if ms is not None:
+        child.observe(ms)
+
+
+class _ByTenant:
+    """What a tracked tenant's bundle adds: the duration, observed again in its tenant's histogram."""
+
+    __slots__ = ()
+    by_tenant: Any
+
+    def success(self, ms: float | None, amount: Any) -> None:
+        super().success(ms, amount)  # type: ignore[misc]
+        _observe_tenant(self.by_tenant, ms)
+
+    def failure(self, ms: float | None, error_type: object, amount: Any) -> None:
+        super().failure(ms, error_type, amount)  # type: ignore[misc]
+        _observe_tenant(self.by_tenant, ms)
+
+    def cancelled(self, ms: float | None, amount: Any) -> None:
+        super().cancelled(ms, amount)  # type: ignore[misc]
+        _observe_tenant(self.by_tenant, ms)
+
+
+class _TrackedConnectorOperation(_ByTenant, _ConnectorOperation):
+    __slots__ = ("by_tenant",)
+
+    def __init__(self, *labels: str) -> None:
+        super().__init__(*labels)
+        self.by_tenant = CONNECTOR_OPERATION_DURATION_BY_TENANT.labels(self.tenant)
+
+
+class _TrackedWorkflow(_ByTenant, _Workflow):
+    __slots__ = ("by_tenant",)
+
+    def __init__(self, workflow_id: str, tenant_id: str) -> None:
+        super().__init__(workflow_id, tenant_id)
+        self.by_tenant = WORKFLOW_EXECUTION_DURATION_BY_TENANT.labels(tenant_id)
+
+
+class _TrackedAgent(_ByTenant, _Agent):
+    __slots__ = ("by_tenant",)
+
+    def __init__(self, agent_id: str, tenant_id: str, model: str = "") -> None:
+        super().__init__(agent_id, tenant_id, model)
+        self.by_tenant = AGENT_RESPONSE_DURATION_BY_TENANT.labels(tenant_id)
+
+
+class _TrackedApi(_Api):
+    __slots__ = ("by_tenant",)
+
+    def __init__(self, method: str, endpoint: str, tenant_id: str) -> None:
+        super().__init__(method, endpoint, tenant_id)
+        self.by_tenant = API_REQUEST_DURATION_BY_TENANT.labels(tenant_id)
+
+    def record(self, ms: float | None, status: str) -> None:
+        super().record(ms, status)
+        _observe_tenant(self.by_tenant, ms)
+
+
+T = TypeVar("T")
+
+
+def _per_tenant(plain: Callable[..., T], tracked: Callable[..., T], at: int) -> Callable[..., T]:
+    """A family's ``make``: the tracked bundle for a tracked tenant (label ``at``), else the plain one."""
+
+    def make(*labels: str) -> T:
+        return (tracked if labels[at] in TRACKED_TENANTS else plain)(*labels)
+
+    return make
+
+
 CONNECTOR_OPERATION_FAMILY: Family[_ConnectorOperation] = Family(
-    _ConnectorOperation, connector_type=UNKNOWN, operation=UNKNOWN, tenant_id=DEFAULT_TENANT
+    _per_tenant(_ConnectorOperation, _TrackedConnectorOperation, 2),
+    connector_type=UNKNOWN,
+    operation=UNKNOWN,
+    tenant_id=DEFAULT_TENANT,
 )
 SYNC_FAMILY: Family[_Sync] = Family(_Sync, connector_type=UNKNOWN, resource_type=UNKNOWN, tenant_id=DEFAULT_TENANT)
 SYNC_CALL_FAMILY: Family[_SyncCall] = Family(
     _SyncCall, connector_type=UNKNOWN, operation=UNKNOWN, resource_type=UNKNOWN, tenant_id=DEFAULT_TENANT
 )
-WORKFLOW_FAMILY: Family[_Workflow] = Family(_Workflow, workflow_id=UNKNOWN, tenant_id=DEFAULT_TENANT)
+WORKFLOW_FAMILY: Family[_Workflow] = Family(
+    _per_tenant(_Workflow, _TrackedWorkflow, 1), workflow_id=UNKNOWN, tenant_id=DEFAULT_TENANT
+)
 STEP_FAMILY: Family[_Timed] = Family(
     lambda wf, step: _Timed(WORKFLOW_STEP_DURATION.labels(wf, step)), workflow_id=UNKNOWN, step=UNKNOWN
 )
 # model "" means "none given": the response's model is used for the token usage.
-AGENT_FAMILY: Family[_Agent] = Family(_Agent, agent_id=UNKNOWN, tenant_id=DEFAULT_TENANT, model="")
+AGENT_FAMILY: Family[_Agent] = Family(
+    _per_tenant(_Agent, _TrackedAgent, 1), agent_id=UNKNOWN, tenant_id=DEFAULT_TENANT, model=""
+)
 TOKEN_USAGE_FAMILY: Family[_TokenUsage] = Family(_TokenUsage, agent_id=UNKNOWN, model=UNKNOWN, tenant_id=DEFAULT_TENANT)
 TOOL_FAMILY: Family[_Tool] = Family(_Tool, agent_id=UNKNOWN, tool=UNKNOWN, tenant_id=DEFAULT_TENANT)
 DB_QUERY_FAMILY: Family[_Timed] = Family(lambda op: _Timed(DB_QUERY_DURATION.labels(op)), operation=UNKNOWN)
 CACHE_FAMILY: Family[_CacheLookups] = Family(_CacheLookups, cache=UNKNOWN)
-API_FAMILY: Family[_Api] = Family(_Api, method=UNKNOWN, endpoint=UNKNOWN, tenant_id=DEFAULT_TENANT)
+API_FAMILY: Family[_Api] = Family(
+    _per_tenant(_Api, _TrackedApi, 2), method=UNKNOWN, endpoint=UNKNOWN, tenant_id=DEFAULT_TENANT
+)
 POOL_FAMILY: Family[Gauge] = Family(DB_CONNECTION_POOL_SIZE.labels, pool=UNKNOWN)

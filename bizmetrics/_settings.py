@@ -17,6 +17,7 @@ from . import _log
 NAMESPACE_ENV = "BIZMETRICS_NAMESPACE"
 MAX_TENANTS_ENV = "BIZMETRICS_MAX_TENANTS"
 BUCKETS_ENV = "BIZMETRICS_BUCKETS_"
+TENANT_LATENCY_ENV = "BIZMETRICS_TENANT_LATENCY"
 
 #: Tenants admitted with their own label when ``BIZMETRICS_MAX_TENANTS`` is not set.
 DEFAULT_MAX_TENANTS = 2000
@@ -88,3 +89,9 @@ def buckets(family: str, default: tuple[float, ...]) -> tuple[float, ...]:
         )
         return default
     return bounds
+
+
+def tenant_latency() -> tuple[str, ...]:
+    """Return the tenants of ``BIZMETRICS_TENANT_LATENCY`` (comma-separated) whose durations are recorded per tenant."""
+    raw = os.environ.get(TENANT_LATENCY_ENV, "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())

@@ -3,7 +3,8 @@
 All metrics live on prometheus_client's default registry, so importing
 ``bizmetrics`` is enough for ``start_http_server`` to expose them.  Durations
 are milliseconds.  Histograms carry no ``tenant_id``; per-tenant numbers live
-on the counters.
+on the counters, and the durations of the few tenants named by
+``track_tenant_latency`` in the ``*_duration_by_tenant`` histograms.
 
 The ``record_*`` helpers live in ``bizmetrics.helpers``; they are also
 importable from here, where they used to live.
@@ -45,6 +46,7 @@ __all__ = [
     "AGENT_ERRORS",
     "AGENT_INVOCATIONS",
     "AGENT_RESPONSE_DURATION",
+    "AGENT_RESPONSE_DURATION_BY_TENANT",
     "AGENT_TIME_TO_FIRST_TOKEN",
     "AGENT_TOKENS_USED",
     "AGENT_TOKEN_USAGE",
@@ -58,6 +60,7 @@ __all__ = [
     "API_ERRORS",
     "API_REQUESTS",
     "API_REQUEST_DURATION",
+    "API_REQUEST_DURATION_BY_TENANT",
     "CACHE_HITS",
     "CACHE_MISSES",
     "CATALOGUE",
@@ -65,6 +68,7 @@ __all__ = [
     "CONNECTOR_ERRORS",
     "CONNECTOR_OPERATIONS",
     "CONNECTOR_OPERATION_DURATION",
+    "CONNECTOR_OPERATION_DURATION_BY_TENANT",
     "CONNECTOR_SYNC_OPERATIONS",
     "CONNECTOR_SYNC_RECORDS",
     "DB_BUCKETS",
@@ -74,6 +78,7 @@ __all__ = [
     "WORKFLOW_BUCKETS",
     "WORKFLOW_EXECUTIONS",
     "WORKFLOW_EXECUTION_DURATION",
+    "WORKFLOW_EXECUTION_DURATION_BY_TENANT",
     "WORKFLOW_FAILURES",
     "WORKFLOW_STEP_BUCKETS",
     "WORKFLOW_STEP_DURATION",
@@ -424,6 +429,38 @@ AGENT_USAGE_UNREPORTED = _declare(
 )
 
 
+# Durations of the tenants named by ``track_tenant_latency`` (or BIZMETRICS_TENANT_LATENCY):
+# the same buckets as the family's histogram, one series set per tracked tenant, none for the others.
+CONNECTOR_OPERATION_DURATION_BY_TENANT = _declare(
+    _Histogram,
+    "connector_operation_duration_by_tenant",
+    "Duration of connector operations of the tenants tracked with track_tenant_latency, in milliseconds",
+    ("tenant_id",),
+    buckets=CONNECTOR_BUCKETS,
+)
+API_REQUEST_DURATION_BY_TENANT = _declare(
+    _Histogram,
+    "api_request_duration_by_tenant",
+    "Duration of API requests of the tenants tracked with track_tenant_latency, in milliseconds",
+    ("tenant_id",),
+    buckets=API_BUCKETS,
+)
+WORKFLOW_EXECUTION_DURATION_BY_TENANT = _declare(
+    _Histogram,
+    "workflow_execution_duration_by_tenant",
+    "Duration of workflow executions of the tenants tracked with track_tenant_latency, in milliseconds",
+    ("tenant_id",),
+    buckets=WORKFLOW_BUCKETS,
+)
+AGENT_RESPONSE_DURATION_BY_TENANT = _declare(
+    _Histogram,
+    "agent_response_duration_by_tenant",
+    "Duration of AI agent responses of the tenants tracked with track_tenant_latency, in milliseconds",
+    ("tenant_id",),
+    buckets=AGENT_BUCKETS,
+)
+
+
 #: Every metric of the catalogue, in the order of the spec.
 CATALOGUE = (
     CONNECTOR_OPERATIONS,
@@ -452,6 +489,10 @@ CATALOGUE = (
     AGENT_TOOL_ERRORS,
     AGENT_TOOL_DURATION,
     AGENT_USAGE_UNREPORTED,
+    CONNECTOR_OPERATION_DURATION_BY_TENANT,
+    API_REQUEST_DURATION_BY_TENANT,
+    WORKFLOW_EXECUTION_DURATION_BY_TENANT,
+    AGENT_RESPONSE_DURATION_BY_TENANT,
 )
 
 

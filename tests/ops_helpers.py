@@ -29,9 +29,10 @@ from bizmetrics import assets
 from bizmetrics.assets import dashboards
 
 HERE = Path(__file__).parent
+RULE_FILES = assets.RULE_FILES
 ASSETS = resources.files("bizmetrics.assets")
 #: The promtool unit test files, run against the shipped rules.
-PROMTOOL_TESTS = ("alerts_test.yml", "batch_test.yml")
+PROMTOOL_TESTS = ("alerts_test.yml", "batch_test.yml", "slo_test.yml", "budget_test.yml")
 #: Debian package of each binary, for the failure message.
 PACKAGES = {
     "promtool": "prometheus",
@@ -205,11 +206,14 @@ def promtool_unit_tests(
     name: str,
     break_rule: tuple[str, str, str] | None = None,
     rendered: dict[str, str] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``tests/promtool/NAME`` against the shipped rules (or ``assets.render()``'s), one rule optionally altered.
+    """Run ``tests/promtool/NAME`` (or ``spec``, written as NAME) against the shipped rules (or ``assets.render()``'s).
 
-    ``break_rule`` is (alert or record name, text in its expression, replacement).
+    ``break_rule`` is (alert or record name, text in its expression, replacement): every rule of that
+    name whose expression holds the text is altered, and at least one must.
     """
+    broken = 0
     for file in assets.RULE_FILES:
         loaded = rules(file) if rendered is None else yaml.safe_load(rendered[f"prometheus/{file}"])
         # Annotation templates are not what these tests are about (promtool check rules
@@ -218,13 +222,90 @@ def promtool_unit_tests(
             for rule in group["rules"]:
                 rule.pop("annotations", None)
                 if break_rule and break_rule[0] in (rule.get("alert"), rule.get("record")):
-                    assert break_rule[1] in rule["expr"], break_rule
-                    rule["expr"] = rule["expr"].replace(break_rule[1], break_rule[2])
+                    if break_rule[1] in rule["expr"]:
+                        rule["expr"] = rule["expr"].replace(break_rule[1], break_rule[2])
+                        broken += 1
         (directory / file).write_text(yaml.safe_dump(loaded))
-    shutil.copy(HERE / "promtool" / name, directory)
+    assert break_rule is None or broken, break_rule
+    if spec is None:
+        shutil.copy(HERE / "promtool" / name, directory)
+    else:
+        (directory / name).write_text(yaml.safe_dump(spec, sort_keys=False))
     return subprocess.run(
         [binary("promtool"), "test", "rules", name], cwd=directory, capture_output=True, text=True, timeout=300
     )
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))  # as prometheus_client writes it: 500.0
+
+
+def _slo_series(job: str, slo: Any, per_minute: int, bad_share: float) -> list[dict[str, str]]:
+    """Input series of one SLO's metric for ``job``: ``per_minute`` events, ``bad_share`` of them bad, for 4 hours."""
+    bad = per_minute * bad_share
+    good = per_minute - bad
+    if slo.latency:
+        selector = f'job="{job}",method="GET",endpoint="/x",connector_type="c",operation="o",agent_id="a"'
+        found = []
+        # The family's histogram, and the per-tenant one of a tenant tracked with track_tenant_latency.
+        for metric, labels in ((slo.metric, selector), (slo.tenant_metric, f'job="{job}",tenant_id="t1"')):
+            if metric:
+                found += [
+                    {"series": f"{metric}_count{{{labels}}}", "values": f"0+{per_minute}x240"},
+                    {"series": f'{metric}_bucket{{{labels},le="{_le(slo.threshold)}"}}', "values": f"0+{good!r}x240"},
+                    {"series": f'{metric}_bucket{{{labels},le="+Inf"}}', "values": f"0+{per_minute}x240"},
+                ]
+        return found
+    labels = f'job="{job}",connector_type="c",operation="o",method="GET",endpoint="/x",workflow_id="w",agent_id="a"'
+    bad_status = "5xx" if slo.name == "api" else "error"
+    return [
+        {"series": f'{slo.metric}{{{labels},status="success",tenant_id="t1"}}', "values": f"0+{good!r}x240"},
+        {"series": f'{slo.metric}{{{labels},status="{bad_status}",tenant_id="t1"}}', "values": f"0+{bad!r}x240"},
+    ]
+
+
+def burn_rate_spec(paging_job: str = "burning") -> dict[str, Any]:
+    """A promtool unit test of every SLO's burn-rate alerts, service and tenant, made from ``slo.SLOS``.
+
+    Job ``burning`` (one tenant, t1) has 100 events a minute of every SLO; job ``calm`` the
+    same, none bad. A fast burn (16 times the budget) pages within the hour and opens no
+    ticket; a slow one (4 times) opens a ticket after three hours and never pages. Nothing
+    names ``calm``. Only ``paging_job`` is expected to alert (another name: none is).
+    """
+    from bizmetrics.assets import slo as slos
+
+    cases = []
+    for speed, burn, at, other in (("Fast", 16, "50m", "Slow"), ("Slow", 4, "3h30m", "Fast")):
+        series = []
+        checks = []
+        for slo in slos.SLOS.values():
+            budget = 1 - slo.objective
+            series += _slo_series("burning", slo, 100, burn * budget)
+            series += _slo_series("calm", slo, 100, 0.0)
+            tenants = [None, "t1"] if slo.per_tenant else [None]
+            for tenant in tenants:
+                name = f"Bizmetrics{slo.title}{'Tenant' if tenant else ''}SLOBurnRate"
+                labels = {"severity": slos.BURN_PAIRS[speed][0], "slo": slo.name, "job": "burning"}
+                if tenant:
+                    labels["tenant_id"] = tenant
+                expected = [{"exp_labels": labels}] if paging_job == "burning" else []
+                checks.append({"eval_time": at, "alertname": name + speed, "exp_alerts": expected})
+                checks.append({"eval_time": at, "alertname": name + other, "exp_alerts": []})
+        cases.append(
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": checks,
+                "promql_expr_test": [
+                    {
+                        "expr": f'count(count_over_time(ALERTS{{job="calm"}}[{at}])) or vector(0)',
+                        "eval_time": at,
+                        "exp_samples": [{"labels": "{}", "value": 0}],
+                    }
+                ],
+            }
+        )
+    return {"rule_files": list(assets.RULE_FILES), "evaluation_interval": "1m", "tests": cases}
 
 
 def dashboard_targets() -> list[tuple[str, str]]:

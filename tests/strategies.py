@@ -59,3 +59,34 @@ grouping_values = st.one_of(
     st.booleans(),
     st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=20),
 )
+
+#: The units of a Prometheus duration, in the order its grammar requires, with their milliseconds.
+DURATION_UNITS = (
+    ("y", 31536000000),
+    ("w", 604800000),
+    ("d", 86400000),
+    ("h", 3600000),
+    ("m", 60000),
+    ("s", 1000),
+    ("ms", 1),
+)
+
+#: Prometheus durations, by its grammar: some units, in order, each at most once, each with a
+#: whole number; with the milliseconds they stand for.
+durations = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=len(DURATION_UNITS) - 1), st.integers(min_value=0, max_value=100)),
+    min_size=1,
+    max_size=len(DURATION_UNITS),
+    unique_by=lambda part: part[0],
+).map(
+    lambda parts: (
+        "".join(f"{n}{DURATION_UNITS[i][0]}" for i, n in sorted(parts)),
+        sum(n * DURATION_UNITS[i][1] for i, n in parts),
+    )
+)
+
+#: Text made of a duration's characters: mostly not durations (units out of order, repeated, bare numbers).
+duration_like = st.text(alphabet="0123456789ywdhms", max_size=12)
+
+#: Valid BIZMETRICS_NAMESPACE values.
+namespaces = st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,30}", fullmatch=True)

@@ -2,10 +2,17 @@
 
 Two services run the demo: ``checkout`` keeps running (its campaign_sync
 workflow fails one run in five, above the 10% warning threshold) and
-``billing`` is stopped (target down: critical). Alertmanager (Debian's
+``billing`` is stopped (target down: critical). A third, ``shop``, serves
+three customers through bizmetrics: ``big`` never fails, ``globex`` gets a
+5xx for one request in ten (100 times its 0.1% budget) and ``tiny`` makes
+three requests, two failing. Alertmanager (Debian's
 ``prometheus-alertmanager``, required: a missing binary fails the test) must
-show both alerts with their job, severity and rendered annotations, routed
-to the pager and ticket receivers, which are webhooks served by this test.
+show the alerts with their job, severity and rendered annotations, routed
+to the pager and ticket receivers, which are webhooks served by this test:
+globex's page names its tenant_id, tiny never pages, and shop as a whole
+(0.3% of failures) does not page. A fourth, ``outage``, fails half of every
+customer's requests: it pages once, as a service, and the example's
+inhibition holds back its customers' pages.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,7 +33,31 @@ from ops_helpers import prometheus as start_prometheus
 from bizmetrics import assets
 
 #: Alerts that must wait minutes with the shipped ``for:`` fire after a second here.
-FOR = {"BizmetricsTargetDown": "1s", "BizmetricsWorkflowFailureRatioHigh": "1s"}
+FOR = {
+    "BizmetricsTargetDown": "1s",
+    "BizmetricsWorkflowFailureRatioHigh": "1s",
+    "BizmetricsApiTenantSLOBurnRateFast": "1s",
+    "BizmetricsApiSLOBurnRateFast": "1s",
+}
+
+#: The shop service: its customers' API requests, recorded through bizmetrics, served on /metrics.
+SHOP = """
+import sys, time, bizmetrics
+from prometheus_client import start_http_server
+start_http_server(int(sys.argv[1]), addr="127.0.0.1")
+# tiny's series exist from the start (a first request), so the rules see the failures that follow.
+bizmetrics.record_api_request("GET", "/orders", 200, 5.0, "tiny")
+for tick in range(6000):
+    for _ in range(300):
+        bizmetrics.record_api_request("GET", "/orders", 200, 5.0, "big")
+    for _ in range(9):
+        bizmetrics.record_api_request("GET", "/orders", 200, 5.0, "globex")
+    bizmetrics.record_api_request("GET", "/orders", 503, 5.0, "globex")
+    if tick == 150:  # long after Prometheus first saw the service: two failures in three more requests
+        for status in (503, 503, 200):
+            bizmetrics.record_api_request("GET", "/orders", status, 5.0, "tiny")
+    time.sleep(0.1)
+"""
 
 
 class _Webhooks(BaseHTTPRequestHandler):
@@ -62,6 +94,19 @@ def _alertmanager_config(webhooks: str) -> dict[str, Any]:
     return config
 
 
+#: The outage service: half of every customer's requests fail, so the service as a whole pages.
+OUTAGE = """
+import sys, time, bizmetrics
+from prometheus_client import start_http_server
+start_http_server(int(sys.argv[1]), addr="127.0.0.1")
+for tick in range(6000):
+    for tenant in ("initech", "umbrella"):
+        for status in (200, 503) * 20:
+            bizmetrics.record_api_request("GET", "/orders", status, 5.0, tenant)
+    time.sleep(0.1)
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("alertmanager")
@@ -74,13 +119,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yaml.safe_dump(_alertmanager_config(f"http://127.0.0.1:{hooks.server_port}"))
     )
     am_port, prom_port, checkout_port, billing_port = free_port(), free_port(), free_port(), free_port()
+    shop_port, outage_port = free_port(), free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(work / "prometheus" / name) for name in assets.RULE_FILES],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-            for job, port in (("checkout", checkout_port), ("billing", billing_port))
+            for job, port in (
+                ("checkout", checkout_port),
+                ("billing", billing_port),
+                ("shop", shop_port),
+                ("outage", outage_port),
+            )
         ],
     }
     demo = [sys.executable, "-m", "bizmetrics", "demo", "--seed", "3", "--port"]
@@ -88,6 +139,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         with (
             process([*demo, str(checkout_port)]),
+            process([sys.executable, "-c", SHOP, str(shop_port)]),
+            process([sys.executable, "-c", OUTAGE, str(outage_port)]),
             process(
                 [
                     binary("prometheus-alertmanager"),
@@ -171,3 +224,102 @@ def test_receivers_are_notified_by_severity(stack):
     assert all(note.endswith(" critical") for note in seen["/pager"])
     assert "BizmetricsWorkflowFailureRatioHigh warning" in seen["/ticket"]
     assert not any(note.endswith(" critical") for note in seen["/ticket"])
+
+
+def _firing_for_tenant(stack: Stack, alertname: str, tenant: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        for alert in stack.alerts():
+            if alert["labels"]["alertname"] == alertname and alert["labels"].get("tenant_id") == tenant:
+                return alert
+        return None
+
+    found: dict[str, Any] = wait(probe, f"{alertname} for tenant {tenant} in Alertmanager", timeout=90)
+    return found
+
+
+@pytest.mark.slow
+def test_a_customer_burning_its_budget_pages_with_its_tenant_id(stack):
+    """globex's 10% of 5xx pages the pager webhook as BizmetricsApiTenantSLOBurnRateFast with tenant_id, slo, job."""
+    alert = _firing_for_tenant(stack, "BizmetricsApiTenantSLOBurnRateFast", "globex")
+    assert alert["labels"] | {"alertname": "x"} == {
+        "alertname": "x",
+        "job": "shop",
+        "slo": "api",
+        "severity": "critical",
+        "tenant_id": "globex",
+    }
+    assert alert["status"]["state"] == "active"
+    assert [r["name"] for r in alert["receivers"]] == ["pager"]
+    assert alert["annotations"]["summary"] == "shop for tenant globex: the api SLO is burning its error budget fast"
+    assert "Wilson" in alert["annotations"]["description"]
+
+    def paged() -> list[dict[str, Any]] | None:
+        found = [
+            body
+            for path, body in list(stack.received)
+            if path == "/pager" and any(a["labels"].get("tenant_id") == "globex" for a in body["alerts"])
+        ]
+        return found or None
+
+    notification = wait(paged, "the pager webhook's notification of globex", timeout=60)[0]
+    # One notification per customer: grouped by alertname, job and tenant_id.
+    assert notification["groupLabels"] == {
+        "alertname": "BizmetricsApiTenantSLOBurnRateFast",
+        "job": "shop",
+        "tenant_id": "globex",
+    }
+    assert {a["labels"]["tenant_id"] for a in notification["alerts"]} == {"globex"}
+
+
+@pytest.mark.slow
+def test_a_tiny_customer_and_the_service_as_a_whole_do_not_page(stack):
+    """tiny's 2 failures out of 3 never page, and shop's 0.3% of failures does not page the service."""
+    _firing_for_tenant(stack, "BizmetricsApiTenantSLOBurnRateFast", "globex")
+    # tiny's failures are in Prometheus (so the rules did see them) ...
+    assert stack.prometheus.eventually_nonempty(
+        'job_tenant_id:bizmetrics_slo_errors:increase5m{tenant_id="tiny"} > 1.5', timeout=60
+    )
+    time.sleep(3)  # ... and the alert rules had evaluations, and Alertmanager its group_wait, to act on them
+    tenants = {a["labels"].get("tenant_id") for a in stack.alerts() if a["labels"].get("job") == "shop"}
+    assert "tiny" not in tenants
+    pages = [a["labels"]["alertname"] for a in stack.alerts() if a["labels"].get("job") == "shop"]
+    assert "BizmetricsApiSLOBurnRateFast" not in pages
+
+
+@pytest.mark.slow
+def test_a_service_outage_pages_once_not_once_per_customer(stack):
+    """When a whole service burns its budget, its page holds back its customers' pages of the same SLO."""
+    _firing(stack, "BizmetricsApiSLOBurnRateFast", "outage")
+    tenant = _firing_for_tenant(stack, "BizmetricsApiTenantSLOBurnRateFast", "initech")
+    assert tenant["labels"]["job"] == "outage"
+
+    def suppressed() -> list[dict[str, Any]] | None:
+        found = [
+            alert
+            for alert in stack.alerts()
+            if alert["labels"]["alertname"] == "BizmetricsApiTenantSLOBurnRateFast"
+            and alert["labels"]["job"] == "outage"
+            and alert["status"]["state"] == "suppressed"
+            and alert["status"]["inhibitedBy"]
+        ]
+        return found if len(found) == 2 else None
+
+    assert {a["labels"]["tenant_id"] for a in wait(suppressed, "the customers' pages held back")} == {
+        "initech",
+        "umbrella",
+    }
+    wait(
+        lambda: any(
+            path == "/pager" and any(a["labels"]["alertname"] == "BizmetricsApiSLOBurnRateFast" for a in body["alerts"])
+            for path, body in list(stack.received)
+        ),
+        "the service's page at the pager",
+    )
+    paged_tenants = {
+        a["labels"].get("tenant_id")
+        for path, body in list(stack.received)
+        if path == "/pager"
+        for a in body["alerts"]
+        if a["labels"].get("job") == "outage"
+    }
+    assert paged_tenants == {None}

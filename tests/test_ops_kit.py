@@ -7,6 +7,7 @@ Every binary is required: a missing one fails these tests, it never skips them
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import unique
+from hypothesis import given
 from ops_helpers import (
     ASSETS,
     PROMTOOL_TESTS,
@@ -27,6 +29,7 @@ from ops_helpers import (
     all_variables,
     batch_run,
     binary,
+    burn_rate_spec,
     dashboard_targets,
     free_port,
     get,
@@ -36,6 +39,7 @@ from ops_helpers import (
     wait,
 )
 from ops_helpers import prometheus as start_prometheus
+from strategies import DURATION_UNITS, duration_like, durations, namespaces
 
 from bizmetrics import assets
 from bizmetrics.assets import dashboards
@@ -69,8 +73,8 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     """``promtool test rules``: each shipped alert fires on synthetic series, then resolves."""
     fired: set[str] = set()
     resolved: set[str] = set()
-    for name in PROMTOOL_TESTS:
-        spec = yaml.safe_load((HERE / "promtool" / name).read_text())
+    specs = [yaml.safe_load((HERE / "promtool" / name).read_text()) for name in PROMTOOL_TESTS]
+    for spec in [*specs, burn_rate_spec()]:
         for case in spec["tests"]:
             for check in case.get("alert_rule_test", []):
                 (fired if check["exp_alerts"] else resolved).add(check["alertname"])
@@ -81,6 +85,105 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     for name in PROMTOOL_TESTS:
         done = promtool_unit_tests(tmp_path, name)
         assert done.returncode == 0, done.stdout + done.stderr
+    done = promtool_unit_tests(tmp_path, "burn_rate_test.yml", spec=burn_rate_spec())
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- The alerts an on-call team can trust (promtool) ---------------------------------------
+
+
+def _without_guards(rendered: dict[str, str]) -> dict[str, str]:
+    """The rules without the batch-job exclusion (the volume guard is off with ``min_events=0``)."""
+    return {name: text.replace("unless on (job) batch_job_last_run_success", "") for name, text in rendered.items()}
+
+
+@pytest.mark.slow
+def test_nightly_one_failure_in_three_pages_nothing(tmp_path):
+    """A nightly batch job failing 1 tenant sync of 3 pages nothing; without the guards the same rules page."""
+    done = promtool_unit_tests(tmp_path, "slo_test.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    unguarded = promtool_unit_tests(tmp_path, "slo_test.yml", rendered=_without_guards(assets.render(min_events=0)))
+    assert unguarded.returncode != 0
+    out = unguarded.stdout + unguarded.stderr
+    assert 'count(count_over_time(ALERTS{job=\\"nightly_sync' in out, (
+        "the nightly case must be what fails without the guards"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("rule", "old", "new", "why"),
+    [
+        (
+            "BizmetricsApiTenantSLOBurnRateFast",
+            "job_tenant_id:bizmetrics_slo_errors:wilson_lower_rate6h",
+            "job_tenant_id:bizmetrics_slo_errors:ratio_rate6h",
+            "the raw ratio instead of the Wilson bound: modest's 1 failure in 60 pages",
+        ),
+        (
+            "BizmetricsApiTenantSLOBurnRateFast",
+            ">= on (job) group_left () job:bizmetrics_alert_min_events:count",
+            ">= on (job) group_left () (0 * job:bizmetrics_alert_min_events:count)",
+            "no volume guard: tiny's 2 failures in 3 page (the Wilson bound alone is 0.21)",
+        ),
+        (
+            "BizmetricsConnectorErrorRatioCritical",
+            "job:connector_operations_errors:ratio_rate5m > 0.25",
+            "job_connector_type:connector_operations_errors:ratio_rate5m > 0.25",
+            "a page per connector type instead of one per service",
+        ),
+        (
+            "BizmetricsApiLatencySLOBurnRateFast",
+            '{slo="api_latency"}',
+            '{slo="api"}',
+            "the latency alert reading the API's 5xx ratios: the latency regression would not page",
+        ),
+    ],
+)
+def test_slo_promtool_unit_tests_catch_a_broken_rule(tmp_path, rule, old, new, why):
+    """slo_test.yml fails when a guard, the Wilson bound, the per-service aggregation or a burn rate is broken."""
+    done = promtool_unit_tests(tmp_path, "slo_test.yml", break_rule=(rule, old, new))
+    assert done.returncode != 0, why
+    assert "FAILED" in done.stdout + done.stderr, why
+
+
+@pytest.mark.slow
+def test_error_budget_remaining_reads_the_hand_computed_month(tmp_path):
+    """budget_test.yml: a scripted month leaves 0.8 of the API budget, -1 of the workflow budget, 0 on day 10."""
+    done = promtool_unit_tests(tmp_path, "budget_test.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The traffic-weighted ratio matters: averaging each hour's ratio instead reads 2/3, not 0.8.
+    unweighted = promtool_unit_tests(
+        tmp_path,
+        "budget_test.yml",
+        break_rule=(
+            "job:bizmetrics_slo_errors:ratio_rate30d",
+            'sum by (job, slo) (sum_over_time(job:bizmetrics_slo_errors:increase1h{slo="api"}[30d]))'
+            ' / sum by (job, slo) (sum_over_time(job:bizmetrics_slo_events:increase1h{slo="api"}[30d]))',
+            'sum by (job, slo) (avg_over_time(job:bizmetrics_slo_errors:ratio_rate1h{slo="api"}[30d]))',
+        ),
+    )
+    assert unweighted.returncode != 0
+    assert "FAILED" in unweighted.stdout + unweighted.stderr
+
+
+@pytest.mark.slow
+def test_per_job_latency_thresholds_in_promtool_unit_tests(tmp_path):
+    """--api-latency-threshold checkout=1000: 750 ms answers page billing (500 ms), not checkout."""
+    rendered = assets.render(latency_thresholds={"api_latency": {"checkout": 1000.0}})
+    done = promtool_unit_tests(tmp_path, "threshold_test.yml", rendered=rendered)
+    assert done.returncode == 0, done.stdout + done.stderr
+    same = promtool_unit_tests(tmp_path, "threshold_test.yml")
+    assert same.returncode != 0, "with one threshold for every job, checkout would page too"
+    assert "FAILED" in same.stdout + same.stderr
+
+
+@pytest.mark.slow
+def test_min_events_per_job_in_promtool_unit_tests(tmp_path):
+    """--min-events burning=1000000: the job that burns every SLO fast and slow alerts on nothing."""
+    rendered = assets.render(min_events={None: 50, "burning": 1_000_000})
+    done = promtool_unit_tests(tmp_path, "burn_rate_test.yml", rendered=rendered, spec=burn_rate_spec(paging_job=""))
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -160,6 +263,130 @@ def test_demo_exposition_passes_promtool_check_metrics():
 
 # --- export-assets and the dashboards ------------------------------------------------------
 
+#: Prometheus' own duration regex (prometheus/common model.ParseDuration), the reference.
+PROMETHEUS_DURATION = re.compile("".join(rf"(([0-9]+){unit})?" for unit, _ in DURATION_UNITS))
+
+
+@given(durations)
+def test_parse_duration_accepts_every_prometheus_duration(duration):
+    """Every duration of Prometheus' grammar parses to its value (``0s`` and ``1h30m`` included)."""
+    text, ms = duration
+    assert assets.parse_duration(text) == ms / 1000
+
+
+@given(duration_like)
+def test_parse_duration_accepts_exactly_what_prometheus_accepts(text):
+    """Any text of digits and unit letters is accepted iff Prometheus' regex matches it (``0`` alone too).
+
+    Like Prometheus, a duration past int64 nanoseconds (about 292 years) is refused too.
+    """
+    match = PROMETHEUS_DURATION.fullmatch(text) if text else None
+    if text == "0":
+        assert assets.parse_duration(text) == 0
+    elif match is None:
+        with pytest.raises(ValueError, match="is not a Prometheus duration"):
+            assets.parse_duration(text)
+    else:
+        numbers = match.groups()[1::2]
+        ms = sum(int(n) * unit_ms for n, (_, unit_ms) in zip(numbers, DURATION_UNITS, strict=True) if n)
+        if ms * 1_000_000 <= 2**63 - 1:
+            assert assets.parse_duration(text) == ms / 1000
+        else:
+            with pytest.raises(ValueError, match="longer than Prometheus can hold"):
+                assets.parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0s", 0), ("0", 0), ("1h30m", 5400), ("1y2w3d4h5m6s7ms", 33019506.007)])
+def test_parse_duration_examples(text, seconds):
+    """The issue's examples, and every unit at once."""
+    assert assets.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["30s2m", "1h1h", "", "1.5h", "h", "5", "-1s", "1 h", "1H"])
+def test_parse_duration_refuses_what_prometheus_refuses(text):
+    """Units out of order or repeated, fractions, bare numbers, signs and spaces are not durations."""
+    with pytest.raises(ValueError, match="is not a Prometheus duration"):
+        assets.parse_duration(text)
+
+
+@given(namespaces, namespaces)
+def test_namespaced_dashboard_uids_are_distinct_short_and_stable(first, second):
+    """Two namespaces give every dashboard two uids of at most 40 characters, the same each time."""
+    for name in dashboards.DASHBOARDS:
+        uid = json.loads(dashboards.render(dashboards.DASHBOARDS[name]))["uid"]
+        a, b = assets.namespaced_uid(uid, first), assets.namespaced_uid(uid, second)
+        assert len(a) <= 40 and len(b) <= 40
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", a), a  # what Grafana allows in a uid
+        assert a == assets.namespaced_uid(uid, first)
+        assert (a == b) == (first == second)
+
+
+def test_namespaced_dashboards_of_close_namespaces_do_not_collide():
+    """checkout_eu and checkout_us, whose uids used to be cut to the same 40 characters, get distinct uids."""
+    uids = {}
+    for namespace in ("checkout_eu", "checkout_us"):
+        files = assets.render(namespace=namespace)
+        uids[namespace] = {name: json.loads(files[name])["uid"] for name in files if name.startswith("grafana/")}
+    for name, uid in uids["checkout_eu"].items():
+        assert uid != uids["checkout_us"][name], name
+        assert len(uid) <= 40
+
+
+def test_set_objectives_still_tunes_the_connector_and_api_objectives():
+    """``set_objectives`` (0.1.0) rewrites the two objectives of the new rules as ``slo.build`` writes them."""
+    from bizmetrics.assets import slo
+
+    tuned = assets.set_objectives(slo.build(), connector=0.9, api={"checkout": 0.5})
+    assert tuned == slo.build(objectives={"connector": 0.9, "api": {"checkout": 0.5}})
+    assert tuned != slo.build()
+
+
+def test_shipped_slo_rules_match_their_description():
+    """The shipped slo_rules.yml is what ``bizmetrics.assets.slo`` builds (``python -m bizmetrics.assets.slo``)."""
+    from bizmetrics.assets import slo
+
+    assert ASSETS.joinpath("prometheus").joinpath("slo_rules.yml").read_text() == slo.build()
+
+
+def test_every_slo_has_its_objective_budget_and_alerts():
+    """Each of the eight SLOs has an objective, a 30-day budget, and fast (critical) and slow (ticket) alerts."""
+    from bizmetrics.assets import slo
+
+    assert list(slo.SLOS) == [
+        "connector", "api", "workflow", "agent", "api_latency", "connector_latency", "agent_latency", "agent_ttft",
+    ]  # fmt: skip
+    rules = all_rules()
+    for name, one in slo.SLOS.items():
+        recorded = {(r["record"], r.get("labels", {}).get("slo")) for r in rules if "record" in r}
+        assert ("job:bizmetrics_slo_objective:ratio", name) in recorded
+        assert ("job:bizmetrics_slo_error_budget_remaining:ratio", name) in recorded
+        assert (("job:bizmetrics_slo_latency_threshold:ms", name) in recorded) == one.latency
+        for speed, severity in (("Fast", "critical"), ("Slow", "ticket")):
+            names = [f"Bizmetrics{one.title}SLOBurnRate{speed}"]
+            if not one.latency:
+                names.append(f"Bizmetrics{one.title}TenantSLOBurnRate{speed}")
+            for alert in names:
+                rule = next(r for r in alerts() if r["alert"] == alert)
+                assert rule["labels"] == {"severity": severity, "slo": name}, alert
+                assert "job:bizmetrics_alert_min_events:count" in rule["expr"], alert
+                assert "unless on (job) batch_job_last_run_success" in rule["expr"], alert
+        tenant_alert = f"Bizmetrics{one.title}TenantSLOBurnRateFast"
+        if not one.latency:
+            assert "wilson_lower" in next(r for r in alerts() if r["alert"] == tenant_alert)["expr"]
+
+
+def test_every_page_is_about_a_service_and_every_ratio_alert_is_guarded():
+    """Critical alerts aggregate to job (tenant_id only on per-customer SLO alerts); every ratio alert has a guard."""
+    for rule in alerts():
+        expr = rule["expr"]
+        if "ratio_rate" in expr:
+            assert "job:bizmetrics_alert_min_events:count" in expr, rule["alert"]
+            assert "unless on (job) batch_job_last_run_success" in expr, rule["alert"]
+        if rule["labels"]["severity"] == "critical" and "ratio_rate" in expr:
+            detail = re.findall(r"\b(job_[a-z_]+):", expr)
+            allowed = {"job_tenant_id"} if "Tenant" in rule["alert"] else set()
+            assert set(detail) <= allowed, (rule["alert"], detail)
+
 
 def _files(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
@@ -199,6 +426,12 @@ def test_export_assets_writes_every_file_as_shipped(tmp_path):
     assert _objectives((tmp_path / "prometheus" / "slo_rules.yml").read_text()) == {
         "connector": "0.995 * group by (job) (connector_operations_total)",
         "api": "0.999 * group by (job) (api_requests_total)",
+        "workflow": "0.99 * group by (job) (workflow_executions_total)",
+        "agent": "0.99 * group by (job) (agent_invocations_total)",
+        "api_latency": "0.99 * group by (job) (api_request_duration_count)",
+        "connector_latency": "0.99 * group by (job) (connector_operation_duration_count)",
+        "agent_latency": "0.95 * group by (job) (agent_response_duration_count)",
+        "agent_ttft": "0.95 * group by (job) (agent_time_to_first_token_count)",
     }
 
 
@@ -229,6 +462,16 @@ def test_export_assets_options_tune_the_files(tmp_path):
         "BizmetricsTargetDown=30s",
         "--for",
         "BizmetricsApiSLOBurnRateFast=1m",
+        "--workflow-objective",
+        "billing=0.95",
+        "--api-latency-threshold",
+        "250",
+        "--api-latency-threshold",
+        "checkout=1000",
+        "--min-events",
+        "20",
+        "--min-events",
+        "checkout=500",
     )
     assert done.returncode == 0, done.stderr
     prom = tmp_path / "prometheus"
@@ -254,16 +497,32 @@ def test_export_assets_options_tune_the_files(tmp_path):
     }
     for alert, (value, percent) in expected.items():
         rule = _rule(alerting, alert)
-        assert str(rule["expr"]).endswith(f"> {value}"), alert
+        assert f"ratio_rate5m > {value}\n" in str(rule["expr"]), alert
         assert f"More than {percent} " in str(rule["annotations"]["description"]), alert  # type: ignore[index]
     stale = _rule(alerting, "BizmetricsBatchJobStale")
     assert stale["expr"] == "time() - batch_job_last_success_timestamp_seconds > 10800"
     assert "more than 3h ago" in str(stale["annotations"]["description"])  # type: ignore[index]
-    assert _objectives(slo) == {
+    objectives = _objectives(slo)
+    assert {name: objectives[name] for name in ("connector", "api", "workflow")} == {
         "connector": 'label_replace(vector(0.999), "job", "checkout", "", "")'
         " or 0.99 * group by (job) (connector_operations_total)",
         "api": 'label_replace(vector(0.98), "job", "billing", "", "") or 0.999 * group by (job) (api_requests_total)',
+        "workflow": 'label_replace(vector(0.95), "job", "billing", "", "")'
+        " or 0.99 * group by (job) (workflow_executions_total)",
     }
+    threshold = next(
+        r for g in yaml.safe_load(slo)["groups"] for r in g["rules"]
+        if r.get("record") == "job:bizmetrics_slo_latency_threshold:ms" and r["labels"]["slo"] == "api_latency"
+    )  # fmt: skip
+    assert threshold["expr"] == (
+        'label_replace(vector(1000.0), "job", "checkout", "", "")'
+        " or 250.0 * group by (job) (api_request_duration_count)"
+    )
+    assert r'api_request_duration_bucket{job="checkout", le=~"1000(\\.0)?"}' in slo
+    assert r'api_request_duration_bucket{job!~"checkout", le=~"250(\\.0)?"}' in slo
+    assert str(_rule(slo, "job:bizmetrics_alert_min_events:count")["expr"]).startswith(
+        'label_replace(vector(500), "job", "checkout", "", "") or 20 * group by (job) ({__name__=~"'
+    )
     for name in dashboards.DASHBOARDS:
         board = json.loads((tmp_path / "grafana" / name).read_text())
         job = next(v for v in board["templating"]["list"] if v["name"] == "job")
@@ -306,6 +565,18 @@ def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
         (["--jobs", "("], "is not a regex"),
         (["--jobs", "(?!billing).+"], "RE2"),
         (["--namespace", "1acme"], "not a valid metric name prefix"),
+        (["--for", "BizmetricsTargetDown=30s2m"], "is not a Prometheus duration"),
+        (["--for", "BizmetricsTargetDown=1h1h"], "is not a Prometheus duration"),
+        (["--batch-stale-after", "0s"], "longer than zero"),
+        (["--api-latency-threshold", "300"], "must be a bucket bound of api_request_duration"),
+        (
+            ["--agent-ttft-threshold", "checkout=333"],
+            "the agent_ttft threshold of job 'checkout' must be a bucket bound",
+        ),
+        (["--workflow-objective", "1"], "between 0 and 1"),
+        (["--agent-latency-objective", "checkout=x"], "--agent-latency-objective must be RATIO or JOB=RATIO"),
+        (["--min-events", "many"], "--min-events must be N or JOB=N"),
+        (["--min-events", "checkout=-5"], "must be a count"),
     ],
 )
 def test_export_assets_rejects_bad_options(tmp_path, args, message):
@@ -426,6 +697,11 @@ def test_dashboards_say_which_panels_ignore_the_tenant():
             ("system-overview.json", "Batch jobs: time since last success"),
             ("system-overview.json", "Batch jobs: last run succeeded (1) or failed (0)"),
             ("system-overview.json", "Batch jobs: last run duration"),
+            ("slo-overview.json", "Error budget left (30 days)"),
+            ("slo-overview.json", "Burn rate (1 hour): 1 spends the budget in exactly 30 days"),
+            ("slo-overview.json", "Attainment (30 days) and objective"),
+            ("slo-overview.json", "Latency thresholds of the latency SLOs"),
+            ("slo-overview.json", "Events per hour, and the minimum an alert's window needs"),
         ]
     )
 
@@ -445,7 +721,10 @@ class Stack(Prometheus):
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Prometheus scraping the demo (job "bizmetrics") and a Pushgateway every second, with the shipped rules."""
+    """Prometheus scraping the demo (job "bizmetrics") and a Pushgateway every second, with the shipped rules.
+
+    The demo names tenant_123 in BIZMETRICS_TENANT_LATENCY, as a service would its key customers.
+    """
     work = tmp_path_factory.mktemp("prometheus")
     assets.export(work)
     demo_port, gateway_port, prom_port = free_port(), free_port(), free_port()
@@ -463,7 +742,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     with (
         pushgateway(gateway_port, work),
-        process([sys.executable, "-m", "bizmetrics", "demo", "--port", str(demo_port), "--seed", "7"]),
+        process(
+            [sys.executable, "-m", "bizmetrics", "demo", "--port", str(demo_port), "--seed", "7"],
+            # One key customer's latency per tenant, for the per-tenant latency SLOs and panel.
+            env={**os.environ, "BIZMETRICS_TENANT_LATENCY": "tenant_123"},
+        ),
         start_prometheus(config, work, prom_port),
     ):
         gateway = f"127.0.0.1:{gateway_port}"
@@ -601,3 +884,31 @@ def test_batch_runs_add_up_in_prometheus(prometheus):
     assert [float(s["value"][1]) for s in prometheus.result(f"batch_job_last_run_success{{{group}}}")] == [1.0]
     duration = prometheus.result(f"batch_job_last_run_duration_seconds{{{group}}}")
     assert 0 < float(duration[0]["value"][1]) < 5
+
+
+@pytest.mark.slow
+def test_slo_series_of_the_demo_in_prometheus(prometheus):
+    """Every SLO has its objective, budget and burn ratios; latency SLOs per tenant only for the tracked tenant."""
+    from bizmetrics.assets import slo
+
+    objectives = {s["metric"]["slo"] for s in prometheus.result('job:bizmetrics_slo_objective:ratio{job="bizmetrics"}')}
+    assert objectives == set(slo.SLOS)
+    thresholds = {
+        s["metric"]["slo"]: float(s["value"][1])
+        for s in prometheus.result('job:bizmetrics_slo_latency_threshold:ms{job="bizmetrics"}')
+    }
+    assert thresholds == {name: one.threshold for name, one in slo.SLOS.items() if one.latency}
+    budgets = prometheus.result('job:bizmetrics_slo_error_budget_remaining:ratio{job="bizmetrics"}')
+    assert {s["metric"]["slo"] for s in budgets} == set(slo.SLOS)
+    assert all(float(s["value"][1]) <= 1 for s in budgets)
+    per_tenant = prometheus.result('job_tenant_id:bizmetrics_slo_error_budget_remaining:ratio{job="bizmetrics"}')
+    rows = {(s["metric"]["tenant_id"], s["metric"]["slo"]) for s in per_tenant}
+    assert {("tenant_456", name) for name in ("connector", "api", "workflow", "agent")} <= rows
+    latency_rows = {row for row in rows if row[1].endswith("_latency")}
+    assert latency_rows == {
+        ("tenant_123", "api_latency"),
+        ("tenant_123", "connector_latency"),
+        ("tenant_123", "agent_latency"),
+    }
+    minimum = prometheus.result('job:bizmetrics_alert_min_events:count{job="bizmetrics"}')
+    assert [float(s["value"][1]) for s in minimum] == [assets.DEFAULT_MIN_EVENTS]

@@ -6,6 +6,7 @@ options; see README, "Operations kit".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from .._settings import valid_namespace
 
 __all__ = [
     "DEFAULT_JOBS",
+    "DEFAULT_MIN_EVENTS",
     "RULE_FILES",
     "THRESHOLDS",
     "Export",
@@ -35,6 +37,9 @@ RULE_FILES = ("recording_rules.yml", "alerting_rules.yml", "slo_rules.yml")
 #: The scrape jobs the target-down alert and the dashboards cover by default: all of them.
 DEFAULT_JOBS = ".+"
 
+#: Events a window must hold before a ratio or burn-rate alert of a job fires (``--min-events``).
+DEFAULT_MIN_EVENTS = 50
+
 #: Tunable alert thresholds: option name -> (alert, shipped value).
 THRESHOLDS: dict[str, tuple[str, float]] = {
     "connector-error-ratio": ("BizmetricsConnectorErrorRatioHigh", 0.05),
@@ -47,27 +52,41 @@ _STALE_ALERT = "BizmetricsBatchJobStale"
 _SHIPPED_STALE = ("93600", "26h")
 _SHIPPED_JOBS_EXPR = "expr: 'up{job=~\".+\"} == 0'"
 _OBJECTIVE = re.compile(
-    r"(        expr: )(.+)(\n        labels:\n          slo: )(connector|api)\n",
+    r"(      - record: job:bizmetrics_slo_objective:ratio\n        expr: )(.+)(\n        labels:\n          slo: )"
+    r"(connector|api)\n",
 )
 _OBJECTIVE_METRIC = {"connector": "connector_operations_total", "api": "api_requests_total"}
-_DURATION = re.compile(r"(?:(\d+)(ms|s|m|h|d|w|y))")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+# Prometheus' own grammar (prometheus/common model.ParseDuration): each unit at most once, in this order.
+_UNITS = (("y", 31536000000), ("w", 604800000), ("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1))
+_DURATION = re.compile("".join(rf"(?:(\d+){unit})?" for unit, _ in _UNITS))
+_MAX_MS = (2**63 - 1) // 1_000_000  # Prometheus holds durations as int64 nanoseconds
 
 
 def parse_duration(text: str) -> float:
-    """Return the seconds of a Prometheus duration such as ``26h`` or ``1h30m``.
+    """Return the seconds of a Prometheus duration such as ``26h``, ``1h30m`` or ``0s``.
+
+    Exactly Prometheus' syntax: units ``y w d h m s ms``, in that order, each
+    at most once, with a whole number before each (``30s2m`` and ``1h1h``
+    are refused, as Prometheus refuses them); ``0`` alone is zero.
 
     :param text: the duration, in Prometheus' syntax.
-    :raises ValueError: if ``text`` is not a positive Prometheus duration.
+    :raises ValueError: if ``text`` is not a Prometheus duration.
 
     .. versionadded:: 0.2.0
+    .. versionchanged:: 0.3.0 exactly Prometheus' grammar: zero is a duration; units out of order or repeated are not.
     """
-    if not text or _DURATION.sub("", text) != "":
-        raise ValueError(f"{text!r} is not a Prometheus duration (like 90s, 15m, 26h or 1h30m)")
-    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION.findall(text))
-    if seconds <= 0:
-        raise ValueError(f"the duration {text!r} must be positive")
-    return seconds
+    if text == "0":
+        return 0.0
+    match = _DURATION.fullmatch(text) if text else None
+    if match is None or not any(match.groups()):
+        raise ValueError(
+            f"{text!r} is not a Prometheus duration: whole numbers with the units y, w, d, h, m, s, ms, "
+            "in that order, each at most once (like 90s, 15m, 26h or 1h30m)"
+        )
+    ms = sum(int(n) * unit_ms for n, (_, unit_ms) in zip(match.groups(), _UNITS, strict=True) if n)
+    if ms > _MAX_MS:
+        raise ValueError(f"the duration {text!r} is longer than Prometheus can hold (about 292 years)")
+    return ms / 1000
 
 
 def _promql_string(value: str) -> str:
@@ -202,6 +221,8 @@ def tune_alerts(
         text = _replace_in_alert(text, alert, f"More than {_percent(shipped)} ", f"More than {_percent(value)} ")
     if batch_stale_after is not None:
         seconds = parse_duration(batch_stale_after)
+        if seconds <= 0:
+            raise ValueError(f"--batch-stale-after {batch_stale_after!r} must be longer than zero")
         text = _replace_in_alert(text, _STALE_ALERT, f"> {_SHIPPED_STALE[0]}\n", f"> {seconds:g}\n")
         text = _replace_in_alert(
             text, _STALE_ALERT, f"more than {_SHIPPED_STALE[1]} ago", f"more than {batch_stale_after} ago"
@@ -231,15 +252,23 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
     return pairs
 
 
-def _objectives(values: list[str], slo: str) -> dict[str | None, float] | None:
-    by_job: dict[str | None, float] = {}
+def _by_job(values: list[str], option: str, kind: type[float] | type[int] = float) -> dict[str | None, Any] | None:
+    """``[JOB=]VALUE`` options: the value without a job is the default of every job."""
+    by_job: dict[str | None, Any] = {}
     for value in values:
-        job, sep, ratio = value.rpartition("=")
+        job, sep, number = value.rpartition("=")
         try:
-            by_job[job if sep else None] = float(ratio)
+            by_job[job if sep else None] = kind(number)
         except ValueError:
-            raise ValueError(f"--{slo}-objective must be RATIO or JOB=RATIO, not {value!r}") from None
+            what = "RATIO" if option.endswith("objective") else "N" if kind is int else "MS"
+            raise ValueError(f"--{option} must be {what} or JOB={what}, not {value!r}") from None
+        if sep and not job:
+            raise ValueError(f"--{option} {value!r} names no job")
     return by_job or None
+
+
+def _option(slo: str) -> str:
+    return slo.replace("_", "-")
 
 
 def parse_options(
@@ -250,17 +279,37 @@ def parse_options(
     thresholds: Mapping[str, float | None],
     batch_stale_after: str | None,
     for_durations: list[str],
+    objectives: Mapping[str, list[str]] | None = None,
+    latency_thresholds: Mapping[str, list[str]] | None = None,
+    min_events: list[str] | None = None,
 ) -> dict[str, Any]:
     """Return :func:`render`'s keyword arguments from ``export-assets``' command line values.
+
+    ``objectives`` and ``latency_thresholds`` hold the ``--SLO-objective`` and
+    ``--SLO-threshold`` values by SLO name, ``min_events`` the ``--min-events`` ones.
 
     :raises ValueError: for a malformed value.
 
     .. versionadded:: 0.2.0
+    .. versionchanged:: 0.3.0 ``objectives``, ``latency_thresholds`` and ``min_events``.
     """
+    chosen: dict[str, Any] = {}
+    for slo, values in (objectives or {}).items():
+        parsed = _by_job(values, f"{_option(slo)}-objective")
+        if parsed:
+            chosen[slo] = parsed
+    latency: dict[str, Any] = {}
+    for slo, values in (latency_thresholds or {}).items():
+        parsed = _by_job(values, f"{_option(slo)}-threshold")
+        if parsed:
+            latency[slo] = parsed
     return {
         "jobs": jobs,
-        "connector_objective": _objectives(connector_objective, "connector"),
-        "api_objective": _objectives(api_objective, "api"),
+        "connector_objective": _by_job(connector_objective, "connector-objective"),
+        "api_objective": _by_job(api_objective, "api-objective"),
+        "objectives": chosen or None,
+        "latency_thresholds": latency or None,
+        "min_events": _by_job(min_events or [], "min-events", int),
         "thresholds": {name: value for name, value in thresholds.items() if value is not None},
         "batch_stale_after": batch_stale_after,
         "for_durations": _pairs(for_durations, "--for"),
@@ -294,19 +343,33 @@ def render(
     batch_stale_after: str | None = None,
     for_durations: Mapping[str, str] | None = None,
     namespace: str | None = None,
+    objectives: Mapping[str, float | Mapping[str | None, float]] | None = None,
+    latency_thresholds: Mapping[str, float | Mapping[str | None, float]] | None = None,
+    min_events: int | Mapping[str | None, int] | None = None,
 ) -> dict[str, str]:
     """Return every file of the kit, tuned, by its path relative to the export directory.
 
     With no argument, the files are exactly the shipped ones.  ``for_durations``
     may name any alert, SLO alerts included; ``namespace`` writes the rules and
     dashboards for a service run with ``BIZMETRICS_NAMESPACE`` (see
-    :func:`with_namespace`); the other parameters are those of
-    :func:`tune_alerts` and :func:`set_objectives`.
+    :func:`with_namespace`); ``objectives`` (by SLO name), ``latency_thresholds``
+    (by latency SLO name, in ms, each a bucket bound of the SLO's histogram) and
+    ``min_events`` are those of :func:`bizmetrics.assets.slo.build`, each a
+    value or values by job (the ``None`` key: every other job); the other
+    parameters are those of :func:`tune_alerts`.
 
     .. versionadded:: 0.2.0
+    .. versionchanged:: 0.3.0 ``objectives``, ``latency_thresholds`` and ``min_events``.
     """
+    from . import slo
+
     package = resources.files(__name__)
     texts = {name: package.joinpath("prometheus").joinpath(name).read_text(encoding="utf-8") for name in RULE_FILES}
+    every_objective = dict(objectives or {})
+    for name, value in (("connector", connector_objective), ("api", api_objective)):
+        if value is not None:
+            every_objective[name] = value
+    texts["slo_rules.yml"] = slo.build(objectives=every_objective, thresholds=latency_thresholds, min_events=min_events)
     durations: dict[str, dict[str, str]] = {name: {} for name in RULE_FILES}
     for alert, duration in (for_durations or {}).items():
         holder = [name for name, text in texts.items() if f"- alert: {alert}\n" in text]
@@ -317,8 +380,6 @@ def render(
     for name, text in texts.items():
         if name == "alerting_rules.yml":
             text = tune_alerts(text, jobs=jobs, thresholds=thresholds, batch_stale_after=batch_stale_after)
-        elif name == "slo_rules.yml":
-            text = set_objectives(text, connector=connector_objective, api=api_objective)
         files[f"prometheus/{name}"] = tune_alerts(text, for_durations=durations[name])
     from . import dashboards  # not at import time: ``python -m bizmetrics.assets.dashboards`` runs it as __main__
 
@@ -335,10 +396,34 @@ def render(
             if name.startswith("grafana/"):
                 # Their own identity, so they sit beside the unprefixed dashboards in one Grafana.
                 board = json.loads(text)
-                board["uid"] = f"{board['uid']}-{namespace}"[:40]
+                board["uid"] = namespaced_uid(board["uid"], namespace)
                 board["title"] = f"{board['title']} ({namespace})"
                 files[name] = json.dumps(board, indent=2, sort_keys=True) + "\n"
     return files
+
+
+#: Grafana's longest dashboard uid.
+MAX_UID = 40
+_UID_SAFE = re.compile(r"[A-Za-z0-9_]+")
+
+
+def namespaced_uid(uid: str, namespace: str) -> str:
+    """Return the uid of dashboard ``uid`` for ``namespace``: at most 40 characters, stable, its own per namespace.
+
+    ``UID-NAMESPACE`` when it fits and the namespace has only characters a
+    uid may have; otherwise cut, with ``--`` and 8 hex digits of the
+    namespace's SHA-256 at the end, so namespaces that share their first
+    characters (``checkout_eu``, ``checkout_us``) keep distinct uids.  The
+    shipped uids and namespaces have no ``--``, so a cut uid never equals a
+    whole one.
+
+    .. versionadded:: 0.3.0
+    """
+    full = f"{uid}-{namespace}"
+    if len(full) <= MAX_UID and _UID_SAFE.fullmatch(namespace):
+        return full
+    digest = hashlib.sha256(namespace.encode()).hexdigest()[:8]
+    return f"{full[: MAX_UID - len(digest) - 2].replace(':', '_')}--{digest}"
 
 
 @dataclass

@@ -64,8 +64,42 @@ def _job_variable(jobs: str, metrics: str) -> dict[str, Any]:
     return _variable("job", "Service (job)", f"label_values({selector}, job)", all_value=quoted)
 
 
+def _table(title: str, description: str, columns: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """A table of instant queries joined on their labels: one row per series, one column per (expr, name, unit)."""
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "fieldConfig": {
+            "defaults": {},
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": f"Value #{chr(ord('A') + j)}"},
+                    "properties": [{"id": "displayName", "value": name}, {"id": "unit", "value": unit}],
+                }
+                for j, (_, name, unit) in enumerate(columns)
+            ],
+        },
+        "options": {"showHeader": True, "sortBy": [{"displayName": columns[-1][1], "desc": False}]},
+        "transformations": [
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"excludeByName": {"Time": True}}},
+        ],
+        "targets": [
+            {"datasource": DATASOURCE, "expr": expr, "refId": chr(ord("A") + j), "instant": True, "format": "table"}
+            for j, (expr, _, _) in enumerate(columns)
+        ],
+    }
+
+
 def _dashboard(
-    uid: str, title: str, description: str, variables: list[dict[str, Any]], panels: list[Panel]
+    uid: str,
+    title: str,
+    description: str,
+    variables: list[dict[str, Any]],
+    panels: list[Panel],
+    tables: list[dict[str, Any]] = [],  # noqa: B006 (never mutated)
 ) -> dict[str, Any]:
     built = []
     for i, (panel_title, unit, targets) in enumerate(panels):
@@ -93,6 +127,9 @@ def _dashboard(
                 ],
             }
         )
+    rows = 8 * ((len(built) + 1) // 2)
+    for i, table in enumerate(tables):
+        built.append({"id": len(built) + 1, "gridPos": {"h": 12, "w": 24, "x": 0, "y": rows + 12 * i}, **table})
     return {
         "uid": uid,
         "title": title,
@@ -452,11 +489,105 @@ def system_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     )
 
 
+def slo_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    s = '{job=~"$job", slo=~"$slo"}'
+    t = '{job=~"$job", tenant_id=~"$tenant", slo=~"$slo"}'
+    j = '{job=~"$job"}'
+    tl = '{job=~"$job", tenant_id=~"$tenant"}'
+    return _dashboard(
+        "bizmetrics-slos",
+        "bizmetrics / SLOs and error budgets",
+        "Every SLO of every service (job): error budget left over 30 days, burn rates, objectives and latency"
+        " thresholds, and per customer (tenant) the attainment and budget left.",
+        [
+            _job_variable(jobs, "job:bizmetrics_slo_objective:ratio"),
+            _variable("slo", "SLO", f"label_values(job:bizmetrics_slo_objective:ratio{j}, slo)"),
+            _variable(
+                "tenant", "Tenant", f"label_values(job_tenant_id:bizmetrics_slo_errors:ratio_rate30d{j}, tenant_id)"
+            ),
+        ],
+        [
+            (
+                "Error budget left (30 days)",
+                "percentunit",
+                [(f"job:bizmetrics_slo_error_budget_remaining:ratio{s}", "{{job}} {{slo}}")],
+            ),
+            (
+                "Burn rate (1 hour): 1 spends the budget in exactly 30 days",
+                "short",
+                [
+                    (
+                        f"sum by (job, slo) (job:bizmetrics_slo_errors:ratio_rate1h{s})"
+                        f" / sum by (job, slo) (1 - job:bizmetrics_slo_objective:ratio{s})",
+                        "{{job}} {{slo}}",
+                    )
+                ],
+            ),
+            (
+                "Attainment (30 days) and objective",
+                "percentunit",
+                [
+                    (f"1 - job:bizmetrics_slo_errors:ratio_rate30d{s}", "{{job}} {{slo}}"),
+                    (f"job:bizmetrics_slo_objective:ratio{s}", "{{job}} {{slo}} objective"),
+                ],
+            ),
+            (
+                "Latency thresholds of the latency SLOs",
+                "ms",
+                [(f"job:bizmetrics_slo_latency_threshold:ms{s}", "{{job}} {{slo}}")],
+            ),
+            (
+                "Events per hour, and the minimum an alert's window needs",
+                "short",
+                [
+                    (f"job:bizmetrics_slo_events:increase1h{s}", "{{job}} {{slo}}"),
+                    (f"job:bizmetrics_alert_min_events:count{j}", "{{job}} minimum"),
+                ],
+            ),
+            (
+                "Burn rate per tenant (6 hours), judged on the Wilson lower bound",
+                "short",
+                [
+                    (
+                        f"sum by (job, tenant_id, slo) (job_tenant_id:bizmetrics_slo_errors:wilson_lower_rate6h{t})"
+                        f" / on (job, slo) group_left () sum by (job, slo) (1 - job:bizmetrics_slo_objective:ratio{s})",
+                        "{{job}} {{tenant_id}} {{slo}}",
+                    )
+                ],
+            ),
+            (
+                "API latency p95 of the tenants tracked with track_tenant_latency",
+                "ms",
+                [
+                    (
+                        "histogram_quantile(0.95, sum by (job, tenant_id, le)"
+                        f" (rate(api_request_duration_by_tenant_bucket{tl}[5m])))",
+                        "{{job}} {{tenant_id}}",
+                    )
+                ],
+            ),
+        ],
+        [
+            _table(
+                "Per tenant: attainment and error budget left (30 days)",
+                "One row per service, tenant and SLO (success SLOs; latency SLOs for tracked tenants). Budget left:"
+                " 1 untouched, 0 spent, negative overspent.",
+                [
+                    (f"1 - job_tenant_id:bizmetrics_slo_errors:ratio_rate30d{t}", "Attainment", "percentunit"),
+                    (f"job_tenant_id:bizmetrics_slo_events:increase1d{t}", "Events (1 day)", "short"),
+                    (f"job_tenant_id:bizmetrics_slo_error_budget_remaining:ratio{t}", "Budget left", "percentunit"),
+                ],
+            )
+        ],
+    )
+
+
 DASHBOARDS = {
     "connector-health.json": connector_health,
     "workflow-performance.json": workflow_performance,
     "ai-agent-analytics.json": ai_agent_analytics,
     "system-overview.json": system_overview,
+    "slo-overview.json": slo_overview,
 }
 
 

@@ -93,6 +93,7 @@ bizmetrics.record_api_request("GET", "/x", 200, 1.0)
 bizmetrics.report_usage({"input": 10, "output": 2}, model="gpt-4o")
 with bizmetrics.tenant_context("tenant_123"):
     pass
+bizmetrics.track_tenant_latency("acme", "globex")
 
 # Misuses.
 Connector().get_posts(limit="many")  # type: ignore[arg-type]
