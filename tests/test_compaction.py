@@ -156,6 +156,7 @@ def test_gauges_keep_their_multiprocess_modes(tmp_path: Path) -> None:
     assert got[("g_livesum", (("pool", "p"),))] == 1.0
 
 
+@pytest.mark.slow  # threads contending for the GIL and the directory lock: from 20 s to minutes on a loaded machine
 def test_scrapes_during_compactions_see_exact_totals(tmp_path: Path) -> None:
     """Scrapes that run while two compactions run never count a dead worker twice, nor miss one."""
     for i in range(400):
