@@ -544,3 +544,79 @@ def _method_of(fn: Any) -> Any:
             return fn()
 
     return method
+
+
+class TestAnAsyncStreamsScope:
+    """An async generator with its own tenant: each step runs in the body's context, the consumer's stays its own."""
+
+    def test_the_consumer_between_items_keeps_its_tenant_and_the_body_keeps_its_own(self):
+        name, own, consumer = unique("n"), unique(), unique()
+        seen: list[tuple[str, object]] = []
+
+        @instrument_connector_operation("stream", connector_type=name)
+        async def stream(tenant_id: str) -> Any:
+            for i in range(3):
+                seen.append(("body", bizmetrics.current_tenant()))
+                await asyncio.sleep(0)  # a step that awaits: resumed in the body's context too
+                yield i
+
+        async def consume() -> None:
+            with tenant_context(consumer):
+                async for _ in stream(own):
+                    seen.append(("consumer", bizmetrics.current_tenant()))
+
+        asyncio.run(consume())
+        assert seen == [("body", own), ("consumer", consumer)] * 3
+        assert _ops(name, "stream", own) == 1
+
+    def test_a_cancelled_step_propagates_runs_the_bodys_finally_in_its_scope_and_records_cancelled(self):
+        name, own = unique("n"), unique()
+        seen: list[object] = []
+
+        @instrument_connector_operation("stream", connector_type=name)
+        async def stream(tenant_id: str) -> Any:
+            try:
+                yield 1
+                await asyncio.Event().wait()  # never set: cancelled here
+                yield 2
+            finally:
+                seen.append(bizmetrics.current_tenant())
+
+        async def consume() -> None:
+            async for _ in stream(own):
+                pass
+
+        async def main() -> None:
+            task = asyncio.ensure_future(consume())
+            for _ in range(5):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert seen == [own]
+        assert _ops(name, "stream", own, status="cancelled") == 1
+
+    def test_a_stream_closed_early_closes_its_body_in_its_scope(self):
+        name, own = unique("n"), unique()
+        seen: list[object] = []
+
+        @instrument_connector_operation("stream", connector_type=name)
+        async def stream(tenant_id: str) -> Any:
+            try:
+                yield 1
+                yield 2
+            finally:
+                await asyncio.sleep(0)
+                seen.append(bizmetrics.current_tenant())
+
+        async def consume() -> None:
+            agen = stream(own)
+            await agen.__anext__()
+            await agen.aclose()
+            seen.append(bizmetrics.current_tenant())
+
+        asyncio.run(consume())
+        assert seen == [own, None]
+        assert _ops(name, "stream", own) == 1
