@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import DEFAULT_MIN_EVENTS
+from . import DEFAULT_MIN_EVENTS, _check_ratio, _promql_string
 
 __all__ = [
     "DEFAULT_MIN_EVENTS",
@@ -49,7 +49,7 @@ PROMETHEUS_DIR = Path(__file__).parent / "prometheus"
 #: The windows the rules record: the burn-rate pairs' long and short windows.
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 
-#: (severity, burn rate, long window, short window, share of a 30-day budget burnt in the long window).
+#: By speed: the severity, and the (burn rate, long window, short window) pairs, either of which fires.
 BURN_PAIRS = {
     "Fast": ("critical", (("14.4", "1h", "5m"), ("6", "6h", "30m"))),
     "Slow": ("ticket", (("3", "1d", "2h"), ("1", "3d", "6h"))),
@@ -205,11 +205,6 @@ SLOS: dict[str, SLO] = {
 TENANT_SLOS = tuple(slo for slo in SLOS.values() if slo.per_tenant)
 
 
-def _check_ratio(what: str, value: float) -> None:
-    if not 0 < value < 1:
-        raise ValueError(f"{what} must be between 0 and 1 (exclusive), not {value}")
-
-
 def bucket_bounds(slo: SLO) -> tuple[float, ...]:
     """The bucket bounds of a latency SLO's histogram, as this process's settings make them."""
     from .. import metrics
@@ -229,10 +224,6 @@ def check_threshold(slo: SLO, threshold: float, job: str | None = None) -> None:
             f"up to the threshold, so any other value would be rounded silently (BIZMETRICS_BUCKETS_"
             f"{slo.buckets.removesuffix('_BUCKETS')} sets the buckets)"
         )
-
-
-def _promql_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _regex_escape(job: str) -> str:
@@ -482,7 +473,7 @@ def _slo_rules(slo: SLO, objectives: Mapping[str | None, float], thresholds: Map
             )
             rules.append(_record(TENANT_WILSON.format(w=window), _yaml_quoted(_wilson_lower(errors, events)), slo=name))
     # The bad share of the last 30 days, weighted by traffic: every evaluation's last hour, summed.
-    for by, events_name, errors_name, ratio_name, budget in levels_budget(levels):
+    for by, events_name, errors_name, ratio_name, budget in _with_budget(levels):
         ratio30d = ratio_name.format(w="30d")
         rules.append(
             _record(
@@ -507,7 +498,7 @@ def _slo_rules(slo: SLO, objectives: Mapping[str | None, float], thresholds: Map
     return rules
 
 
-def levels_budget(levels: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str, str]]:
+def _with_budget(levels: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str, str]]:
     return [(*level, BUDGET if level[0] == "job" else TENANT_BUDGET) for level in levels]
 
 
