@@ -30,7 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.samples import Exemplar
 
-from . import _cache, _extract, _log, _mpworker, _settings, _tenants, _trace, _values
+from . import _cache, _deferred, _extract, _log, _mpworker, _settings, _tenants, _trace, _values
 from ._fastpath import FAST_PATH, LOCK, Cell, Cells, cell
 from ._fastpath import add as add_to
 from ._values import DEFAULT_TENANT, UNKNOWN
@@ -134,6 +134,10 @@ class Family(Generic[B]):
         except TypeError:  # an unhashable label value: cleaned below, as str() of it
             bundle = None
         if bundle is None:
+            if _deferred.collector is not None and _deferred.collecting():
+                # Making a bundle takes prometheus_client's locks, which the thread the
+                # collector interrupted may hold: made when the queue drains.
+                return _Later(self, raw)  # type: ignore[return-value]
             # Only clean str keys are cached; anything else is cleaned (and
             # logged) on every call, so 1, True and "1" can never collide.
             clean = tuple(
@@ -154,6 +158,29 @@ class Family(Generic[B]):
                 bundle = self._make(*clean)
                 _cache.store(self.cache, clean, bundle, seen)
         return bundle
+
+
+class _Later:
+    """A bundle asked for inside a garbage collection (a decorated call in a finaliser), not made yet.
+
+    Every method called on it is queued (``_deferred``) and called on the
+    real bundle, made from the same raw label values, when the queue drains.
+    """
+
+    __slots__ = ("family", "raw")
+    scope = None
+
+    def __init__(self, family: Family[Any], raw: tuple[Any, ...]) -> None:
+        self.family = family
+        self.raw = raw
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        family, raw = self.family, self.raw
+
+        def later(*args: Any) -> None:
+            _deferred.defer(lambda: getattr(family.get(*raw), name)(*args))
+
+        return later
 
 
 def _keyed_cell(cells: dict[Any, Cell], metric: Counter, key: object, *labels: str) -> Cell:
@@ -463,18 +490,20 @@ class _Agent(_Outcomes):
         self.ttft = AGENT_TIME_TO_FIRST_TOKEN.labels(agent_id)
         self.ttft_cells = Cells(self.ttft) if FAST_PATH else None
 
-    def used(self, amount: Any, model: str | None = None) -> None:
+    def used(self, amount: Any, model: str | None = None, *, reported: bool = False) -> None:
         """Count the tokens of a call: a number, or a ``Usage`` by type and by model call.
 
         Each model call's typed tokens go under ``model``, else the decorator's
-        or the call's model, else the model the response names.
+        or the call's model, else the model the response names; for tokens
+        ``report_usage`` reports (``reported``), the model the usage names comes
+        before the agent's own: an LLM call inside a tool may use another.
         """
         if type(amount) is _extract.Usage:
             total = amount.total
             agent = self.key[0]
             for call in amount.calls():
                 if call.tokens:
-                    name = model or self.model or call.model
+                    name = (model or call.model or self.model) if reported else (model or self.model or call.model)
                     TOKEN_USAGE_FAMILY.get(agent, name if name else UNKNOWN, self.tenant).add(call)
         else:
             total = amount
@@ -552,7 +581,7 @@ class AgentCall:
     def report(self, usage: Any, model: str | None = None) -> None:
         """Count tokens reported by ``report_usage`` during the call."""
         self.reported = True
-        self.agent.used(usage, model)
+        self.agent.used(usage, model, reported=True)
 
     def success(self, ms: float | None, amount: Any) -> None:
         self.agent.success(ms, amount)

@@ -276,9 +276,11 @@ def _resolved(resolve: Callable[[Args, Kwargs], tuple[Bundle, object]], args: Ar
 # ``cls``.  Labels are resolved at call time (so a coroutine or generator
 # carries its caller's tenant); the clock runs while the user's code runs.
 # The scope (``Site.enter``'s context variables) is set while the user's
-# code runs: around the call, the awaited coroutine, each step of an async
-# generator; a generator's body runs in a context of its own (see
-# ``_timed_generator``).
+# code runs: around the call or the awaited coroutine; a generator's or an
+# async generator's body runs in a context of its own (see the relays).  A
+# call made inside a garbage collection (by a finaliser) never changes the
+# interrupted thread's context: a sync call runs in a scoped copy of it, a
+# coroutine started there without its scope.
 
 Body = Callable[..., object]
 
@@ -293,10 +295,16 @@ def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
         bundle, own = resolved
         if begin is not None:
             bundle = begin(bundle)
-        entered = None if enter is None else enter(bundle, own)
+        entered = None
+        target = func
+        if enter is not None:
+            if _deferred.collector is not None and _deferred.collecting():
+                target = _in_scoped_copy(enter, bundle, own, func)
+            else:
+                entered = enter(bundle, own)
         start = clock()
         try:
-            result = func(*args, **kwargs)
+            result = target(*args, **kwargs)
         except BaseException as exc:
             _outcome(bundle, clock() - start, exc, 0, classify)
             raise
@@ -307,6 +315,17 @@ def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
         return result
 
     return call
+
+
+def _in_scoped_copy(enter: Enter, bundle: Bundle, own: object, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, to run in a copy of the context with the call's scope set in it.
+
+    For a call made by a finaliser: it keeps its scope, and the context of
+    the thread the collector interrupted is left as it was.
+    """
+    ctx = copy_context()
+    ctx.run(enter, bundle, own)
+    return functools.partial(ctx.run, func)
 
 
 def _close(work: object) -> None:
@@ -354,7 +373,11 @@ async def _timed_coroutine(pending: _Pending, count: Count | None, site: Site) -
     begin, enter, classify = site.begin, site.enter, site.error_type
     if begin is not None:
         bundle = begin(bundle)
-    entered = None if enter is None else enter(bundle, pending.own)
+    entered = (
+        None
+        if enter is None or (_deferred.collector is not None and _deferred.collecting())
+        else enter(bundle, pending.own)
+    )
     start = clock()
     try:
         result = await work  # type: ignore[misc]
@@ -376,19 +399,21 @@ def _timed_generator(
     site: Site,
 ) -> Generator[Any, Any, Any]:
     # A hand-expanded ``yield from`` that times each resume of the body, so
-    # the consumer's time between items is never counted.  The body runs in
-    # a context of its own, copied from the consumer's at the first resume,
-    # with the scope set in it once: ``ctx.run`` costs ~10 ns a resume where
-    # setting and resetting one variable costs ~150.  ``elapsed -= clock()``
-    # before a resume and ``elapsed += clock()`` after it add up the resumes
-    # with the fewest operations per item.
-    ctx = copy_context()
-    run = ctx.run
+    # the consumer's time between items is never counted.  With a scope, the
+    # body runs in a context of its own, copied from the consumer's at the
+    # first resume, with the scope set in it once: ``ctx.run`` costs ~10 ns a
+    # resume where setting and resetting one variable costs ~150; without
+    # one, in the consumer's, as undecorated.  ``elapsed -= clock()`` before
+    # a resume and ``elapsed += clock()`` after it add up the resumes with
+    # the fewest operations per item.
     classify = site.error_type
     if site.begin is not None:
         bundle = site.begin(bundle)
+    run = None
     if site.enter is not None:
-        run(site.enter, bundle, own)
+        ctx = copy_context()
+        if ctx.run(site.enter, bundle, own) is not None:
+            run = ctx.run
     send, throw = gen.send, gen.throw
     elapsed = 0.0
     amount: Any = 0
@@ -398,7 +423,7 @@ def _timed_generator(
     while True:
         elapsed -= clock()
         try:
-            item = run(action, arg)
+            item = action(arg) if run is None else run(action, arg)
         except StopIteration as stop:
             _outcome(bundle, elapsed + clock(), None, amount, classify)
             return stop.value
@@ -414,10 +439,13 @@ def _timed_generator(
             arg = yield item
         except GeneratorExit:
             # Closed early (or collected): close the body, and count what it yielded as a success.
-            # Collected, the body's context is still its own: no finaliser touches the thread's.
+            # With a scope, in the body's own context: a finaliser never touches the thread's.
             elapsed -= clock()
             try:
-                run(gen.close)
+                if run is None:
+                    gen.close()
+                else:
+                    run(gen.close)
             except BaseException as exc:
                 _outcome(bundle, elapsed + clock(), exc, amount, classify)
                 raise
@@ -600,7 +628,11 @@ def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[
             return func(*args, **kwargs)
         base, own = resolved
         bundle = base if begin is None else begin(base)
-        entered = None if enter is None else enter(bundle, own)
+        entered = (
+            None
+            if enter is None or (_deferred.collector is not None and _deferred.collecting())
+            else enter(bundle, own)
+        )
         start = clock()
         try:
             result = func(*args, **kwargs)

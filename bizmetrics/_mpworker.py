@@ -17,7 +17,12 @@ named by identity, see ``_mpfiles``) runs one daemon thread that, every
 A record only puts its exemplar in a dict: no file, no lock.  The thread
 starts with the first value a process writes (so a gunicorn master that
 only forks never has one, and no fork happens with it running there), again
-in a forked child, and takes no lock a record could hold.
+in a forked child.  It is a thread of its own, so the multiprocess value
+lock it takes to set its gauges never makes a record of another thread wait
+on itself; a fork during those few microseconds a second would leave the
+child's copy of that prometheus_client lock held (prometheus_client never
+re-initialises it), so a process that records should not fork afterwards
+(README, "Several processes").
 """
 
 from __future__ import annotations

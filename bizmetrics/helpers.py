@@ -7,12 +7,14 @@ metric never raises into application code.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from contextvars import copy_context
+from typing import Any, ParamSpec
 
 from prometheus_client import Gauge
 
-from . import _extract, _log, _values
+from . import _deferred, _extract, _log, _values
 from ._families import (
     AGENT_FAMILY,
     API_FAMILY,
@@ -54,6 +56,27 @@ __all__ = [
 ]
 
 
+P = ParamSpec("P")
+
+
+def _finaliser_safe(helper: Callable[P, None]) -> Callable[P, None]:
+    """``helper``, queued with its context when called inside a garbage collection (see ``_deferred``).
+
+    A finaliser that records (a connector's ``__del__`` closing it, say) may
+    run while its thread holds prometheus_client's locks; the record is made
+    when the queue drains, with the tenant and agent current at the call.
+    """
+
+    @functools.wraps(helper)
+    def record(*args: P.args, **kwargs: P.kwargs) -> None:
+        if _deferred.collector is not None and _deferred.collecting():
+            _deferred.defer(functools.partial(copy_context().run, helper, *args, **kwargs))
+            return
+        helper(*args, **kwargs)
+
+    return record
+
+
 def _error_type(error_type: object) -> str:
     return UNKNOWN if error_type is None else _values.label(error_type, "error_type")
 
@@ -67,6 +90,7 @@ def _call(bundle: Bundle, duration_ms: object, success: bool, error_type: object
         bundle.failure(ms, _error_type(error_type), amount)
 
 
+@_finaliser_safe
 def record_connector_operation(
     connector_type: str,
     operation: str,
@@ -94,6 +118,7 @@ def record_connector_operation(
         _log.internal_error("record_connector_operation")
 
 
+@_finaliser_safe
 def record_connector_sync(
     connector_type: str,
     resource_type: str,
@@ -114,6 +139,7 @@ def record_connector_sync(
         _log.internal_error("record_connector_sync")
 
 
+@_finaliser_safe
 def record_workflow_execution(
     workflow_id: str,
     duration_ms: float,
@@ -132,6 +158,7 @@ def record_workflow_execution(
         _log.internal_error("record_workflow_execution")
 
 
+@_finaliser_safe
 def record_workflow_step(workflow_id: str | None, step: str, duration_ms: float) -> None:
     """Record the duration of one step of workflow ``workflow_id``.
 
@@ -146,6 +173,7 @@ def record_workflow_step(workflow_id: str | None, step: str, duration_ms: float)
         _log.internal_error("record_workflow_step")
 
 
+@_finaliser_safe
 def record_agent_invocation(
     agent_id: str,
     duration_ms: float,
@@ -185,6 +213,7 @@ def record_agent_invocation(
         _log.internal_error("record_agent_invocation")
 
 
+@_finaliser_safe
 def report_usage(usage: object, *, model: str | None = None) -> None:
     """Add the tokens of ``usage`` to the ``instrument_agent`` call that is running.
 
@@ -219,6 +248,7 @@ def report_usage(usage: object, *, model: str | None = None) -> None:
         _log.internal_error("report_usage")
 
 
+@_finaliser_safe
 def record_tool_call(
     agent_id: str | None,
     tool: str,
@@ -284,6 +314,7 @@ def http_method(method: object) -> str:
     return "OTHER"
 
 
+@_finaliser_safe
 def record_api_request(
     method: str | bytes,
     endpoint: str,
@@ -308,6 +339,7 @@ def record_api_request(
         _log.internal_error("record_api_request")
 
 
+@_finaliser_safe
 def record_db_query(operation: str, duration_ms: float) -> None:
     """Record the duration of one database query.
 
@@ -328,6 +360,7 @@ def _pool_change(pool: str, value: object, what: str, apply: Callable[[Any, floa
         _log.internal_error(where)
 
 
+@_finaliser_safe
 def set_db_pool_size(pool: str, size: float) -> None:
     """Set the size of connection pool ``pool``.
 
@@ -336,6 +369,7 @@ def set_db_pool_size(pool: str, size: float) -> None:
     _pool_change(pool, size, "pool size", Gauge.set, "set_db_pool_size")
 
 
+@_finaliser_safe
 def inc_db_pool_size(pool: str, amount: float = 1) -> None:
     """Grow the size of connection pool ``pool`` by ``amount``.
 
@@ -344,6 +378,7 @@ def inc_db_pool_size(pool: str, amount: float = 1) -> None:
     _pool_change(pool, amount, "pool size change", Gauge.inc, "inc_db_pool_size")
 
 
+@_finaliser_safe
 def dec_db_pool_size(pool: str, amount: float = 1) -> None:
     """Shrink the size of connection pool ``pool`` by ``amount``.
 
@@ -361,6 +396,7 @@ def _count_lookups(cache: str, count: object, hit: bool, where: str) -> None:
         _log.internal_error(where)
 
 
+@_finaliser_safe
 def record_cache_hit(cache: str, count: int = 1) -> None:
     """Count ``count`` hits of cache ``cache``.
 
@@ -369,6 +405,7 @@ def record_cache_hit(cache: str, count: int = 1) -> None:
     _count_lookups(cache, count, True, "record_cache_hit")
 
 
+@_finaliser_safe
 def record_cache_miss(cache: str, count: int = 1) -> None:
     """Count ``count`` misses of cache ``cache``.
 

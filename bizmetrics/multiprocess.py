@@ -108,9 +108,8 @@ def compact(directory: str | None = None) -> int:
     """Merge the files of dead workers into the directory's archive; return how many files it absorbed.
 
     Every scrape of ``registry()`` does it (at most ``COMPACT_PER_SCRAPE``
-    files at a time, and only when no other scrape holds the directory), and
-    so does importing bizmetrics in a worker: call it yourself only to compact
-    at a time of your choosing.  Safe against pid reuse, concurrent scrapes
+    files at a time, and only when no other scrape holds the directory): call
+    it yourself only to compact at a time of your choosing.  Safe against pid reuse, concurrent scrapes
     and a ``kill -9`` at any moment (see README, "Dead workers' files").
     Linux only (it needs ``/proc``); 0 elsewhere.
 

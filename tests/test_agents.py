@@ -764,3 +764,18 @@ def test_usage_reported_inside_a_tool_is_booked_to_the_enclosing_agent():
     answer("acme")
     assert usage_of(agent, "unknown") == {"input": 7, "output": 3}
     assert _unreported(agent) == 0
+
+
+def test_report_usage_books_the_model_the_usage_names_before_the_agents_own():
+    """An LLM call inside a tool may use another model than the agent's: the usage's model wins, then the agent's."""
+    agent = unique("agent")
+
+    @instrument_agent(agent, model="agent-model")
+    def answer(tenant_id: str) -> str:
+        bizmetrics.report_usage(_openai_like(3, 1))  # names gpt-4o
+        bizmetrics.report_usage({"input": 5, "output": 2})  # names no model: the agent's
+        return "text"
+
+    answer("acme")
+    assert usage_of(agent, "gpt-4o") == {"input": 3, "output": 1}
+    assert usage_of(agent, "agent-model") == {"input": 5, "output": 2}

@@ -251,3 +251,74 @@ def test_queued_records_are_drained_at_interpreter_exit_into_multiprocess_files(
         [sys.executable, "-c", reader], env=env, check=True, timeout=60, capture_output=True, text=True
     ).stdout
     assert 'operation="at_exit",status="cancelled",tenant_id="exit"} 4.0' in out
+
+
+FINALISER_CALLS = textwrap.dedent(
+    """
+    import faulthandler, gc, sys
+    faulthandler.dump_traceback_later(30, exit=True)
+    import bizmetrics
+    from bizmetrics import current_tenant, current_workflow, instrument_connector_operation, instrument_workflow
+    from bizmetrics.metrics import CONNECTOR_OPERATIONS, WORKFLOW_EXECUTIONS
+    from prometheus_client import generate_latest
+    from bizmetrics.multiprocess import registry
+
+    @instrument_workflow("cleanup_flow")
+    def cleanup(tenant_id):
+        return connector_close()
+
+    @instrument_connector_operation("close", connector_type="finaliser")
+    def connector_close():
+        bizmetrics.record_connector_sync("finaliser", "rows", 2)
+        return 1
+
+    class Resource:
+        def __init__(self, tenant):
+            self.tenant = tenant
+            self.me = self  # a cycle: freed by the collector
+        def __del__(self):
+            cleanup(self.tenant)
+
+    for i in range(200):
+        Resource(f"acme{i}")
+    # The collector runs while this thread holds the locks a new series needs
+    # (as if it had interrupted labels()); the finalisers' calls make new series.
+    with CONNECTOR_OPERATIONS._lock, WORKFLOW_EXECUTIONS._lock:
+        gc.collect()
+        assert (current_tenant(), current_workflow()) == (None, None), (current_tenant(), current_workflow())
+    text = generate_latest(registry()).decode()
+
+    def total(name, *labels):
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                   if l.startswith(name + "{") and all(x in l for x in labels))
+
+    print(total("workflow_executions_total", 'workflow_id="cleanup_flow"', 'status="success"'),
+          total("connector_operations_total", 'operation="close"', 'status="success"', 'tenant_id="acme7"'),
+          total("connector_sync_records_total", 'connector_type="finaliser"', 'tenant_id="acme7"'))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["single", "multiprocess"])
+def test_decorated_calls_and_helpers_made_by_finalisers_never_take_a_lock_nor_leave_a_scope(mode, tmp_path):
+    """A ``__del__`` that calls decorated functions and helpers, collected while the metrics' locks are held.
+
+    Their new series are made, and recorded, when the queue drains; the
+    interrupted thread's tenant and workflow are as the collector found them.
+    The tenant of the outer call still reaches the inner ones.
+    """
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if mode == "multiprocess":
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", FINALISER_CALLS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, f"watchdog tripped or the child failed:\n{done.stderr[-3000:]}"
+    flows, closes, records = (float(x) for x in done.stdout.split())
+    assert (flows, closes, records) == (200, 1, 2)

@@ -310,9 +310,11 @@ def test_parse_duration_examples(text, seconds):
     assert assets.parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["30s2m", "1h1h", "", "1.5h", "h", "5", "-1s", "1 h", "1H"])
+@pytest.mark.parametrize(
+    "text", ["30s2m", "1h1h", "", "1.5h", "h", "5", "-1s", "1 h", "1H", "\u0665m", "\uff15m", "1\u0660s"]
+)
 def test_parse_duration_refuses_what_prometheus_refuses(text):
-    """Units out of order or repeated, fractions, bare numbers, signs and spaces are not durations."""
+    """Units out of order or repeated, fractions, bare numbers, signs, spaces and non-ASCII digits are not durations."""
     with pytest.raises(ValueError, match="is not a Prometheus duration"):
         assets.parse_duration(text)
 

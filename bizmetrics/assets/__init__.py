@@ -58,7 +58,8 @@ _OBJECTIVE = re.compile(
 _OBJECTIVE_METRIC = {"connector": "connector_operations_total", "api": "api_requests_total"}
 # Prometheus' own grammar (prometheus/common model.ParseDuration): each unit at most once, in this order.
 _UNITS = (("y", 31536000000), ("w", 604800000), ("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1))
-_DURATION = re.compile("".join(rf"(?:(\d+){unit})?" for unit, _ in _UNITS))
+# [0-9], not \d: Prometheus takes ASCII digits only, and \d matches every script's digits.
+_DURATION = re.compile("".join(rf"(?:([0-9]+){unit})?" for unit, _ in _UNITS))
 _MAX_MS = (2**63 - 1) // 1_000_000  # Prometheus holds durations as int64 nanoseconds
 
 
