@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -349,3 +350,25 @@ def test_cost_is_exact_and_the_budget_not_summed_in_multiprocess_mode(tmp_path: 
     assert money == pytest.approx(calls * (600 * 2.5 + 400 * 1.25 + 100 * 10) / 1e6, rel=1e-12)
     assert unpriced_tokens == calls * 3
     assert budget == 250
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_worked_example_matches_the_counter():
+    """The README's day of usage, run as written: the counter says what the hand-priced table says."""
+    section = README.read_text().split("### A day of usage, priced by hand", 1)[1].split("\n### ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    stated = re.findall(r"^(agent_cost_total\{.*\}) ([\d.]+)$", section, re.M)
+    assert len(stated) == 2
+    hand = (
+        1000 * (400 * 2.5 + 800 * 1.25 + 300 * 10) / 1e6 + 200 * (500 * 3 + 2000 * 0.3 + 1000 * 3.75 + 800 * 15) / 1e6
+    )
+    assert "**8.57 USD**" in section and hand == pytest.approx(8.57)
+    assert sum(float(v) for _, v in stated) == pytest.approx(hand)
+    read = "\nfrom prometheus_client import REGISTRY, generate_latest\nprint(generate_latest(REGISTRY).decode())\n"
+    exposed = _run(code + read, dict(os.environ)).stdout
+    for series, amount in stated:
+        found = re.search(rf"^{re.escape(series)} (\S+)$", exposed, re.M)
+        assert found, series
+        assert float(found.group(1)) == pytest.approx(float(amount), rel=1e-12)

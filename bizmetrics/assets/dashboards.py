@@ -622,9 +622,10 @@ def business(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     tc = '{job=~"$job", tenant_id=~"$tenant", currency=~"$currency"}'
     tm = '{job=~"$job", tenant_id=~"$tenant", currency=~"$currency", period="month"}'
     j = '{job=~"$job"}'
-    day_cost = f"sum by (job, tenant_id, currency) (job_tenant_id_currency:agent_cost:increase1d{tc})"
+    today = f"sum by (job, tenant_id, currency) (job_tenant_id_currency:agent_cost:increase1d{tc})"
+    yesterday = f"sum by (job, tenant_id, currency) (job_tenant_id_currency:agent_cost:increase1d{tc} offset 1d)"
     # A tenant new since yesterday moved by all of its cost.
-    change = f"({day_cost} - (({day_cost}) offset 1d or {day_cost} * 0))"
+    change = f"({today} - ({yesterday} or {today} * 0))"
     return _dashboard(
         "Business",
         "bizmetrics-business",
