@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from ops_helpers import alerts, all_rules, promtool_unit_tests
+from ops_helpers import ASSETS, alerts, all_rules, promtool_unit_tests
+
+from bizmetrics.assets import dashboards
 
 #: (rule, text of its expression, replacement, the mistake it stands for)
 BROKEN = [
@@ -67,3 +71,47 @@ def test_usage_analytics_per_tenant_and_day():
         assert f"job_tenant_id_token_type:agent_token_usage:{kind}" in records
     for kind in ("increase1d", "increase30d", "month_to_date", "share1d", "top10_1d"):
         assert f"job_tenant_id_currency:agent_cost:{kind}" in records
+
+
+def test_dashboards_are_sorted_by_role_and_link_to_every_role():
+    roles = {
+        "business.json": "business",
+        "system-overview.json": "operations",
+        "connector-health.json": "operations",
+        "slo-overview.json": "operations",
+        "workflow-performance.json": "engineering",
+        "ai-agent-analytics.json": "engineering",
+    }
+    assert set(dashboards.DASHBOARDS) == set(roles)
+    for name, role in roles.items():
+        board = json.loads(ASSETS.joinpath("grafana").joinpath(name).read_text())
+        assert board["tags"] == ["bizmetrics", role], name
+        links = {link["title"]: link for link in board["links"]}
+        assert set(links) == {"Business", "Operations", "Engineering"}, name
+        for title, link in links.items():
+            assert (link["type"], link["tags"]) == ("dashboards", ["bizmetrics", title.lower()])
+            assert link["keepTime"] and link["includeVars"]
+
+
+def test_the_business_dashboard_shows_what_the_business_asked_for():
+    board = json.loads(ASSETS.joinpath("grafana").joinpath("business.json").read_text())
+    titles = " | ".join(panel["title"] for panel in board["panels"])
+    exprs = " ".join(target["expr"] for panel in board["panels"] for target in panel["targets"])
+    for words in (
+        "cost per hour by tenant",
+        "month-to-date spend against the monthly budget",
+        "budget burn",
+        "by model and agent",
+        "sla attainment per tenant",
+        "movers",
+        "top tenants",
+        "share",
+    ):
+        assert words in titles.lower(), words
+    for series in (
+        "job_tenant_id:bizmetrics_slo_errors:ratio_rate30d",
+        "job_tenant_id_currency:agent_cost:top10_1d",
+        "job_tenant_id_currency_period:agent_cost_budget:ratio",
+        "agent_unpriced_tokens_total",
+    ):
+        assert series in exprs, series
