@@ -372,3 +372,24 @@ def test_readme_worked_example_matches_the_counter():
         found = re.search(rf"^{re.escape(series)} (\S+)$", exposed, re.M)
         assert found, series
         assert float(found.group(1)) == pytest.approx(float(amount), rel=1e-12)
+
+
+def test_a_stream_of_two_model_calls_prices_each_call_under_its_model():
+    """Anthropic raw events: each message_start begins a call, its cache reads priced apart from its input."""
+    bizmetrics.set_prices({"claude-a": CLAUDE, "claude-b": {"input": 1, "output": 2}})
+    agent = unique("agent")
+
+    def start(model: str, fresh: int, read: int) -> dict[str, Any]:
+        usage = {"input_tokens": fresh, "output_tokens": 1, "cache_read_input_tokens": read}
+        return {"type": "message_start", "message": {"model": model, "usage": usage}}
+
+    @instrument_agent(agent)
+    def stream(tenant_id: str) -> Iterator[dict[str, Any]]:
+        yield start("claude-a", 100, 1_000)
+        yield {"type": "message_delta", "usage": {"output_tokens": 50}}
+        yield start("claude-b", 10, 0)
+        yield {"type": "message_delta", "usage": {"output_tokens": 5}}
+
+    list(stream("acme"))
+    assert cost(agent, "claude-a") == pytest.approx((100 * 3 + 1_000 * 0.3 + 50 * 15) / 1e6)
+    assert cost(agent, "claude-b") == pytest.approx((10 * 1 + 5 * 2) / 1e6)
