@@ -7,6 +7,7 @@ record with the ``record_*`` helpers or the ``instrument_*`` decorators.
 from __future__ import annotations
 
 from . import _deferred  # noqa: F401  # first: its drain collector must precede every metric of bizmetrics
+from ._pricing import load_prices, set_budget, set_prices
 from ._server import start_http_server
 from ._tenants import OVERFLOW_TENANT, limit_tenants
 from ._trace import parse_traceparent, set_exemplar_provider, trace_context
@@ -60,6 +61,7 @@ __all__ = [
     "instrument_workflow",
     "instrument_workflow_step",
     "limit_tenants",
+    "load_prices",
     "parse_traceparent",
     "record_agent_invocation",
     "record_api_request",
@@ -72,8 +74,10 @@ __all__ = [
     "record_workflow_execution",
     "record_workflow_step",
     "report_usage",
+    "set_budget",
     "set_db_pool_size",
     "set_exemplar_provider",
+    "set_prices",
     "start_http_server",
     "tenant_context",
     "trace_context",

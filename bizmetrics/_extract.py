@@ -144,7 +144,9 @@ class Usage:
 
     ``tokens``, ``model`` and ``untyped`` describe the current model call
     (``untyped`` holds tokens whose split is unknown: a bare count);
-    ``done`` holds the calls before it, as ``Usage`` objects of their own.
+    ``done`` holds the calls before it, as ``Usage`` objects of their own;
+    ``cost`` is the money the provider reported for the current call (a
+    ``cost`` field in its usage), or ``None``.
     How a report adds to what came before (``a + b``):
 
     - ``start``: ``b`` begins a new call (Anthropic's ``message_start``);
@@ -159,7 +161,7 @@ class Usage:
     ``0 + usage`` is ``usage``, so the engine can sum stream items as numbers.
     """
 
-    __slots__ = ("done", "end", "model", "replace", "start", "tokens", "untyped")
+    __slots__ = ("cost", "done", "end", "model", "replace", "start", "tokens", "untyped")
 
     def __init__(
         self,
@@ -171,6 +173,7 @@ class Usage:
         start: bool = False,
         end: bool = False,
         done: tuple[Usage, ...] = (),
+        cost: float | None = None,
     ) -> None:
         self.tokens = tokens
         self.model = model
@@ -179,6 +182,7 @@ class Usage:
         self.start = start
         self.end = end
         self.done = done
+        self.cost = cost
 
     @property
     def total(self) -> float:
@@ -189,15 +193,17 @@ class Usage:
     @property
     def reported(self) -> bool:
         """Whether any call reported its tokens (a model name alone is no report)."""
-        return bool(self.tokens) or bool(self.untyped) or any(call.reported for call in self.done)
+        own = bool(self.tokens) or bool(self.untyped) or self.cost is not None
+        return own or any(call.reported for call in self.done)
 
     def calls(self) -> tuple[Usage, ...]:
         """Each model call's usage, oldest first: ``done`` and the current one."""
-        current = Usage(self.tokens, self.model, untyped=self.untyped)
+        current = Usage(self.tokens, self.model, untyped=self.untyped, cost=self.cost)
         return (*self.done, current) if current.reported else self.done
 
     def __bool__(self) -> bool:
-        return bool(self.tokens) or bool(self.untyped) or self.model is not None or bool(self.done)
+        own = bool(self.tokens) or bool(self.untyped) or self.cost is not None
+        return own or self.model is not None or bool(self.done)
 
     def __add__(self, other: Any) -> Usage:
         if not isinstance(other, Usage):
@@ -205,9 +211,11 @@ class Usage:
                 return self
             other = Usage({}, untyped=float(other))
         done = self.done + other.done
-        if (other.start or self.end) and (self.tokens or self.untyped):
+        cost = other.cost
+        if (other.start or self.end) and (self.tokens or self.untyped or self.cost is not None):
             # A new call begins: the current one is done.
-            done = (*self.done, Usage(self.tokens, self.model, untyped=self.untyped), *other.done)
+            current = Usage(self.tokens, self.model, untyped=self.untyped, cost=self.cost)
+            done = (*self.done, current, *other.done)
             tokens, model, untyped = dict(other.tokens), other.model, other.untyped
         elif other.start or self.end:
             # Nothing counted yet: only a model name, which the new call's own name overrides.
@@ -219,7 +227,11 @@ class Usage:
                 tokens[kind] = count if other.replace else tokens.get(kind, 0) + count
             model = self.model if self.model is not None else other.model
             untyped = self.untyped + other.untyped
-        return Usage(tokens, model, untyped=untyped, end=other.end, done=done)
+            if cost is None:
+                cost = self.cost
+            elif self.cost is not None and not other.replace:
+                cost += self.cost
+        return Usage(tokens, model, untyped=untyped, end=other.end, done=done, cost=cost)
 
     def __radd__(self, other: Any) -> Usage:
         if not other:
@@ -228,7 +240,8 @@ class Usage:
 
     def __repr__(self) -> str:
         done = f", done={self.done!r}" if self.done else ""
-        return f"Usage({self.tokens!r}, model={self.model!r}, untyped={self.untyped!r}{done})"
+        cost = "" if self.cost is None else f", cost={self.cost!r}"
+        return f"Usage({self.tokens!r}, model={self.model!r}, untyped={self.untyped!r}{cost}{done})"
 
 
 def _num(value: Any, *path: str) -> float | None:
@@ -274,12 +287,14 @@ def _from_usage(usage: Any, model: Any, replace: bool = False, start: bool = Fal
         _put(tokens, "cache_read", cache_read)
         _put(tokens, "cache_write", cache_write)
         _put(tokens, "reasoning", _num(usage, "output_tokens_details", "reasoning_tokens"))
+    # Some gateways (OpenRouter, LiteLLM proxies) report the call's cost with its usage.
+    cost = _num(usage, "cost")
     if not tokens:
         total = _num(usage, "total_tokens")
-        if total is None:
+        if total is None and cost is None:
             return None
-        return Usage({}, model, untyped=total, replace=replace, start=start, end=end)
-    return Usage(tokens, model, replace=replace, start=start, end=end)
+        return Usage({}, model, untyped=total or 0, replace=replace, start=start, end=end, cost=cost)
+    return Usage(tokens, model, replace=replace, start=start, end=end, cost=cost)
 
 
 def _from_metadata(meta: Any, model: Any) -> Usage | None:
@@ -369,6 +384,7 @@ def as_tokens(value: Any, what: str) -> Usage | float:
     if isinstance(value, Mapping):
         found = {kind: _num(value, kind) for kind in TOKEN_TYPES}
         typed = {kind: count for kind, count in found.items() if count is not None}
-        if typed:
-            return Usage(typed, value.get("model"))
+        cost = _num(value, "cost")
+        if typed or cost is not None:
+            return Usage(typed, value.get("model"), cost=cost)
     return _as_count(value, what)

@@ -30,11 +30,12 @@ from typing import Any, Generic, Protocol, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.samples import Exemplar
 
-from . import _cache, _deferred, _extract, _log, _mpworker, _settings, _tenants, _trace, _values
+from . import _cache, _deferred, _extract, _log, _mpworker, _pricing, _settings, _tenants, _trace, _values
 from ._fastpath import FAST_PATH, LOCK, Cell, Cells, cell
 from ._fastpath import add as add_to
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .metrics import (
+    AGENT_COST,
     AGENT_ERRORS,
     AGENT_INVOCATIONS,
     AGENT_RESPONSE_DURATION,
@@ -45,6 +46,7 @@ from .metrics import (
     AGENT_TOOL_CALLS,
     AGENT_TOOL_DURATION,
     AGENT_TOOL_ERRORS,
+    AGENT_UNPRICED_TOKENS,
     AGENT_USAGE_UNREPORTED,
     API_ERRORS,
     API_REQUEST_DURATION,
@@ -458,22 +460,70 @@ class _Workflow(_Outcomes):
         self.scope = workflow_id
 
 
-class _TokenUsage:
-    """The ``agent_token_usage_total`` cells of one agent, model and tenant, by token type."""
+#: Models whose unpriced tokens were logged (once per model and process).
+_UNPRICED_LOGGED: set[str] = set()
 
-    __slots__ = ("by_type", "labels")
+
+def _count(cells: dict[Any, Cell], metric: Counter, key: object, amount: float, *labels: str) -> None:
+    if FAST_PATH:
+        add_to(_keyed_cell(cells, metric, key, *labels), amount)
+    else:
+        metric.labels(*labels).inc(amount)
+
+
+class _TokenUsage:
+    """The token, cost and unpriced-token cells of one agent, model and tenant.
+
+    The model's prices are looked up once per price table (``_pricing.Table``
+    is replaced, never changed, so its identity says whether they are stale).
+    """
+
+    __slots__ = ("by_type", "cost", "labels", "prices", "table", "unpriced")
 
     def __init__(self, agent_id: str, model: str, tenant_id: str) -> None:
         self.labels = (agent_id, model, tenant_id)
         self.by_type: dict[str, Cell] = {}
+        self.cost: dict[str, Cell] = {}
+        self.unpriced: dict[str, Cell] = {}
+        self.table: _pricing.Table | None = None
+        self.prices: dict[str, float] | None = None
 
     def add(self, usage: _extract.Usage) -> None:
+        """Count one model call's tokens by type, and its money (see README, "Cost and budgets")."""
         agent, model, tenant = self.labels
         for kind, count in usage.tokens.items():
-            if FAST_PATH:
-                add_to(_keyed_cell(self.by_type, AGENT_TOKEN_USAGE, kind, agent, model, kind, tenant), count)
-            else:
-                AGENT_TOKEN_USAGE.labels(agent, model, kind, tenant).inc(count)
+            _count(self.by_type, AGENT_TOKEN_USAGE, kind, count, agent, model, kind, tenant)
+        table = _pricing.current()
+        if usage.cost is not None:
+            # The provider's own figure: counted as given, its tokens not priced again.
+            if usage.cost:
+                _count(self.cost, AGENT_COST, table.currency, usage.cost, agent, model, tenant, table.currency)
+            return
+        if self.table is not table:
+            self.prices, self.table = table.lookup(model), table
+        money, unpriced = _pricing.price_call(usage.tokens, self.prices)
+        if money:
+            _count(self.cost, AGENT_COST, table.currency, money, agent, model, tenant, table.currency)
+        if usage.untyped:
+            unpriced["untyped"] = usage.untyped
+        if unpriced:
+            self.no_price(unpriced)
+
+    def no_price(self, unpriced: dict[str, float]) -> None:
+        """Count tokens that have no price, and say so once per model."""
+        agent, model, tenant = self.labels
+        for kind, count in unpriced.items():
+            _count(self.unpriced, AGENT_UNPRICED_TOKENS, kind, count, agent, model, kind, tenant)
+        # Said once a price table is set: a service that prices nothing counts, and is not told every model.
+        if model not in _UNPRICED_LOGGED and _pricing.current().prices:
+            _UNPRICED_LOGGED.add(model)
+            _log.warning(
+                "bizmetrics: model %r has no price for its %s tokens: they are counted in "
+                "agent_unpriced_tokens_total, not in agent_cost_total. Give its prices with bizmetrics.set_prices() "
+                "or BIZMETRICS_PRICES (untyped tokens, a bare count, can never be priced: report usage by type)",
+                model,
+                ", ".join(sorted(unpriced)),
+            )
 
 
 class _Agent(_Outcomes):
@@ -502,11 +552,15 @@ class _Agent(_Outcomes):
             total = amount.total
             agent = self.key[0]
             for call in amount.calls():
-                if call.tokens:
-                    name = (model or call.model or self.model) if reported else (model or self.model or call.model)
-                    TOKEN_USAGE_FAMILY.get(agent, name if name else UNKNOWN, self.tenant).add(call)
+                name = (model or call.model or self.model) if reported else (model or self.model or call.model)
+                TOKEN_USAGE_FAMILY.get(agent, name if name else UNKNOWN, self.tenant).add(call)
         else:
             total = amount
+            if total and total > 0:
+                # A bare count has no token types, so no price.
+                name = model or self.model
+                bare = TOKEN_USAGE_FAMILY.get(self.key[0], name if name else UNKNOWN, self.tenant)
+                bare.no_price({"untyped": _values.amount(total, "tokens")})
         if total:
             # Through the public API: it refuses a negative count, which a broken token reader might give.
             self.tokens.inc(total)

@@ -13,6 +13,7 @@ import asyncio
 import http.client
 import io
 import json
+import os
 import random
 import signal
 import socket
@@ -43,6 +44,15 @@ from bizmetrics.metrics import NAMESPACE
 from bizmetrics.wsgi import MetricsMiddleware, metrics_app
 
 TENANTS = ("tenant_123", "tenant_456", "tenant_789")
+
+#: An example price table (USD per million tokens), set unless BIZMETRICS_PRICES gives one.
+#: The in-house model of the triage bot has no price: its tokens land in agent_unpriced_tokens_total.
+EXAMPLE_PRICES = {
+    "gpt-4o": {"input": 2.5, "cache_read": 1.25, "output": 10.0},
+    "claude-sonnet": {"input": 3.0, "cache_read": 0.3, "cache_write": 3.75, "output": 15.0},
+}
+#: Monthly budgets (USD) of the demo's tenants, small enough that tenant_123 burns through its own.
+EXAMPLE_BUDGETS = {"tenant_123": 0.05, "tenant_456": 5.0, "tenant_789": 50.0}
 _rng = random.Random()
 
 
@@ -334,6 +344,16 @@ async def _one_round(round_no: int, host: str, port: int) -> None:
             if round_no % 5 == 0:
                 async for _chunk in content_writer("spring sale"):
                     pass
+            # A self-hosted model, recorded by hand: no price, so its tokens are counted apart.
+            prompt, completion = _rng.randint(100, 500), _rng.randint(10, 80)
+            bizmetrics.record_agent_invocation(
+                "triage_bot",
+                _rng.uniform(30, 120),
+                prompt + completion,
+                True,
+                model="in-house-llama",
+                usage={"input": prompt, "output": completion},
+            )
             # Read-through: a miss loads the post into the cache. The tenant's
             # home page is read every round, so hits show up from round two.
             for key in (f"{tenant}:home", f"{tenant}:{_rng.randint(0, 9)}"):
@@ -393,6 +413,10 @@ def run(
     cancelled half-way; a second one stops at once.
     """
     _rng.seed(seed)
+    if not os.environ.get("BIZMETRICS_PRICES"):
+        bizmetrics.set_prices(EXAMPLE_PRICES)
+    for tenant, budget in EXAMPLE_BUDGETS.items():
+        bizmetrics.set_budget(tenant, budget)
     try:
         server = make_server(
             addr, port, app(), server_class=_Server6 if ":" in addr else _Server, handler_class=_Handler

@@ -192,10 +192,14 @@ def record_agent_invocation(
     :param model: the ``model`` label of ``agent_token_usage_total`` (``unknown`` if not given).
     :param usage: tokens by type (``input``, ``output``, ``cache_read``,
         ``cache_write``, ``reasoning``) for ``agent_token_usage_total``;
-        ``tokens_used`` still feeds ``agent_tokens_used_total``.
+        ``tokens_used`` still feeds ``agent_tokens_used_total``.  The usage is
+        priced into ``agent_cost_total`` (or counted as given if it holds a
+        ``cost``); without it, ``tokens_used`` has no types and no price, and
+        goes to ``agent_unpriced_tokens_total``.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 ``model`` and ``usage``.
+    .. versionchanged:: 0.3.0 tokens are priced (``agent_cost_total``).
     """
     try:
         tenant = tenant_or_current(tenant_id)
@@ -204,11 +208,15 @@ def record_agent_invocation(
         _call(bundle, duration_ms, success, error_type, tokens)
         if usage is not None:
             typed = _extract.as_tokens(usage, "usage")
-            if isinstance(typed, _extract.Usage) and typed.tokens:
+            if isinstance(typed, _extract.Usage) and (typed.tokens or typed.cost is not None):
                 # The bundle's tenant has been through the cap: a folded record is counted once.
                 TOKEN_USAGE_FAMILY.get(agent_id, UNKNOWN if model is None else model, bundle.tenant).add(typed)
             else:
                 _log.warn("usage", "bizmetrics: usage %r has no token types; ignored", type(usage).__name__)
+        elif tokens:
+            # Tokens without their types have no price.
+            bare = TOKEN_USAGE_FAMILY.get(agent_id, UNKNOWN if model is None else model, bundle.tenant)
+            bare.no_price({"untyped": tokens})
     except Exception:
         _log.internal_error("record_agent_invocation")
 

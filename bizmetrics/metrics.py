@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGENT_BUCKETS",
+    "AGENT_COST",
     "AGENT_ERRORS",
     "AGENT_INVOCATIONS",
     "AGENT_RESPONSE_DURATION",
@@ -55,6 +56,7 @@ __all__ = [
     "AGENT_TOOL_DURATION",
     "AGENT_TOOL_ERRORS",
     "AGENT_TTFT_BUCKETS",
+    "AGENT_UNPRICED_TOKENS",
     "AGENT_USAGE_UNREPORTED",
     "API_BUCKETS",
     "API_ERRORS",
@@ -75,6 +77,7 @@ __all__ = [
     "DB_CONNECTION_POOL_SIZE",
     "DB_QUERY_DURATION",
     "HTTP_METHODS",
+    "TENANT_BUDGET",
     "WORKFLOW_BUCKETS",
     "WORKFLOW_EXECUTIONS",
     "WORKFLOW_EXECUTION_DURATION",
@@ -461,6 +464,29 @@ AGENT_RESPONSE_DURATION_BY_TENANT = _declare(
 )
 
 
+# Cost and budgets (README, "Cost and budgets")
+AGENT_COST = _declare(
+    _Counter,
+    "agent_cost",
+    "Money spent on AI model tokens, priced by set_prices or as the response reported it",
+    ("agent_id", "model", "tenant_id", "currency"),
+)
+AGENT_UNPRICED_TOKENS = _declare(
+    _Counter,
+    "agent_unpriced_tokens",
+    "AI model tokens with no price (their model or token type is not in the price table), not in agent_cost_total",
+    ("agent_id", "model", "token_type", "tenant_id"),
+)
+TENANT_BUDGET = _declare(
+    _Gauge,
+    "bizmetrics_tenant_budget",
+    "A tenant's spending budget per period, set by set_budget",
+    ("tenant_id", "period", "currency"),
+    # Every worker sets the same value: the latest one set is the budget, never a sum.
+    multiprocess_mode="mostrecent",
+)
+
+
 #: Every metric of the catalogue, in the order of the spec.
 CATALOGUE = (
     CONNECTOR_OPERATIONS,
@@ -493,6 +519,9 @@ CATALOGUE = (
     API_REQUEST_DURATION_BY_TENANT,
     WORKFLOW_EXECUTION_DURATION_BY_TENANT,
     AGENT_RESPONSE_DURATION_BY_TENANT,
+    AGENT_COST,
+    AGENT_UNPRICED_TOKENS,
+    TENANT_BUDGET,
 )
 
 

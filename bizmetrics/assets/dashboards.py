@@ -1,4 +1,4 @@
-"""The four Grafana dashboards, built from one description each.
+"""The Grafana dashboards, built from one description each, sorted by role.
 
 The JSON files in ``grafana/`` are written from here (``python -m
 bizmetrics.assets.dashboards``) and shipped in the package; a test checks
@@ -8,6 +8,11 @@ end-to-end test, with the template variables set to "All".
 Every dashboard has a ``job`` variable (the services, multi-select, "All")
 that every panel honours; a panel whose metric has no ``tenant_id`` says so
 in its title and description.
+
+Each dashboard belongs to a role (``ROLES``): Business, Operations or
+Engineering.  It is tagged ``bizmetrics`` and its role, and links to the
+dashboards of every role through those tags, carrying the time range and
+the variables along.
 """
 
 from __future__ import annotations
@@ -26,6 +31,28 @@ NO_TENANT = " (all tenants)"
 NO_TENANT_NOTE = "This metric has no tenant_id label: the panel shows every tenant whatever the Tenant variable says."
 
 Panel = tuple[str, str, list[tuple[str, str]]]  # title, unit, [(expr, legend)]
+
+#: The roles, in the order of the links on every dashboard.
+ROLES = ("Business", "Operations", "Engineering")
+
+
+def _links() -> list[dict[str, Any]]:
+    """One drop-down per role: the bizmetrics dashboards tagged with it."""
+    return [
+        {
+            "title": role,
+            "type": "dashboards",
+            "tags": ["bizmetrics", role.lower()],
+            "asDropdown": True,
+            "includeVars": True,
+            "keepTime": True,
+            "targetBlank": False,
+            "icon": "external link",
+            "tooltip": f"The {role} dashboards",
+            "url": "",
+        }
+        for role in ROLES
+    ]
 
 
 def _quantiles(metric: str, by: str, selector: str) -> list[tuple[str, str]]:
@@ -94,6 +121,7 @@ def _table(title: str, description: str, columns: list[tuple[str, str, str]]) ->
 
 
 def _dashboard(
+    role: str,
     uid: str,
     title: str,
     description: str,
@@ -134,7 +162,8 @@ def _dashboard(
         "uid": uid,
         "title": title,
         "description": description,
-        "tags": ["bizmetrics"],
+        "tags": ["bizmetrics", role.lower()],
+        "links": _links(),
         "timezone": "browser",
         "schemaVersion": 39,
         "version": 1,
@@ -219,6 +248,7 @@ def connector_health(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     h = '{job=~"$job", connector_type=~"$connector_type"}'
     v = '{job=~"$job"}'
     return _dashboard(
+        "Operations",
         "bizmetrics-connector-health",
         "bizmetrics / Connector Health",
         "Connector operation success rates, latency, errors and sync volumes, per service (job).",
@@ -279,6 +309,7 @@ def workflow_performance(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     h = '{job=~"$job", workflow_id=~"$workflow"}'
     v = '{job=~"$job"}'
     return _dashboard(
+        "Engineering",
         "bizmetrics-workflow-performance",
         "bizmetrics / Workflow Performance",
         "Workflow execution times, failure rates and step analysis, per service (job).",
@@ -329,6 +360,7 @@ def ai_agent_analytics(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     h = '{job=~"$job", agent_id=~"$agent"}'
     v = '{job=~"$job"}'
     return _dashboard(
+        "Engineering",
         "bizmetrics-ai-agent-analytics",
         "bizmetrics / AI Agent Analytics",
         "Token usage, response times and invocation patterns of AI agents, per service (job).",
@@ -409,6 +441,7 @@ def system_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     t5 = '{status="5xx", job=~"$job", tenant_id=~"$tenant"}'
     j = '{job=~"$job"}'
     return _dashboard(
+        "Operations",
         "bizmetrics-system-overview",
         "bizmetrics / System Overview",
         "API requests, database queries, connection pools, cache hit rates, scrape health and batch jobs,"
@@ -495,6 +528,7 @@ def slo_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     j = '{job=~"$job"}'
     tl = '{job=~"$job", tenant_id=~"$tenant"}'
     return _dashboard(
+        "Operations",
         "bizmetrics-slos",
         "bizmetrics / SLOs and error budgets",
         "Every SLO of every service (job): error budget left over 30 days, burn rates, objectives and latency"
@@ -582,12 +616,214 @@ def slo_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     )
 
 
+def business(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    """Customers by usage and cost, budgets, SLA attainment, top tenants and movers, cost by model and agent."""
+    t = '{job=~"$job", tenant_id=~"$tenant"}'
+    tc = '{job=~"$job", tenant_id=~"$tenant", currency=~"$currency"}'
+    tm = '{job=~"$job", tenant_id=~"$tenant", currency=~"$currency", period="month"}'
+    j = '{job=~"$job"}'
+    today = f"sum by (job, tenant_id, currency) (job_tenant_id_currency:agent_cost:increase1d{tc})"
+    yesterday = f"sum by (job, tenant_id, currency) (job_tenant_id_currency:agent_cost:increase1d{tc} offset 1d)"
+    # A tenant new since yesterday moved by all of its cost.
+    change = f"({today} - ({yesterday} or {today} * 0))"
+    return _dashboard(
+        "Business",
+        "bizmetrics-business",
+        "bizmetrics / Business: customers, cost and budgets",
+        "What each customer (tenant) uses and costs: AI spend against its budget, usage of every kind per"
+        " day, SLA attainment, the top tenants and the movers, and cost by model and agent. Money is in the"
+        " currency of the price table (set_prices); pick one currency when there are several.",
+        [
+            _job_variable(jobs, "api_requests_total|agent_invocations_total"),
+            _variable("tenant", "Tenant", f"label_values(api_requests_total{j}, tenant_id)"),
+            _variable("currency", "Currency", f"label_values(agent_cost_total{j}, currency)"),
+        ],
+        [
+            (
+                "AI cost per hour by tenant",
+                "short",
+                [
+                    (
+                        f"sum by (job, tenant_id, currency) (rate(agent_cost_total{tc}[5m])) * 3600",
+                        "{{job}} {{tenant_id}} {{currency}}",
+                    )
+                ],
+            ),
+            (
+                "Month-to-date spend against the monthly budget",
+                "short",
+                [
+                    (
+                        f"sum by (job, tenant_id, currency) (job_tenant_id_currency:agent_cost:month_to_date{tc})",
+                        "{{job}} {{tenant_id}} spent ({{currency}})",
+                    ),
+                    (
+                        "sum by (job, tenant_id, currency)"
+                        f" (job_tenant_id_currency_period:bizmetrics_tenant_budget:max{tm})",
+                        "{{job}} {{tenant_id}} budget ({{currency}})",
+                    ),
+                ],
+            ),
+            (
+                "Budget burn: share of the period's budget spent, and forecast at the period's end",
+                "percentunit",
+                [
+                    (
+                        f"sum by (job, tenant_id, period) (job_tenant_id_currency_period:agent_cost_budget:ratio{tc})",
+                        "{{job}} {{tenant_id}} {{period}} spent",
+                    ),
+                    (
+                        "sum by (job, tenant_id, period)"
+                        f" (job_tenant_id_currency_period:agent_cost_budget_forecast:ratio{tc})",
+                        "{{job}} {{tenant_id}} {{period}} forecast",
+                    ),
+                ],
+            ),
+            (
+                "Cost per hour by model and agent",
+                "short",
+                [
+                    (
+                        f"sum by (job, model, agent_id, currency) (rate(agent_cost_total{tc}[5m])) * 3600",
+                        "{{job}} {{model}} {{agent_id}} {{currency}}",
+                    )
+                ],
+            ),
+            (
+                "Usage per tenant in the last 24 hours",
+                "short",
+                [
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id:{name}:increase1d{t})",
+                        f"{{{{job}}}} {{{{tenant_id}}}} {what}",
+                    )
+                    for name, what in (
+                        ("api_requests", "API requests"),
+                        ("agent_invocations", "agent invocations"),
+                        ("workflow_executions", "workflow executions"),
+                        ("connector_operations", "connector operations"),
+                        ("connector_sync_records", "records synced"),
+                    )
+                ],
+            ),
+            (
+                "Tokens per tenant and type in the last 24 hours",
+                "short",
+                [
+                    (
+                        "sum by (job, tenant_id, token_type)"
+                        f" (job_tenant_id_token_type:agent_token_usage:increase1d{t})",
+                        "{{job}} {{tenant_id}} {{token_type}}",
+                    )
+                ],
+            ),
+            (
+                "Each tenant's share of the service's cost and API requests (24 hours)",
+                "percentunit",
+                [
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id_currency:agent_cost:share1d{tc})",
+                        "{{job}} {{tenant_id}} cost",
+                    ),
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id:api_requests:share1d{t})",
+                        "{{job}} {{tenant_id}} API requests",
+                    ),
+                ],
+            ),
+            (
+                "Movers: change of a tenant's daily cost against the day before (top 10)",
+                "short",
+                [
+                    (
+                        f"{change} and on (job, tenant_id, currency) topk(10, abs({change}))",
+                        "{{job}} {{tenant_id}} {{currency}}",
+                    )
+                ],
+            ),
+            (
+                "SLA attainment per tenant (30 days)",
+                "percentunit",
+                [
+                    (
+                        f"1 - sum by (job, tenant_id, slo) (job_tenant_id:bizmetrics_slo_errors:ratio_rate30d{t})",
+                        "{{job}} {{tenant_id}} {{slo}}",
+                    )
+                ],
+            ),
+            (
+                "Tokens without a price per hour (not in the cost)",
+                "short",
+                [
+                    (
+                        f"sum by (job, model, token_type) (rate(agent_unpriced_tokens_total{t}[5m])) * 3600",
+                        "{{job}} {{model}} {{token_type}}",
+                    )
+                ],
+            ),
+        ],
+        [
+            _table(
+                "Customers: usage, cost and budget",
+                "One row per service and tenant: the last 24 hours' usage and cost, this month's spend, its"
+                " monthly budget and the share of it spent.",
+                [
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id:api_requests:increase1d{t})",
+                        "API requests (24 h)",
+                        "short",
+                    ),
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id:agent_invocations:increase1d{t})",
+                        "Agent invocations (24 h)",
+                        "short",
+                    ),
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id_currency:agent_cost:increase1d{tc})",
+                        "Cost (24 h)",
+                        "short",
+                    ),
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id_currency:agent_cost:increase30d{tc})",
+                        "Cost (30 days)",
+                        "short",
+                    ),
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id_currency:agent_cost:month_to_date{tc})",
+                        "Month to date",
+                        "short",
+                    ),
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id_currency_period:agent_cost_budget:ratio{tm})",
+                        "Monthly budget spent",
+                        "percentunit",
+                    ),
+                ],
+            ),
+            _table(
+                "Top tenants by cost and by usage (24 hours)",
+                "The ten tenants of each service that cost the most and use the most.",
+                [
+                    (f"sum by (job, tenant_id) (job_tenant_id_currency:agent_cost:top10_1d{tc})", "Cost", "short"),
+                    (f"sum by (job, tenant_id) (job_tenant_id:api_requests:top10_1d{t})", "API requests", "short"),
+                    (
+                        f"sum by (job, tenant_id) (job_tenant_id:agent_invocations:top10_1d{t})",
+                        "Agent invocations",
+                        "short",
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
 DASHBOARDS = {
     "connector-health.json": connector_health,
     "workflow-performance.json": workflow_performance,
     "ai-agent-analytics.json": ai_agent_analytics,
     "system-overview.json": system_overview,
     "slo-overview.json": slo_overview,
+    "business.json": business,
 }
 
 
