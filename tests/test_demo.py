@@ -131,7 +131,8 @@ def test_demo_ctrl_c_mid_round_leaves_no_coroutine_never_awaited(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "stopped" in done.stdout
     assert "never awaited" not in done.stderr
-    assert done.stderr == ""
+    # Nothing but the notices of the models the demo leaves unpriced on purpose (README, "Cost and budgets").
+    assert [line for line in done.stderr.splitlines() if "has no price for its" not in line] == []
 
 
 @pytest.mark.slow
