@@ -158,7 +158,11 @@ def _check(sent: list[Request], connector: str) -> None:
         for tenant in tenants:
             for status in ("success", "error"):
                 got = value(
-                    "connector_operations_total", connector_type=connector, operation=op, status=status, tenant_id=tenant
+                    "connector_operations_total",
+                    connector_type=connector,
+                    operation=op,
+                    status=status,
+                    tenant_id=tenant,
                 )
                 assert got == ops[(op, status, tenant)], (op, status, tenant)
             for code in (404, 429, 503):
@@ -183,7 +187,9 @@ def _check(sent: list[Request], connector: str) -> None:
 
 
 requests_strategy = st.lists(
-    st.tuples(st.sampled_from(PATHS), st.sampled_from(METHODS), st.sampled_from([None, "acme", "globex"]), st.booleans()),
+    st.tuples(
+        st.sampled_from(PATHS), st.sampled_from(METHODS), st.sampled_from([None, "acme", "globex"]), st.booleans()
+    ),
     min_size=1,
     max_size=6,
 )
@@ -220,11 +226,19 @@ def test_callable_targets_and_slow_responses(api: int, kind: str) -> None:
         targets,
         transport,
     )
-    assert value("connector_operations_total", connector_type=connector, operation="GET", status="success", tenant_id="acme") == 1
+    assert (
+        value(
+            "connector_operations_total", connector_type=connector, operation="GET", status="success", tenant_id="acme"
+        )
+        == 1
+    )
     assert value("connector_operation_duration_count", connector_type=connector, operation="GET") == 1
     assert value("connector_operation_duration_sum", connector_type=connector, operation="GET") >= 200
     # /missing was not a target of the callable.
-    assert value("connector_operations_total", connector_type=connector, operation="GET", status="error", tenant_id="acme") == 0
+    assert (
+        value("connector_operations_total", connector_type=connector, operation="GET", status="error", tenant_id="acme")
+        == 0
+    )
 
 
 @pytest.mark.parametrize("kind", ["httpx-transport", "httpx-async-transport", "requests", "aiohttp"])
@@ -236,7 +250,10 @@ def test_failure_without_response_counted_by_exception_class(kind: str) -> None:
     with pytest.raises(Exception) as raised:
         run([("GET", f"http://127.0.0.1:{port}/x", "acme")], {f"127.0.0.1:{port}": connector}, transport)
     error_type = type(raised.value).__name__
-    assert value("connector_operations_total", connector_type=connector, operation="GET", status="error", tenant_id="acme") == 1
+    assert (
+        value("connector_operations_total", connector_type=connector, operation="GET", status="error", tenant_id="acme")
+        == 1
+    )
     found = [
         s.labels["error_type"]
         for m in bizmetrics.metrics.CONNECTOR_ERRORS.collect()

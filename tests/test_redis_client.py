@@ -28,7 +28,9 @@ KEYS = ("a", "b", "c")
 # (command, key): what the application does.
 Op = tuple[str, str]
 ops_strategy = st.lists(
-    st.tuples(st.sampled_from(["set", "get", "delete", "mget", "hset", "hget", "hgetall", "exists"]), st.sampled_from(KEYS)),
+    st.tuples(
+        st.sampled_from(["set", "get", "delete", "mget", "hset", "hget", "hgetall", "exists"]), st.sampled_from(KEYS)
+    ),
     min_size=1,
     max_size=12,
 )
