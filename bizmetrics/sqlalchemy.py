@@ -21,7 +21,7 @@ import re
 from time import perf_counter_ns
 from typing import Any
 
-from . import _log
+from . import _cache, _log
 from ._families import DB_POOL_FAMILY, DB_QUERY_FAMILY
 
 __all__ = ["OPERATION_OPTION", "VERBS", "instrument", "operation_of"]
@@ -95,6 +95,18 @@ def _operation(context: Any, statement: object) -> str:
     return named if isinstance(named, str) and named else operation_of(statement)
 
 
+#: The bundle of each statement without a given name (emptied with the catalogue's caches).
+_by_statement = _cache.Cache()
+
+
+def _bundle(context: Any, statement: str, named: object) -> Any:
+    seen = _cache.generation()
+    bundle = DB_QUERY_FAMILY.get(_operation(context, statement))
+    if named is None and len(_by_statement) < _MAX_STATEMENTS:
+        _cache.store(_by_statement, statement, bundle, seen)
+    return bundle
+
+
 def _listen_queries(engine: Any, event: Any) -> None:
     def before_cursor_execute(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
         if context is not None:
@@ -102,16 +114,11 @@ def _listen_queries(engine: Any, event: Any) -> None:
 
     def after_cursor_execute(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
         try:
-            start = context._bizmetrics_start
-            ms = (perf_counter_ns() - start) / 1e6
+            ms = (perf_counter_ns() - context._bizmetrics_start) / 1e6
             named = context.execution_options.get(OPERATION_OPTION)
-            if named is None:
-                operation = _verbs.get(statement) or operation_of(statement)
-            else:
-                operation = _operation(context, statement)
-            bundle = DB_QUERY_FAMILY.cache.get((operation,))
+            bundle = _by_statement.get(statement) if named is None else None
             if bundle is None:
-                bundle = DB_QUERY_FAMILY.get(operation)
+                bundle = _bundle(context, statement, named)
             bundle.success(ms, 0)
         except Exception:
             _log.internal_error("sqlalchemy query")
