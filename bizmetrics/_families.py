@@ -52,15 +52,24 @@ from .metrics import (
     API_REQUEST_DURATION,
     API_REQUEST_DURATION_BY_TENANT,
     API_REQUESTS,
+    CACHE_COMMAND_DURATION,
+    CACHE_ERRORS,
     CACHE_HITS,
     CACHE_MISSES,
     CONNECTOR_ERRORS,
     CONNECTOR_OPERATION_DURATION,
     CONNECTOR_OPERATION_DURATION_BY_TENANT,
     CONNECTOR_OPERATIONS,
+    CONNECTOR_RATE_LIMIT_REMAINING,
+    CONNECTOR_RATE_LIMITED,
     CONNECTOR_SYNC_OPERATIONS,
     CONNECTOR_SYNC_RECORDS,
     DB_CONNECTION_POOL_SIZE,
+    DB_POOL_CHECKOUT_TIMEOUTS,
+    DB_POOL_CHECKOUT_WAIT,
+    DB_POOL_CONNECTIONS_CREATED,
+    DB_POOL_CONNECTIONS_INVALIDATED,
+    DB_POOL_IN_USE,
     DB_QUERY_DURATION,
     WORKFLOW_EXECUTION_DURATION,
     WORKFLOW_EXECUTION_DURATION_BY_TENANT,
@@ -72,10 +81,13 @@ from .metrics import (
 __all__ = [
     "AGENT_FAMILY",
     "API_FAMILY",
+    "CACHE_COMMAND_FAMILY",
     "CACHE_FAMILY",
     "CONNECTOR_OPERATION_FAMILY",
+    "DB_POOL_FAMILY",
     "DB_QUERY_FAMILY",
     "POOL_FAMILY",
+    "RATE_LIMIT_FAMILY",
     "STEP_FAMILY",
     "SYNC_CALL_FAMILY",
     "SYNC_FAMILY",
@@ -736,20 +748,22 @@ class _Api:
         self.child = API_REQUEST_DURATION.labels(method, endpoint)
         self.requests: dict[str, Cell] = {}
         self.errors: dict[str, Cell] = {}
+        # Server errors are what the SLOs and alerts divide by (status=~"5.."): the series
+        # exists at 0 from the first request, as 500 (or 5xx when classes are recorded).
+        server_error = "5xx" if _settings.http_status() == "class" else "500"
         if FAST_PATH:
             cells = Cells(self.child)
             self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
-            # 5xx is the error class the SLOs and alerts divide by.
-            _keyed_cell(self.requests, API_REQUESTS, "5xx", method, endpoint, "5xx", tenant_id)
-            _keyed_cell(self.errors, API_ERRORS, "5xx", method, endpoint, "5xx", tenant_id)
+            _keyed_cell(self.requests, API_REQUESTS, server_error, method, endpoint, server_error, tenant_id)
+            _keyed_cell(self.errors, API_ERRORS, server_error, method, endpoint, server_error, tenant_id)
         else:
-            API_REQUESTS.labels(method, endpoint, "5xx", tenant_id)
-            API_ERRORS.labels(method, endpoint, "5xx", tenant_id)
+            API_REQUESTS.labels(method, endpoint, server_error, tenant_id)
+            API_ERRORS.labels(method, endpoint, server_error, tenant_id)
 
     def record(self, ms: float | None, status: str) -> None:
-        """Record one request answered with status class ``status``."""
+        """Record one request answered with ``status``: a code (``429``) or a class (``4xx``)."""
         method, endpoint, tenant = self.labels
-        failed = status in ("4xx", "5xx")
+        failed = status[0] in "45" and status != UNKNOWN
         trace = _current_trace()
         if _trace.ACTIVE or trace is not None:
             if trace is not None and _trace.TRACED_FAST:
@@ -900,3 +914,88 @@ API_FAMILY: Family[_Api] = Family(
     _per_tenant(_Api, _TrackedApi, 2), method=UNKNOWN, endpoint=UNKNOWN, tenant_id=DEFAULT_TENANT
 )
 POOL_FAMILY: Family[Gauge] = Family(DB_CONNECTION_POOL_SIZE.labels, pool=UNKNOWN)
+
+
+# --- Clients: database pools, cache commands, rate limits ------------------------------
+#
+# Filled by bizmetrics.sqlalchemy, .redis and the outgoing-HTTP instrumentations.
+
+
+class _DbPool:
+    """The series of one database connection pool; pool events are rare next to queries: public API."""
+
+    __slots__ = ("created", "in_use", "invalidated", "size", "timeouts", "wait")
+
+    def __init__(self, pool: str) -> None:
+        self.size = DB_CONNECTION_POOL_SIZE.labels(pool)
+        self.in_use = DB_POOL_IN_USE.labels(pool)
+        self.wait = DB_POOL_CHECKOUT_WAIT.labels(pool)
+        self.timeouts = DB_POOL_CHECKOUT_TIMEOUTS.labels(pool)
+        self.created = DB_POOL_CONNECTIONS_CREATED.labels(pool)
+        self.invalidated = DB_POOL_CONNECTIONS_INVALIDATED.labels(pool)
+
+
+class _CacheCommand:
+    """The latency and errors of one command of one cache, and that cache's hits and misses."""
+
+    __slots__ = ("bounds", "buckets", "child", "errors", "labels", "lookups", "sum")
+
+    def __init__(self, cache: str, command: str) -> None:
+        self.labels = (cache, command)
+        self.child = CACHE_COMMAND_DURATION.labels(cache, command)
+        self.lookups = CACHE_FAMILY.get(cache)
+        self.errors: dict[str, Counter] = {}
+        if FAST_PATH:
+            cells = Cells(self.child)
+            self.sum, self.buckets, self.bounds = cells.sum, cells.buckets, cells.bounds
+
+    def done(self, ms: float, hits: int, misses: int) -> None:
+        """Observe one command of ``ms`` that found ``hits`` and missed ``misses`` keys."""
+        if not FAST_PATH or _trace.ACTIVE:
+            self.child.observe(ms)
+            if hits:
+                self.lookups.count(True, hits)
+            if misses:
+                self.lookups.count(False, misses)
+            return
+        index = bisect_left(self.bounds, ms)
+        lookups = self.lookups
+        with LOCK:
+            self.sum._value += ms
+            self.buckets[index]._value += 1
+            if hits:
+                lookups.hits._value += hits
+            if misses:
+                lookups.misses._value += misses
+
+    def failed(self, ms: float, error_type: str) -> None:
+        """Observe one command that raised ``error_type``."""
+        found = self.errors.get(error_type)
+        if found is None:
+            found = self.errors[error_type] = CACHE_ERRORS.labels(*self.labels, _error_label(error_type))
+        found.inc()
+        self.child.observe(ms)
+
+
+class _RateLimit:
+    """The rate-limit series of one connector type and tenant."""
+
+    __slots__ = ("labels", "limited", "remaining")
+
+    def __init__(self, connector_type: str, tenant_id: str) -> None:
+        self.labels = (connector_type, tenant_id)
+        self.limited = CONNECTOR_RATE_LIMITED.labels(connector_type, tenant_id)
+        # Made on the first report: a quota at 0 before any would read as exhausted.
+        self.remaining: Gauge | None = None
+
+    def left(self, value: float) -> None:
+        """Set the requests left that the provider's last response reported."""
+        remaining = self.remaining
+        if remaining is None:
+            remaining = self.remaining = CONNECTOR_RATE_LIMIT_REMAINING.labels(*self.labels)
+        remaining.set(value)
+
+
+DB_POOL_FAMILY: Family[_DbPool] = Family(_DbPool, pool=UNKNOWN)
+CACHE_COMMAND_FAMILY: Family[_CacheCommand] = Family(_CacheCommand, cache=UNKNOWN, command=UNKNOWN)
+RATE_LIMIT_FAMILY: Family[_RateLimit] = Family(_RateLimit, connector_type=UNKNOWN, tenant_id=DEFAULT_TENANT)

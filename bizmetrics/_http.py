@@ -16,7 +16,7 @@ from . import _deferred, _exposition, _log, _trace, multiprocess
 from ._families import API_FAMILY
 from ._trace import TRACE
 from .context import TENANT, tenant_or_current
-from .helpers import http_method, status_class
+from .helpers import http_method, http_status
 
 #: Paths not recorded unless ``exclude=`` says otherwise: the scrape and the usual probes.
 DEFAULT_EXCLUDE: frozenset[str] = frozenset(("/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez"))
@@ -36,11 +36,22 @@ def trace_of(traceparent: str | bytes | None) -> dict[str, str] | None:
         return None
 
 
-def record(method_: object, endpoint: str, status: object, start_ns: int, end_ns: int, tenant: object) -> None:
-    """Record one request with the rules of ``record_api_request``; never raise."""
+def record(
+    method_: object,
+    endpoint: str,
+    status: object,
+    start_ns: int,
+    end_ns: int,
+    tenant: object,
+    write_status: Callable[[object], str] | None = None,
+) -> None:
+    """Record one request with the rules of ``record_api_request``; never raise.
+
+    ``write_status`` turns the code into the label (a middleware's ``http_status=``), else the default.
+    """
     try:
         API_FAMILY.get(http_method(method_), endpoint, tenant_or_current(tenant)).record(
-            (end_ns - start_ns) / 1e6, status_class(status)
+            (end_ns - start_ns) / 1e6, (write_status or http_status())(status)
         )
     except Exception:
         _log.internal_error("http middleware")

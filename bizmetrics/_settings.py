@@ -18,6 +18,10 @@ NAMESPACE_ENV = "BIZMETRICS_NAMESPACE"
 MAX_TENANTS_ENV = "BIZMETRICS_MAX_TENANTS"
 BUCKETS_ENV = "BIZMETRICS_BUCKETS_"
 TENANT_LATENCY_ENV = "BIZMETRICS_TENANT_LATENCY"
+HTTP_STATUS_ENV = "BIZMETRICS_HTTP_STATUS"
+
+#: The two ways the ``status`` label of the API series is written: ``429`` or ``4xx``.
+HTTP_STATUS_MODES = ("code", "class")
 
 #: Tenants admitted with their own label when ``BIZMETRICS_MAX_TENANTS`` is not set.
 DEFAULT_MAX_TENANTS = 2000
@@ -95,3 +99,19 @@ def tenant_latency() -> tuple[str, ...]:
     """Return the tenants of ``BIZMETRICS_TENANT_LATENCY`` (comma-separated) whose durations are recorded per tenant."""
     raw = os.environ.get(TENANT_LATENCY_ENV, "")
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def http_status() -> str:
+    """Return how the API series write ``status`` (``BIZMETRICS_HTTP_STATUS``): ``code`` (the default) or ``class``."""
+    raw = os.environ.get(HTTP_STATUS_ENV, "").strip().lower()
+    if not raw:
+        return "code"
+    if raw not in HTTP_STATUS_MODES:
+        _log.warn(
+            "env:" + HTTP_STATUS_ENV,
+            "bizmetrics: %s=%r is neither 'code' nor 'class'; using 'code'",
+            HTTP_STATUS_ENV,
+            raw,
+        )
+        return "code"
+    return raw

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
 
-from . import _http, _log
+from . import _http, _log, helpers
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_app"]
@@ -176,8 +176,12 @@ class MetricsMiddleware:
     :param route: for frameworks other than Starlette: a callable taking the
         scope, called after the application, that returns the route template
         or ``None``.
+    :param http_status: ``"code"`` records the exact status (``429``) in the
+        ``status`` label, ``"class"`` its class (``4xx``); default:
+        ``BIZMETRICS_HTTP_STATUS``, else ``"code"``.
 
     .. versionadded:: 0.2.0
+    .. versionchanged:: 0.3.0 ``status`` is the exact code by default; ``http_status=``.
     """
 
     def __init__(
@@ -188,8 +192,10 @@ class MetricsMiddleware:
         exclude: Iterable[str] | None = None,
         unmatched: str = UNMATCHED,
         route: Callable[[Scope], str | None] | None = None,
+        http_status: str | None = None,
     ) -> None:
         self.app = app
+        self._status = helpers.http_status(http_status)
         self.route = route
         self.exclude = _http.exclusions(exclude)
         self.unmatched = unmatched
@@ -267,7 +273,9 @@ class MetricsMiddleware:
                 try:
                     template = self._template(scope, before)
                     if not _http.excluded(template, self.exclude):
-                        _http.record(scope.get("method"), template, status, start, end or perf_counter_ns(), tenant)
+                        _http.record(
+                            scope.get("method"), template, status, start, end or perf_counter_ns(), tenant, self._status
+                        )
                 except Exception:
                     _log.internal_error("asgi middleware")
 

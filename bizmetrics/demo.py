@@ -250,9 +250,14 @@ _ROUTE = "bizmetrics.demo.route"
 _METRICS = metrics_app()
 
 
-def _reply(start_response: Callable[..., Any], status: str, payload: object) -> list[bytes]:
+def _reply(
+    start_response: Callable[..., Any],
+    status: str,
+    payload: object,
+    headers: list[tuple[str, str]] = [],  # noqa: B006
+) -> list[bytes]:
     body = json.dumps(payload).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
     return [body]
 
 
@@ -278,6 +283,13 @@ def api(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         if _rng.random() < 0.15:
             return _reply(start_response, "429 Too Many Requests", {"error": "slow down"})
         return _reply(start_response, "200 OK", [])
+    if len(parts) == 5 and parts[:4] == ["provider", "crm", "v3", "objects"]:
+        # Stands in for a third-party API (HubSpot) that the demo's connector calls through requests.
+        environ[_ROUTE] = "/provider/crm/v3/objects/{type}"
+        if _rng.random() < 0.15:
+            return _reply(start_response, "429 Too Many Requests", {"error": "rate limited"}, [("Retry-After", "1")])
+        left = str(_rng.randint(0, 100))
+        return _reply(start_response, "200 OK", [], [("X-RateLimit-Remaining", left)])
     if path == "/api/workflows":
         environ[_ROUTE] = "/api/workflows"
         _maybe_fail(0.2)  # an unhandled exception: the server answers 500
@@ -299,6 +311,57 @@ def _send(host: str, port: int, method: str, path: str, tenant: str) -> int:
         return response.status
     finally:
         conn.close()
+
+
+class _Clients:
+    """The demo's database (SQLite through SQLAlchemy) and provider session (requests), when both are installed.
+
+    They fill the pool and rate-limit series of ``bizmetrics.sqlalchemy`` and ``bizmetrics.requests``.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        import requests
+        import sqlalchemy
+
+        import bizmetrics.requests
+        import bizmetrics.sqlalchemy
+
+        self.engine = sqlalchemy.create_engine(
+            "sqlite://",
+            poolclass=sqlalchemy.pool.QueuePool,
+            pool_size=2,
+            max_overflow=0,
+            connect_args={"check_same_thread": False},
+        )
+        bizmetrics.sqlalchemy.instrument(self.engine, pool="demo_sqlite")
+        self.text = sqlalchemy.text
+        self.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.session = bizmetrics.requests.instrument(
+            requests.Session(),
+            targets={f"{host}:{port}": "hubspot"},
+            routes=["/provider/crm/v3/objects/{type}"],
+        )
+
+    @classmethod
+    def start(cls, host: str, port: int) -> _Clients | None:
+        try:
+            return cls(host, port)
+        except ImportError:
+            return None
+
+    def round(self, tenant: str) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(self.text("SELECT 1").execution_options(bizmetrics_operation="load_settings"))
+            conn.execute(self.text("SELECT 2"))
+        with bizmetrics.tenant_context(tenant):
+            self.session.get(f"{self.base}/provider/crm/v3/objects/contacts", headers={"X-Tenant-ID": tenant})
+
+    def close(self) -> None:
+        self.session.close()
+        self.engine.dispose()
+
+
+_clients: _Clients | None = None
 
 
 class _Handler(WSGIRequestHandler):
@@ -360,6 +423,9 @@ async def _one_round(round_no: int, host: str, port: int) -> None:
                 if cached_post(key) is None:
                     _CACHE[key] = "post"
     bizmetrics.set_db_pool_size("primary", _rng.randint(5, 20))
+    if _clients is not None:
+        for tenant in TENANTS:
+            await asyncio.to_thread(_clients.round, tenant)
     if round_no % 10 == 9:
         _CACHE.clear()  # an eviction now and then, so misses keep coming
 
@@ -433,6 +499,8 @@ def run(
     print(f"bizmetrics demo: serving http://{host}:{bound}/metrics and /api (Ctrl-C stops)", file=out, flush=True)
     local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(addr, addr)
     stop = threading.Event()
+    global _clients
+    _clients = _Clients.start(local, bound)
 
     def on_sigint(signum: int, frame: object) -> None:
         if stop.is_set():
@@ -454,6 +522,8 @@ def run(
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        if _clients is not None:
+            _clients.close()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -17,7 +17,7 @@ from time import perf_counter_ns
 from types import FrameType
 from typing import Any
 
-from . import _http, _log
+from . import _http, _log, helpers
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_view"]
@@ -88,6 +88,7 @@ class MetricsMiddleware:
         self.header, self.tenant = _http.tenant_source(getattr(settings, "BIZMETRICS_TENANT", None), str)
         self.exclude = _http.exclusions(getattr(settings, "BIZMETRICS_EXCLUDE", None))
         self.unmatched: str = getattr(settings, "BIZMETRICS_UNMATCHED", UNMATCHED)
+        self.status = helpers.http_status(getattr(settings, "BIZMETRICS_HTTP_STATUS", None))
         try:
             handler = _loading_handler()
             if handler is not None:
@@ -121,7 +122,9 @@ class MetricsMiddleware:
             template = self._template(request, status)
             if not _http.excluded(template, self.exclude):
                 with _http.RequestScope(state.tenant, state.trace):
-                    _http.record(request.method, template, status, state.start, perf_counter_ns(), state.tenant)
+                    _http.record(
+                        request.method, template, status, state.start, perf_counter_ns(), state.tenant, self.status
+                    )
         except Exception:
             _log.internal_error("django middleware")
 

@@ -14,7 +14,7 @@ from typing import Any, ParamSpec
 
 from prometheus_client import Gauge
 
-from . import _deferred, _extract, _log, _values
+from . import _deferred, _extract, _log, _settings, _values
 from ._families import (
     AGENT_FAMILY,
     API_FAMILY,
@@ -38,6 +38,7 @@ __all__ = [
     "HTTP_METHODS",
     "dec_db_pool_size",
     "http_method",
+    "http_status",
     "inc_db_pool_size",
     "record_agent_invocation",
     "record_api_request",
@@ -52,6 +53,7 @@ __all__ = [
     "report_usage",
     "set_db_pool_size",
     "status_class",
+    "status_code",
     "track_tenant_latency",
 ]
 
@@ -305,6 +307,46 @@ def status_class(status_code: object) -> str:
     return f"{code // 100}xx"
 
 
+_CODES = {code: str(code) for code in range(100, 600)}
+
+#: How ``record_api_request`` and the middlewares write ``status`` by default (``BIZMETRICS_HTTP_STATUS``).
+HTTP_STATUS = _settings.http_status()
+
+
+def status_code(status_code: object) -> str:
+    """Return the HTTP status code (``"429"``) of a status code, or ``unknown``.
+
+    .. versionadded:: 0.3.0
+    """
+    if type(status_code) is int:
+        known = _CODES.get(status_code)
+        if known is not None:
+            return known
+    label = status_class(status_code)
+    return label if label == UNKNOWN else str(int(status_code))  # type: ignore[call-overload]
+
+
+def http_status(mode: str | None = None) -> Callable[[object], str]:
+    """Return the function writing ``status``: exact codes, or classes with ``mode="class"``.
+
+    ``None`` is the process's default (``BIZMETRICS_HTTP_STATUS``); any other
+    value than ``code`` or ``class`` is logged and means ``code``.
+
+    .. versionadded:: 0.3.0
+    """
+    if mode is None:
+        mode = HTTP_STATUS
+    if mode == "class":
+        return status_class
+    if mode != "code":
+        _log.warn("http_status", "bizmetrics: http_status=%r is neither 'code' nor 'class'; using 'code'", mode)
+    return status_code
+
+
+#: ``record_api_request``'s status writer.
+_status = http_status()
+
+
 def http_method(method: object) -> str:
     """Return ``method`` as a standard upper-case HTTP method, or ``OTHER``.
 
@@ -330,18 +372,22 @@ def record_api_request(
     duration_ms: float,
     tenant_id: str | None = None,
 ) -> None:
-    """Record one API request: its count by status class, its duration and, for 4xx/5xx, an error.
+    """Record one API request: its count by status, its duration and, for 4xx/5xx, an error.
+
+    ``status`` is the exact code (``429``), or its class (``4xx``) with
+    ``BIZMETRICS_HTTP_STATUS=class``.
 
     ``method`` (``str`` or ``bytes``) is upper-cased; a method outside the
     HTTP standard ones is recorded as ``OTHER``.  ``endpoint`` should be the route template
     (``/users/{id}``), not the raw path, to keep the series bounded.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``status`` is the exact code unless ``BIZMETRICS_HTTP_STATUS=class``.
     """
     try:
         method = http_method(method)
         API_FAMILY.get(method, endpoint, tenant_or_current(tenant_id)).record(
-            _values.duration(duration_ms), status_class(status_code)
+            _values.duration(duration_ms), _status(status_code)
         )
     except Exception:
         _log.internal_error("record_api_request")

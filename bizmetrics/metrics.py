@@ -63,6 +63,9 @@ __all__ = [
     "API_REQUESTS",
     "API_REQUEST_DURATION",
     "API_REQUEST_DURATION_BY_TENANT",
+    "CACHE_BUCKETS",
+    "CACHE_COMMAND_DURATION",
+    "CACHE_ERRORS",
     "CACHE_HITS",
     "CACHE_MISSES",
     "CATALOGUE",
@@ -71,10 +74,17 @@ __all__ = [
     "CONNECTOR_OPERATIONS",
     "CONNECTOR_OPERATION_DURATION",
     "CONNECTOR_OPERATION_DURATION_BY_TENANT",
+    "CONNECTOR_RATE_LIMITED",
+    "CONNECTOR_RATE_LIMIT_REMAINING",
     "CONNECTOR_SYNC_OPERATIONS",
     "CONNECTOR_SYNC_RECORDS",
     "DB_BUCKETS",
     "DB_CONNECTION_POOL_SIZE",
+    "DB_POOL_CHECKOUT_TIMEOUTS",
+    "DB_POOL_CHECKOUT_WAIT",
+    "DB_POOL_CONNECTIONS_CREATED",
+    "DB_POOL_CONNECTIONS_INVALIDATED",
+    "DB_POOL_IN_USE",
     "DB_QUERY_DURATION",
     "HTTP_METHODS",
     "TENANT_BUDGET",
@@ -351,7 +361,7 @@ AGENT_ERRORS = _declare(
 API_REQUESTS = _declare(
     _Counter,
     "api_requests_total",
-    "Total number of API requests, by HTTP status class",
+    "Total number of API requests, by HTTP status code (or class, BIZMETRICS_HTTP_STATUS=class)",
     ("method", "endpoint", "status", "tenant_id"),
 )
 API_REQUEST_DURATION = _declare(
@@ -523,6 +533,82 @@ CATALOGUE = (
     AGENT_UNPRICED_TOKENS,
     TENANT_BUDGET,
 )
+
+
+# Database pools, cache commands and rate limits of outgoing HTTP, filled by
+# the client instrumentations (bizmetrics.sqlalchemy, .redis, .httpx, .requests, .aiohttp).
+CACHE_BUCKETS = _settings.buckets("CACHE", (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0))
+DB_POOL_IN_USE = _declare(
+    _Gauge,
+    "db_connection_pool_in_use",
+    "Connections of the database connection pool checked out by the application",
+    ("pool",),
+    multiprocess_mode="livesum",
+)
+DB_POOL_CHECKOUT_WAIT = _declare(
+    _Histogram,
+    "db_connection_pool_checkout_wait",
+    "Time the application waited for a connection of the pool, in milliseconds",
+    ("pool",),
+    buckets=DB_BUCKETS,
+)
+DB_POOL_CHECKOUT_TIMEOUTS = _declare(
+    _Counter,
+    "db_connection_pool_checkout_timeouts_total",
+    "Checkouts that gave up waiting for a connection of the pool",
+    ("pool",),
+)
+DB_POOL_CONNECTIONS_CREATED = _declare(
+    _Counter,
+    "db_connection_pool_connections_created_total",
+    "Database connections opened by the pool",
+    ("pool",),
+)
+DB_POOL_CONNECTIONS_INVALIDATED = _declare(
+    _Counter,
+    "db_connection_pool_connections_invalidated_total",
+    "Database connections of the pool invalidated (disconnects, errors, explicit invalidation)",
+    ("pool",),
+)
+CACHE_COMMAND_DURATION = _declare(
+    _Histogram,
+    "cache_command_duration",
+    "Duration of cache commands in milliseconds",
+    ("cache", "command"),
+    buckets=CACHE_BUCKETS,
+)
+CACHE_ERRORS = _declare(
+    _Counter,
+    "cache_errors_total",
+    "Cache commands that raised, by exception class",
+    ("cache", "command", "error_type"),
+)
+CONNECTOR_RATE_LIMITED = _declare(
+    _Counter,
+    "connector_rate_limited_total",
+    "Responses of a connector's provider that refused a request for its rate limit (429, or 503 with Retry-After)",
+    ("connector_type", "tenant_id"),
+)
+CONNECTOR_RATE_LIMIT_REMAINING = _declare(
+    _Gauge,
+    "connector_rate_limit_remaining",
+    "Requests left in the provider's rate-limit window, as its last response said",
+    ("connector_type", "tenant_id"),
+    # The last response of any live worker: the provider's quota is shared by all of them.
+    multiprocess_mode="livemostrecent",
+)
+CLIENT_METRICS = (
+    DB_POOL_IN_USE,
+    DB_POOL_CHECKOUT_WAIT,
+    DB_POOL_CHECKOUT_TIMEOUTS,
+    DB_POOL_CONNECTIONS_CREATED,
+    DB_POOL_CONNECTIONS_INVALIDATED,
+    CACHE_COMMAND_DURATION,
+    CACHE_ERRORS,
+    CONNECTOR_RATE_LIMITED,
+    CONNECTOR_RATE_LIMIT_REMAINING,
+)
+CATALOGUE = (*CATALOGUE, *CLIENT_METRICS)  # type: ignore[assignment]
 
 
 # The helpers moved to ``bizmetrics.helpers`` after 0.2.0.  They are imported on

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from prometheus_client.registry import CollectorRegistry
 
-from . import _http, _log
+from . import _http, _log, helpers
 from ._http import DEFAULT_EXCLUDE, UNMATCHED
 
 __all__ = ["DEFAULT_EXCLUDE", "UNMATCHED", "MetricsMiddleware", "metrics_app"]
@@ -164,8 +164,12 @@ class MetricsMiddleware:
     :param unmatched: the ``endpoint`` of requests that matched no route.
     :param route: a callable taking the environ, called after the
         application, that returns the route template or ``None``.
+    :param http_status: ``"code"`` records the exact status (``429``) in the
+        ``status`` label, ``"class"`` its class (``4xx``); default:
+        ``BIZMETRICS_HTTP_STATUS``, else ``"code"``.
 
     .. versionadded:: 0.2.0
+    .. versionchanged:: 0.3.0 ``status`` is the exact code by default; ``http_status=``.
     """
 
     def __init__(
@@ -176,8 +180,10 @@ class MetricsMiddleware:
         exclude: Iterable[str] | None = None,
         unmatched: str = UNMATCHED,
         route: Callable[[Environ], str | None] | None = None,
+        http_status: str | None = None,
     ) -> None:
         self.app = app
+        self._status = helpers.http_status(http_status)
         self.exclude = _http.exclusions(exclude)
         self.unmatched = unmatched
         self._header, self._tenant = _http.tenant_source(tenant, lambda name: "HTTP_" + name.upper().replace("-", "_"))
@@ -212,7 +218,7 @@ class MetricsMiddleware:
                 template = self.unmatched
             if not _http.excluded(template, self.exclude):
                 with _http.RequestScope(None, request.trace):
-                    _http.record(request.method, template, status, request.start, end, request.tenant)
+                    _http.record(request.method, template, status, request.start, end, request.tenant, self._status)
         except Exception:
             _log.internal_error("wsgi middleware")
 

@@ -58,3 +58,17 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[itertools.count[int]]:
     # Whole ticks, each TICK_NS long: sums stay exact.
     monkeypatch.setattr(bizmetrics._instrument, "CLOCK_MS", TICK_NS / 1e6)
     yield ticks
+
+
+@pytest.fixture
+def http_status_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record API status classes (``4xx``), as ``BIZMETRICS_HTTP_STATUS=class`` does, here and in child processes.
+
+    The middleware tests written for classes keep checking that mode; the exact
+    codes of the default are checked in ``test_http_status.py``.
+    """
+    import bizmetrics.helpers
+
+    monkeypatch.setenv("BIZMETRICS_HTTP_STATUS", "class")
+    monkeypatch.setattr(bizmetrics.helpers, "HTTP_STATUS", "class")
+    monkeypatch.setattr(bizmetrics.helpers, "_status", bizmetrics.helpers.status_class)

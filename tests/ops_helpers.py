@@ -32,7 +32,7 @@ HERE = Path(__file__).parent
 RULE_FILES = assets.RULE_FILES
 ASSETS = resources.files("bizmetrics.assets")
 #: The promtool unit test files, run against the shipped rules.
-PROMTOOL_TESTS = ("alerts_test.yml", "batch_test.yml", "slo_test.yml", "budget_test.yml")
+PROMTOOL_TESTS = ("alerts_test.yml", "batch_test.yml", "slo_test.yml", "budget_test.yml", "clients_test.yml")
 #: Debian package of each binary, for the failure message.
 PACKAGES = {
     "promtool": "prometheus",
@@ -257,7 +257,7 @@ def _slo_series(job: str, slo: Any, per_minute: int, bad_share: float) -> list[d
                 ]
         return found
     labels = f'job="{job}",connector_type="c",operation="o",method="GET",endpoint="/x",workflow_id="w",agent_id="a"'
-    bad_status = "5xx" if slo.name == "api" else "error"
+    bad_status = "503" if slo.name == "api" else "error"
     return [
         {"series": f'{slo.metric}{{{labels},status="success",tenant_id="t1"}}', "values": f"0+{good!r}x240"},
         {"series": f'{slo.metric}{{{labels},status="{bad_status}",tenant_id="t1"}}', "values": f"0+{bad!r}x240"},

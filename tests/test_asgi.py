@@ -28,6 +28,9 @@ import bizmetrics._http
 import bizmetrics.asgi
 from bizmetrics.asgi import MetricsMiddleware, metrics_app
 
+# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+pytestmark = pytest.mark.usefixtures("http_status_classes")
+
 
 def count(endpoint: str, tenant: str, status: str = "2xx", method: str = "GET") -> float:
     return value("api_requests_total", method=method, endpoint=endpoint, status=status, tenant_id=tenant)

@@ -19,6 +19,9 @@ from helpers import unique, value
 import bizmetrics
 import bizmetrics.django
 
+# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+pytestmark = pytest.mark.usefixtures("http_status_classes")
+
 URLS = "bizmetrics_test_django_urls"
 
 
@@ -429,3 +432,15 @@ def test_a_real_wsgi_server_records_what_outer_middlewares_answer():
         ("/users/<int:user_id>/", "4xx"): 1.0,
         ("/users/<int:user_id>/", "2xx"): 1.0,
     }
+
+
+@pytest.mark.parametrize(("setting", "expect"), [("code", "404"), ("class", "4xx")])
+def test_settings_http_status_chooses_codes_or_classes(setting: str, expect: str):
+    """settings.BIZMETRICS_HTTP_STATUS: "code" records 404 as itself, "class" as 4xx."""
+    from django.test import override_settings
+
+    tenant = unique()
+    with override_settings(BIZMETRICS_HTTP_STATUS=setting):
+        assert client().get("/wp-login.php", headers={"X-Tenant-ID": tenant}).status_code == 404
+    assert count("__unmatched__", tenant, expect) == 1
+    assert count("__unmatched__", tenant, "4xx" if expect == "404" else "404") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from helpers import unique
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 import bizmetrics
 from bizmetrics import _families, _trace
 from bizmetrics.metrics import CONNECTOR_OPERATION_DURATION, CONNECTOR_OPERATIONS
+
+# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 durations = st.floats(min_value=0, max_value=1e7, allow_nan=False) | st.sampled_from([0.0, 5.0, 10.0, 1e9])
 traces = st.from_regex(r"[0-9a-f]{1,32}", fullmatch=True)

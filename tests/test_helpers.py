@@ -13,6 +13,9 @@ from strategies import clean_labels
 import bizmetrics
 from bizmetrics import tenant_context, workflow_context
 
+# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+pytestmark = pytest.mark.usefixtures("http_status_classes")
+
 
 @given(ct=clean_labels, op=clean_labels, ms=st.floats(0, 1e6), ok=st.booleans())
 def test_record_connector_operation(ct, op, ms, ok):

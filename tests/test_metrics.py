@@ -14,6 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import bizmetrics
 import bizmetrics.metrics as m
 
+# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+pytestmark = pytest.mark.usefixtures("http_status_classes")
+
 # exposed family name, type, labels (without le), buckets (None: not a histogram)
 CATALOGUE = [
     ("connector_operations", "counter", {"connector_type", "operation", "status", "tenant_id"}, None),

@@ -712,6 +712,10 @@ def test_dashboards_say_which_panels_ignore_the_tenant():
             ("slo-overview.json", "Attainment (30 days) and objective"),
             ("slo-overview.json", "Latency thresholds of the latency SLOs"),
             ("slo-overview.json", "Events per hour, and the minimum an alert's window needs"),
+            ("pools-rate-limits.json", "Pool connections: open and in use"),
+            ("pools-rate-limits.json", "Pool checkout wait p95"),
+            ("pools-rate-limits.json", "Pool checkout timeouts per second"),
+            ("pools-rate-limits.json", "Pool connections created and invalidated per second"),
         ]
     )
 

@@ -49,6 +49,9 @@ from bizmetrics import (
     workflow_context,
 )
 
+# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+pytestmark = pytest.mark.usefixtures("http_status_classes")
+
 # --- 1, 2: the label-child cache never outlives a removal ------------------------
 
 

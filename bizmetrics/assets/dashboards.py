@@ -438,7 +438,8 @@ def ai_agent_analytics(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
 
 def system_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     t = '{job=~"$job", tenant_id=~"$tenant"}'
-    t5 = '{status="5xx", job=~"$job", tenant_id=~"$tenant"}'
+    # Server errors whether status holds codes (503) or classes (5xx, BIZMETRICS_HTTP_STATUS=class).
+    t5 = '{status=~"5..", job=~"$job", tenant_id=~"$tenant"}'
     j = '{job=~"$job"}'
     return _dashboard(
         "Operations",
@@ -817,6 +818,84 @@ def business(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     )
 
 
+def clients(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    """Connection pools and the rate limits of connectors' providers, as the client instrumentations record them."""
+    t = '{job=~"$job", tenant_id=~"$tenant"}'
+    p = '{job=~"$job", pool=~"$pool"}'
+    return _dashboard(
+        "Operations",
+        "bizmetrics-pools-rate-limits",
+        "bizmetrics / Pools and Rate Limits",
+        "Database connection pools (bizmetrics.sqlalchemy) and the rate limits connectors meet at their"
+        " providers (bizmetrics.httpx, .requests, .aiohttp), per service (job).",
+        [
+            _job_variable(jobs, "db_connection_pool_size|connector_rate_limited_total"),
+            _variable("pool", "Pool", 'label_values(db_connection_pool_size{job=~"$job"}, pool)'),
+            _variable("tenant", "Tenant", 'label_values(connector_rate_limited_total{job=~"$job"}, tenant_id)'),
+        ],
+        [
+            (
+                "Pool connections: open and in use",
+                "short",
+                [
+                    (f"sum by (job, pool) (db_connection_pool_size{p})", "{{job}} {{pool}} open"),
+                    (f"sum by (job, pool) (db_connection_pool_in_use{p})", "{{job}} {{pool}} in use"),
+                ],
+            ),
+            (
+                "Pool checkout wait p95",
+                "ms",
+                [
+                    (
+                        "histogram_quantile(0.95, sum by (job, pool, le)"
+                        f" (rate(db_connection_pool_checkout_wait_bucket{p}[5m])))",
+                        "{{job}} {{pool}}",
+                    )
+                ],
+            ),
+            (
+                "Pool checkout timeouts per second",
+                "short",
+                [(f"sum by (job, pool) (rate(db_connection_pool_checkout_timeouts_total{p}[5m]))", "{{job}} {{pool}}")],
+            ),
+            (
+                "Pool connections created and invalidated per second",
+                "short",
+                [
+                    (
+                        f"sum by (job, pool) (rate(db_connection_pool_connections_created_total{p}[5m]))",
+                        "{{job}} {{pool}} created",
+                    ),
+                    (
+                        f"sum by (job, pool) (rate(db_connection_pool_connections_invalidated_total{p}[5m]))",
+                        "{{job}} {{pool}} invalidated",
+                    ),
+                ],
+            ),
+            (
+                "Rate-limited responses per second by connector",
+                "reqps",
+                [
+                    (
+                        f"sum by (job, connector_type) (rate(connector_rate_limited_total{t}[5m]))",
+                        "{{job}} {{connector_type}}",
+                    )
+                ],
+            ),
+            (
+                "Provider quota left (lowest per connector)",
+                "short",
+                [
+                    (
+                        f"min by (job, connector_type) (connector_rate_limit_remaining{t})",
+                        "{{job}} {{connector_type}}",
+                    )
+                ],
+            ),
+        ],
+    )
+
+
 DASHBOARDS = {
     "connector-health.json": connector_health,
     "workflow-performance.json": workflow_performance,
@@ -824,6 +903,7 @@ DASHBOARDS = {
     "system-overview.json": system_overview,
     "slo-overview.json": slo_overview,
     "business.json": business,
+    "pools-rate-limits.json": clients,
 }
 
 

@@ -126,7 +126,8 @@ SLOS: dict[str, SLO] = {
             "API requests",
             "api_requests_total",
             0.999,
-            bad='status="5xx"',
+            # Server errors whether status holds codes (503) or classes (5xx, BIZMETRICS_HTTP_STATUS=class).
+            bad='status=~"5.."',
             runbook="BizmetricsApi5xxRatioHigh names the endpoints; then the service's logs and its dependencies"
             " (db_query_duration, the connector alerts).",
         ),

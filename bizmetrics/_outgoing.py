@@ -1,0 +1,163 @@
+"""What the outgoing-HTTP instrumentations share: targets, operations, rate limits and recording.
+
+Nothing here imports an HTTP client.  A request to a declared target is one
+connector operation of that target's connector type; any other request is
+not recorded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from time import perf_counter_ns
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import _log
+from ._families import CONNECTOR_OPERATION_FAMILY, RATE_LIMIT_FAMILY
+from .context import tenant_or_current
+
+__all__ = ["REMAINING_HEADERS", "Outgoing", "Targets"]
+
+#: Response headers read, in order, for the requests left in the provider's window.
+REMAINING_HEADERS = (
+    "x-ratelimit-remaining",
+    "x-rate-limit-remaining",
+    "ratelimit-remaining",
+    "x-ratelimit-requests-remaining",
+    "x-hubspot-ratelimit-remaining",
+    "x-shopify-shop-api-call-limit",
+    "ratelimit",
+)
+
+Targets = Mapping[str, str] | Callable[[str], "str | None"]
+
+_IETF_REMAINING = re.compile(r"(?:remaining|r)\s*=\s*(\d+(?:\.\d+)?)")
+
+
+def remaining_of(value: str) -> float | None:
+    """Return the requests left that a rate-limit header value says, or ``None``.
+
+    ``42``; Shopify's used/limit ``32/40`` (8 left); the IETF ``RateLimit``
+    header's ``remaining=42`` or ``r=42``.
+    """
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    used, slash, limit = value.partition("/")
+    if slash:
+        try:
+            return max(float(limit) - float(used), 0.0)
+        except ValueError:
+            return None
+    match = _IETF_REMAINING.search(value)
+    return float(match.group(1)) if match else None
+
+
+def _compile(template: str) -> tuple[str | None, re.Pattern[str]]:
+    method, space, path = template.partition(" ")
+    if not space:
+        method, path = "", template
+    pattern = "".join(
+        "[^/]+" if part.startswith("{") and part.endswith("}") else re.escape(part)
+        for part in re.split(r"(\{[^}/]*\})", path)
+    )
+    return (method.upper() or None), re.compile(pattern + r"/?\Z")
+
+
+class Outgoing:
+    """The declared targets, routes and rate-limit headers of one instrumented client."""
+
+    __slots__ = ("_by_host", "_callable", "_hosts", "_routes", "remaining_headers")
+
+    def __init__(
+        self,
+        targets: Targets,
+        routes: Iterable[str] = (),
+        remaining_headers: Iterable[str] = REMAINING_HEADERS,
+    ) -> None:
+        self._callable: Callable[[str], str | None] | None = None
+        self._hosts: dict[str, str] = {}
+        if callable(targets):
+            self._callable = targets
+        elif isinstance(targets, Mapping):
+            self._hosts = {str(host).lower(): str(kind) for host, kind in targets.items()}
+        else:
+            raise TypeError("targets must be a dict of host to connector type, or a callable from URL to one")
+        self._by_host: dict[str, str | None] = {}
+        self._routes = [(template, *_compile(template)) for template in routes]
+        self.remaining_headers = tuple(remaining_headers)
+
+    def connector(self, url: Any) -> str | None:
+        """Return the connector type of a request to ``url``, or ``None`` when it is no target."""
+        try:
+            if self._callable is not None:
+                found = self._callable(str(url))
+                return found if isinstance(found, str) and found else None
+            text = str(url)
+            known = self._by_host.get(text)
+            if known is not None or text in self._by_host:
+                return known
+            parts = urlsplit(text)
+            host = (parts.hostname or "").lower()
+            hosts = self._hosts
+            found = hosts.get(f"{host}:{parts.port}") if parts.port else None
+            if found is None:
+                found = hosts.get(host)
+            if found is None:
+                for pattern, kind in hosts.items():
+                    if pattern.startswith("*.") and host.endswith(pattern[1:]):
+                        found = kind
+                        break
+            if len(self._by_host) < 4096:
+                self._by_host[text] = found
+            return found
+        except Exception:
+            _log.internal_error("outgoing targets")
+            return None
+
+    def operation(self, method: str, url: Any) -> str:
+        """Return the declared route template the request matches, else its method; never the URL."""
+        method = str(method).upper()
+        if self._routes:
+            path = urlsplit(str(url)).path
+            for template, only, pattern in self._routes:
+                if (only is None or only == method) and pattern.match(path):
+                    return template
+        return method
+
+    def record(self, connector: str, operation: str, start: int, status: int, headers: Any) -> None:
+        """Record one response of ``status``; never raise."""
+        ms = (perf_counter_ns() - start) / 1e6
+        try:
+            tenant = tenant_or_current(None)
+            bundle = CONNECTOR_OPERATION_FAMILY.get(connector, operation, tenant)
+            if status < 400:
+                bundle.success(ms, 0)
+            else:
+                bundle.failure(ms, f"http_{status}", 0)
+            limits = None
+            if status == 429 or (status == 503 and headers.get("retry-after") is not None):
+                limits = RATE_LIMIT_FAMILY.get(connector, tenant)
+                limits.limited.inc()
+            for name in self.remaining_headers:
+                value = headers.get(name)
+                if value is not None:
+                    left = remaining_of(value)
+                    if left is not None:
+                        (limits or RATE_LIMIT_FAMILY.get(connector, tenant)).left(left)
+                    break
+        except Exception:
+            _log.internal_error("outgoing response")
+
+    def failed(self, connector: str, operation: str, start: int, error: BaseException) -> None:
+        """Record one request that raised (no response); never raise."""
+        ms = (perf_counter_ns() - start) / 1e6
+        try:
+            CONNECTOR_OPERATION_FAMILY.get(connector, operation, tenant_or_current(None)).failure(
+                ms, type(error).__name__, 0
+            )
+        except Exception:
+            _log.internal_error("outgoing error")
