@@ -75,6 +75,13 @@ __all__ = [
     "DB_CONNECTION_POOL_SIZE",
     "DB_QUERY_DURATION",
     "HTTP_METHODS",
+    "JOB_BUCKETS",
+    "JOB_DURATION",
+    "JOB_EXECUTIONS",
+    "JOB_IN_PROGRESS",
+    "JOB_QUEUE_WAIT",
+    "JOB_QUEUE_WAIT_BUCKETS",
+    "JOB_RETRIES",
     "WORKFLOW_BUCKETS",
     "WORKFLOW_EXECUTIONS",
     "WORKFLOW_EXECUTION_DURATION",
@@ -461,6 +468,51 @@ AGENT_RESPONSE_DURATION_BY_TENANT = _declare(
 )
 
 
+# Background jobs (Celery, RQ, any queue through ``bizmetrics.jobs``): see README, "Background jobs".
+JOB_BUCKETS = _settings.buckets(
+    "JOB",
+    (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 900000.0),
+)
+JOB_QUEUE_WAIT_BUCKETS = _settings.buckets(
+    "JOB_QUEUE_WAIT",
+    (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0),
+)
+JOB_EXECUTIONS = _declare(
+    _Counter,
+    "job_executions_total",
+    "Total number of background job executions, by outcome (success, error, retry, cancelled)",
+    ("queue", "task", "status", "tenant_id"),
+)
+JOB_DURATION = _declare(
+    _Histogram,
+    "job_duration",
+    "Duration of background job executions in milliseconds",
+    ("queue", "task"),
+    buckets=JOB_BUCKETS,
+)
+JOB_QUEUE_WAIT = _declare(
+    _Histogram,
+    "job_queue_wait",
+    "Time background jobs waited in their queue, from enqueue (or their ETA) to start, in milliseconds",
+    ("queue", "task"),
+    buckets=JOB_QUEUE_WAIT_BUCKETS,
+)
+JOB_RETRIES = _declare(
+    _Counter,
+    "job_retries_total",
+    "Total number of background job executions that ended asking to be retried",
+    ("queue", "task", "tenant_id"),
+)
+JOB_IN_PROGRESS = _declare(
+    _Gauge,
+    "job_in_progress",
+    "Background jobs running now",
+    ("queue", "task"),
+    # The jobs of a worker killed mid-task are no longer running: live workers only.
+    multiprocess_mode="livesum",
+)
+
+
 #: Every metric of the catalogue, in the order of the spec.
 CATALOGUE = (
     CONNECTOR_OPERATIONS,
@@ -493,6 +545,11 @@ CATALOGUE = (
     API_REQUEST_DURATION_BY_TENANT,
     WORKFLOW_EXECUTION_DURATION_BY_TENANT,
     AGENT_RESPONSE_DURATION_BY_TENANT,
+    JOB_EXECUTIONS,
+    JOB_DURATION,
+    JOB_QUEUE_WAIT,
+    JOB_RETRIES,
+    JOB_IN_PROGRESS,
 )
 
 

@@ -41,6 +41,7 @@ PACKAGES = {
     "prometheus-alertmanager": "prometheus-alertmanager",
     "amtool": "prometheus-alertmanager",
     "victoria-metrics": "victoria-metrics",
+    "redis-server": "redis-server",
 }
 
 

@@ -1,0 +1,174 @@
+"""Celery tasks measured in-process through Celery's signals: ``instrument(app)``.
+
+No task events are needed.  The publisher puts the enqueue time (a delayed
+task's ETA) and its current tenant in the task's headers
+(``before_task_publish``); the worker runs the task with that tenant current
+and records ``job_executions_total``, ``job_duration``, ``job_queue_wait``,
+``job_retries_total`` and ``job_in_progress`` (``task_prerun`` /
+``task_postrun``; ``task_revoked`` for a task revoked before or while it
+ran).  Celery is imported only when ``instrument`` is called.  See README,
+"Background jobs".
+
+.. versionadded:: 0.3.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from prometheus_client.registry import CollectorRegistry
+
+from . import _log
+from .jobs import ENQUEUED_AT_HEADER, TENANT_HEADER, Job, QueueDepth, inject, record_job
+
+__all__ = ["instrument", "queue_depth"]
+
+#: Celery's end states (``task_postrun``'s ``state``) -> ``job_executions_total``'s status.
+STATES = {
+    "SUCCESS": "success",
+    "FAILURE": "error",
+    "RETRY": "retry",
+    "REVOKED": "cancelled",
+    "REJECTED": "cancelled",
+    "IGNORED": "cancelled",
+}
+
+#: The attribute of a task's request holding its running ``Job``.
+_JOB = "_bizmetrics_job"
+_UTC = timezone.utc
+
+
+def _eta_seconds(eta: object) -> float | None:
+    """A protocol-2 ``eta`` header (ISO 8601 text, naive meaning UTC) as Unix seconds."""
+    if not eta:
+        return None
+    try:
+        when = eta if isinstance(eta, datetime) else datetime.fromisoformat(str(eta))
+        return (when if when.tzinfo else when.replace(tzinfo=_UTC)).timestamp()
+    except ValueError:
+        return None
+
+
+def _before_publish(sender: object = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is None:  # task protocol 1: nothing to carry the headers in
+        return
+    eta = headers.get("eta")
+    inject(headers, enqueued_at=_eta_seconds(eta) if eta else None)
+
+
+def _queue_of(task: Any, request: Any) -> str:
+    info = request.delivery_info
+    if info:
+        queue = info.get("routing_key") or info.get("queue")
+        if queue:
+            return str(queue)
+    queue = getattr(task, "queue", None)
+    if queue:
+        return str(queue)
+    return str(task.app.conf.task_default_queue)
+
+
+def _header(request: Any, name: str) -> Any:
+    found = getattr(request, name, None)
+    if found is None:
+        custom = request.headers
+        if custom:
+            found = custom.get(name)
+    return found
+
+
+def _prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
+    try:
+        task = task or sender
+        request = task.request
+        eager = bool(request.is_eager)
+        job = Job(
+            _queue_of(task, request),
+            task.name,
+            None if eager else _header(request, ENQUEUED_AT_HEADER),
+            _header(request, TENANT_HEADER),
+            eager,
+        )
+        setattr(request, _JOB, job)
+    except Exception:
+        _log.internal_error("celery task_prerun")
+        return
+    job.start()
+
+
+def _postrun(sender: Any = None, task: Any = None, state: str | None = None, **_: Any) -> None:
+    task = task or sender
+    try:
+        job = getattr(task.request, _JOB, None)
+    except Exception:
+        job = None
+    if job is None:
+        return
+    try:
+        delattr(task.request, _JOB)
+    except Exception:
+        pass
+    job.finish(STATES.get(state or "", "error"))
+
+
+def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """A task revoked before it ran (or terminated while it ran, in a pool process now gone)."""
+    try:
+        headers: Mapping[str, Any] = getattr(request, "_request_dict", None) or {}
+        info = getattr(request, "delivery_info", None) or {}
+        queue = info.get("routing_key") or info.get("queue") or "unknown"
+        record_job(queue, getattr(request, "name", None), "cancelled", tenant_id=headers.get(TENANT_HEADER))
+    except Exception:
+        _log.internal_error("celery task_revoked")
+
+
+_INSTRUMENTED: set[int] = set()
+
+
+def instrument(
+    app: Any,
+    *,
+    queue_depth: Iterable[str] | None = None,
+    depth_timeout: float = 0.25,
+    registry: CollectorRegistry | None = None,
+) -> QueueDepth | None:
+    """Record every task of ``app`` (published or run in this process) in the job family; idempotent.
+
+    Call it where the app is defined, so publishers and workers (every pool:
+    prefork, threads, solo, eager) both run it.  ``queue_depth``: queue names
+    whose length is read from the broker at each scrape (off by default), each
+    read bounded by ``depth_timeout`` seconds, exposed as ``job_queue_depth``
+    on ``registry`` (the default registry if ``None``); the collector is returned.
+    """
+    from celery import signals  # optional dependency: imported only here
+
+    if id(app) not in _INSTRUMENTED:
+        _INSTRUMENTED.add(id(app))
+        # Celery's signals hold weak references by default: these module functions live as long as the process.
+        signals.before_task_publish.connect(_before_publish, weak=False, dispatch_uid="bizmetrics.publish")
+        signals.task_prerun.connect(_prerun, weak=False, dispatch_uid="bizmetrics.prerun")
+        signals.task_postrun.connect(_postrun, weak=False, dispatch_uid="bizmetrics.postrun")
+        signals.task_revoked.connect(_revoked, weak=False, dispatch_uid="bizmetrics.revoked")
+    if queue_depth is None:
+        return None
+    return QueueDepth(_broker_depths(app, tuple(queue_depth)), depth_timeout).register(registry)
+
+
+def queue_depth(app: Any, queues: Iterable[str]) -> Callable[[], dict[str, int]]:
+    """Return a function reading the length of ``queues`` from ``app``'s broker (for ``jobs.QueueDepth``)."""
+    return _broker_depths(app, tuple(queues))
+
+
+def _broker_depths(app: Any, queues: tuple[str, ...]) -> Callable[[], dict[str, int]]:
+    def read() -> dict[str, int]:
+        found = {}
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            for queue in queues:
+                # A passive declare creates nothing: it answers the queue's message count.
+                found[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+        return found
+
+    return read
