@@ -142,7 +142,7 @@ def instrument(
     read bounded by ``depth_timeout`` seconds, exposed as ``job_queue_depth``
     on ``registry`` (the default registry if ``None``); the collector is returned.
     """
-    from celery import signals  # optional dependency: imported only here
+    from celery import signals  # type: ignore[import-untyped]  # optional: imported only here
 
     if id(app) not in _INSTRUMENTED:
         _INSTRUMENTED.add(id(app))

@@ -19,6 +19,7 @@ Nothing here imports a queue library.  See README, "Background jobs".
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from bisect import bisect_left
@@ -30,8 +31,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
 from . import _log, _trace, _values
-from ._fastpath import FAST_PATH, LOCK, Cells, cell
 from ._families import Family
+from ._fastpath import FAST_PATH, LOCK, Cells, cell
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .context import TENANT
 from .metrics import JOB_DURATION, JOB_EXECUTIONS, JOB_IN_PROGRESS, JOB_QUEUE_WAIT, JOB_RETRIES, NAMESPACE
@@ -160,16 +161,20 @@ _JOBS: Family[_Series] = Family(_Series, queue=UNKNOWN, task=UNKNOWN, tenant_id=
 
 
 def _wait_ms(enqueued_at: object, now: float) -> float | None:
-    """The milliseconds from ``enqueued_at`` (Unix seconds) to ``now``; 0 if the clocks disagree, ``None`` if unreadable."""
+    """The ms from ``enqueued_at`` (Unix seconds) to ``now``: 0 if the clocks disagree, ``None`` if unreadable."""
     if enqueued_at is None:
         return None
     try:
         at = enqueued_at if type(enqueued_at) is float else float(enqueued_at)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        _log.warn("jobs.enqueued_at", "bizmetrics: unreadable %s header %r: no queue wait", ENQUEUED_AT_HEADER, enqueued_at)
+        _log.warn(
+            "jobs.enqueued_at", "bizmetrics: unreadable %s header %r: no queue wait", ENQUEUED_AT_HEADER, enqueued_at
+        )
+        return None
+    if not math.isfinite(at):
         return None
     # Publisher and worker clocks may disagree by a little: never a negative wait.
-    return max(0.0, (now - at) * 1000.0) if at == at else None
+    return max(0.0, (now - at) * 1000.0)
 
 
 class Job:

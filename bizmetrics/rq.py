@@ -12,6 +12,7 @@ imported only when ``instrument`` is called.  See README, "Background jobs".
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -105,12 +106,8 @@ def instrument(
     ):
         original = cls.__dict__.get(name) or getattr(cls, name)
         if not getattr(original, _MARK, False):
-            wrapped = wrap(original)
-            wrapped.__name__ = name
-            wrapped.__qualname__ = f"{cls.__qualname__}.{name}"
-            wrapped.__doc__ = original.__doc__
+            wrapped = functools.wraps(original)(wrap(original))
             setattr(wrapped, _MARK, True)
-            setattr(wrapped, "__wrapped__", original)
             setattr(cls, name, wrapped)
     if queue_depth is None:
         return None
