@@ -165,10 +165,19 @@ def _broker_depths(app: Any, queues: tuple[str, ...]) -> Callable[[], dict[str, 
     def read() -> dict[str, int]:
         found = {}
         with app.connection_for_read() as connection:
-            channel = connection.default_channel
             for queue in queues:
-                # A passive declare creates nothing: it answers the queue's message count.
-                found[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+                # A passive declare creates nothing: it answers the queue's message count, or fails (and,
+                # on AMQP, closes its channel) for a queue the broker does not know, which is left out.
+                channel = connection.channel()
+                try:
+                    found[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+                except connection.channel_errors:
+                    pass
+                finally:
+                    try:
+                        channel.close()
+                    except Exception:
+                        pass
         return found
 
     return read

@@ -702,6 +702,10 @@ def test_dashboards_say_which_panels_ignore_the_tenant():
             ("slo-overview.json", "Attainment (30 days) and objective"),
             ("slo-overview.json", "Latency thresholds of the latency SLOs"),
             ("slo-overview.json", "Events per hour, and the minimum an alert's window needs"),
+            ("background-jobs.json", "Queue wait"),
+            ("background-jobs.json", "Run duration"),
+            ("background-jobs.json", "Jobs in progress (live workers)"),
+            ("background-jobs.json", "Queue depth (when read from the broker)"),
         ]
     )
 
