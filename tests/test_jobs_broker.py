@@ -1,4 +1,4 @@
-"""Against a real Redis in this process: RQ's synchronous queues, and queue depth read from the broker at scrape time."""
+"""Against a real Redis in this process: RQ synchronous queues, and queue depth read from the broker at scrapes."""
 
 from __future__ import annotations
 

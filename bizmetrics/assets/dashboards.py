@@ -635,7 +635,7 @@ def background_jobs(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
             (
                 "Queue depth (when read from the broker)",
                 "short",
-                [(f'sum by (job, queue) (job_queue_depth{{job=~"$job", queue=~"$queue"}})', "{{job}} {{queue}}")],
+                [('sum by (job, queue) (job_queue_depth{job=~"$job", queue=~"$queue"})', "{{job}} {{queue}}")],
             ),
             (
                 "Top 10 tenants by runs per minute",
