@@ -15,6 +15,7 @@ ran).  Celery is imported only when ``instrument`` is called.  See README,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,8 +36,8 @@ STATES = {
     "IGNORED": "cancelled",
 }
 
-#: The attribute of a task's request holding its running ``Job``.
-_JOB = "_bizmetrics_job"
+#: The jobs running in this context, innermost first: ``(job, outer)`` or ``None``.
+_RUNNING: ContextVar[tuple[Job | None, Any] | None] = ContextVar("bizmetrics_celery_running", default=None)
 _UTC = timezone.utc
 
 
@@ -91,26 +92,24 @@ def _prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
             _header(request, TENANT_HEADER),
             eager,
         )
-        setattr(request, _JOB, job)
     except Exception:
         _log.internal_error("celery task_prerun")
+        _RUNNING.set((None, _RUNNING.get()))  # its task_postrun pops this, not an outer task's job
         return
     job.start()
+    # A stack in the context, not an attribute of the request: reading ``task.request`` again in
+    # ``task_postrun`` costs more than the rest of it. Eager tasks run inside others: the innermost ends first.
+    _RUNNING.set((job, _RUNNING.get()))
 
 
 def _postrun(sender: Any = None, task: Any = None, state: str | None = None, **_: Any) -> None:
-    task = task or sender
-    try:
-        job = getattr(task.request, _JOB, None)
-    except Exception:
-        job = None
-    if job is None:
+    running = _RUNNING.get()
+    if running is None:
         return
-    try:
-        delattr(task.request, _JOB)
-    except Exception:
-        pass
-    job.finish(STATES.get(state or "", "error"))
+    job, outer = running
+    _RUNNING.set(outer)
+    if job is not None:
+        job.finish(STATES.get(state or "", "error"))
 
 
 def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
@@ -124,6 +123,13 @@ def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, 
         _log.internal_error("celery task_revoked")
 
 
+#: Celery's signals and bizmetrics' receivers (connected with ``dispatch_uid="bizmetrics.<signal>"``).
+RECEIVERS: dict[str, Callable[..., None]] = {
+    "before_task_publish": _before_publish,
+    "task_prerun": _prerun,
+    "task_postrun": _postrun,
+    "task_revoked": _revoked,
+}
 _INSTRUMENTED: set[int] = set()
 
 
@@ -146,11 +152,9 @@ def instrument(
 
     if id(app) not in _INSTRUMENTED:
         _INSTRUMENTED.add(id(app))
-        # Celery's signals hold weak references by default: these module functions live as long as the process.
-        signals.before_task_publish.connect(_before_publish, weak=False, dispatch_uid="bizmetrics.publish")
-        signals.task_prerun.connect(_prerun, weak=False, dispatch_uid="bizmetrics.prerun")
-        signals.task_postrun.connect(_postrun, weak=False, dispatch_uid="bizmetrics.postrun")
-        signals.task_revoked.connect(_revoked, weak=False, dispatch_uid="bizmetrics.revoked")
+        for name, receiver in RECEIVERS.items():
+            # Celery's signals hold weak references by default: these module functions live as long as the process.
+            getattr(signals, name).connect(receiver, weak=False, dispatch_uid=f"bizmetrics.{name}")
     if queue_depth is None:
         return None
     return QueueDepth(_broker_depths(app, tuple(queue_depth)), depth_timeout).register(registry)

@@ -34,7 +34,7 @@ from . import _log, _trace, _values
 from ._families import Family
 from ._fastpath import FAST_PATH, LOCK, Cells, cell
 from ._values import DEFAULT_TENANT, UNKNOWN
-from .context import TENANT
+from .context import TENANT, tenant_or_current
 from .metrics import JOB_DURATION, JOB_EXECUTIONS, JOB_IN_PROGRESS, JOB_QUEUE_WAIT, JOB_RETRIES, NAMESPACE
 
 __all__ = [
@@ -214,7 +214,7 @@ class Job:
         if tenant is not None:
             self._token = TENANT.set(tenant)
         try:
-            series = self._scope = _JOBS.get(self.queue, self.task, TENANT.get())
+            series = self._scope = _JOBS.get(self.queue, self.task, tenant_or_current(None))
             wait = None if self.eager else _wait_ms(self.enqueued_at, _wall())
             series.start(wait)
         except Exception:
@@ -304,7 +304,7 @@ def record_job(
         if status not in STATUSES:
             _log.warn("jobs.status", "bizmetrics: job status %r is none of %s: recorded as error", status, STATUSES)
             status = "error"
-        series = _JOBS.get(queue, task, TENANT.get() if tenant_id is None else tenant_id)
+        series = _JOBS.get(queue, task, tenant_or_current(tenant_id))
         wait = None if queue_wait_ms is None else _values.duration(queue_wait_ms, "queue_wait_ms")
         if wait is not None:
             series.start(wait)
