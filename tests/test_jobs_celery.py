@@ -6,13 +6,16 @@ Every count, queue wait and retry is compared with the ground truth the tasks an
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from jobs_helpers import check, env, ground_truth_waits, plan, publish, redis_server, scrape, value, write
-from ops_helpers import process, wait
+from ops_helpers import free_port, get, process, wait
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +128,56 @@ def test_kill_9_of_a_pool_process_mid_task_loses_or_doubles_nothing_finished(tmp
             samples = scrape(mpdir)
         # The killed run's in-progress count is gone with its process; every finished task is counted once.
         check(samples, "jobapp.work", before + after, ground_truth_waits(runs, published), killed=1)
+
+
+README = Path(__file__).parent.parent / "README.md"
+
+README_TASKS = """
+app.conf.update(broker_url=os.environ["BROKER"], result_backend=os.environ["BROKER"], task_default_queue="work")
+
+
+@app.task(name="proj.add")
+def add(x, y):
+    bizmetrics.record_workflow_execution("inside", 1.0, True)
+    return x + y
+"""
+
+README_PUBLISH = """
+import bizmetrics
+from readme_proj import add
+
+results = []
+for i in range(9):
+    with bizmetrics.tenant_context(("acme", "beta", "gamma")[i % 3]):
+        results.append(add.delay(i, 1))
+assert [r.get(timeout=120) for r in results] == [i + 1 for i in range(9)]
+"""
+
+
+def test_readme_prefork_set_up_serves_every_pool_process_from_the_main_one(tmp_path: Path) -> None:
+    """README's prefork set-up, as pasted (its port aside): one endpoint, in the worker, sums its pool's counts."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (block,) = [b for b in blocks if "def serve_metrics" in b]
+    port = free_port()
+    write(tmp_path / "readme_proj.py", block.replace("9100", str(port)) + README_TASKS)
+    write(tmp_path / "publish_readme.py", README_PUBLISH)
+    with redis_server(tmp_path / "redis") as url:
+        mpdir = tmp_path / "mp"
+        mpdir.mkdir()
+        environ = env(mpdir, BROKER=url, PYTHONPATH=str(tmp_path))
+        cmd = [sys.executable, "-m", "celery", "-A", "readme_proj", "worker", "-P", "prefork", "-c", "2", "-Q", "work"]
+        with process([*cmd, "--without-gossip", "--without-mingle", "-l", "warning"], cwd=tmp_path, env=environ) as p:
+            wait(lambda: get(f"http://127.0.0.1:{port}/metrics"), "the worker's /metrics", proc=p)
+            subprocess.run([sys.executable, "publish_readme.py"], cwd=tmp_path, env=environ, check=True, timeout=300)
+            text = get(f"http://127.0.0.1:{port}/metrics")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    for tenant in ("acme", "beta", "gamma"):
+        labels = {"queue": "work", "task": "proj.add", "tenant_id": tenant}
+        assert value(samples, "job_executions_total", status="success", **labels) == 3
+        assert value(samples, "workflow_executions_total", workflow_id="inside", tenant_id=tenant) == 3
+    assert value(samples, "job_queue_wait_count", queue="work", task="proj.add") == 9
+    assert value(samples, "job_in_progress", queue="work", task="proj.add") == 0
