@@ -39,6 +39,9 @@ def redis_server(work: Path) -> Iterator[str]:
 def env(mpdir: Path, **extra: str) -> dict[str, str]:
     """The environment of a worker or publisher: multiprocess mode in ``mpdir``, the tests importable."""
     found = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir), **extra}
+    if "PYTHONPATH" in extra and os.environ.get("PYTHONPATH"):
+        # The test's own import path too (a checkout under test), after the task modules.
+        found["PYTHONPATH"] = f"{extra['PYTHONPATH']}{os.pathsep}{os.environ['PYTHONPATH']}"
     found.pop("BIZMETRICS_NAMESPACE", None)
     return found
 
