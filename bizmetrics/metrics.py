@@ -511,6 +511,8 @@ JOB_IN_PROGRESS = _declare(
     # The jobs of a worker killed mid-task are no longer running: live workers only.
     multiprocess_mode="livesum",
 )
+# Exposed by ``bizmetrics.jobs.QueueDepth`` at scrape time when asked for; the operations kit prefixes it too.
+BASE_NAMES.append("job_queue_depth")
 
 
 #: Every metric of the catalogue, in the order of the spec.
