@@ -14,7 +14,7 @@ ran).  Celery is imported only when ``instrument`` is called.  See README,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
@@ -74,7 +74,7 @@ def _queue_of(task: Any, request: Any) -> str:
 def _header(request: Any, name: str) -> Any:
     found = getattr(request, name, None)
     if found is None:
-        custom = request.headers
+        custom = getattr(request, "headers", None)
         if custom:
             found = custom.get(name)
     return found
@@ -115,10 +115,11 @@ def _postrun(sender: Any = None, task: Any = None, state: str | None = None, **_
 def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
     """A task revoked before it ran (or terminated while it ran, in a pool process now gone)."""
     try:
-        headers: Mapping[str, Any] = getattr(request, "_request_dict", None) or {}
+        # ``sender`` is the task; ``request`` its context, custom headers as attributes.
         info = getattr(request, "delivery_info", None) or {}
-        queue = info.get("routing_key") or info.get("queue") or "unknown"
-        record_job(queue, getattr(request, "name", None), "cancelled", tenant_id=headers.get(TENANT_HEADER))
+        queue = info.get("routing_key") or info.get("queue") or getattr(sender, "queue", None) or "unknown"
+        name = getattr(sender, "name", None) or getattr(request, "task", None)
+        record_job(queue, name, "cancelled", tenant_id=_header(request, TENANT_HEADER) if request else None)
     except Exception:
         _log.internal_error("celery task_revoked")
 

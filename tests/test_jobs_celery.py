@@ -181,3 +181,33 @@ def test_readme_prefork_set_up_serves_every_pool_process_from_the_main_one(tmp_p
         assert value(samples, "workflow_executions_total", workflow_id="inside", tenant_id=tenant) == 3
     assert value(samples, "job_queue_wait_count", queue="work", task="proj.add") == 9
     assert value(samples, "job_in_progress", queue="work", task="proj.add") == 0
+
+
+REVOKE = """
+import time
+import bizmetrics
+from jobapp import app, work
+
+with bizmetrics.tenant_context("acme"):
+    result = work.apply_async(countdown=3)
+time.sleep(0.5)
+result.revoke()
+print(result.id)
+"""
+
+
+def test_a_task_revoked_before_it_ran_is_cancelled_for_its_tenant(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        mpdir, runs, environ = setup(tmp_path, url)
+        write(tmp_path / "revoke.py", REVOKE)
+        with worker(tmp_path, environ, "solo", 1):
+            out = subprocess.run(
+                [sys.executable, "revoke.py"], cwd=tmp_path, env=environ, capture_output=True, text=True, check=True
+            )
+            task_id = out.stdout.strip()
+            q = {"queue": "work", "task": "jobapp.work", "tenant_id": "acme"}
+            wait(lambda: value(scrape(mpdir), "job_executions_total", status="cancelled", **q) == 1, "the revoked task")
+            samples = scrape(mpdir)
+    assert not (runs / f"{task_id}.0.start").exists()
+    assert value(samples, "job_executions_total", status="success", **q) == 0
+    assert value(samples, "job_in_progress", queue="work", task="jobapp.work") == 0
