@@ -14,6 +14,7 @@ import http.client
 import io
 import json
 import os
+import queue
 import random
 import signal
 import socket
@@ -40,6 +41,7 @@ from bizmetrics import (
     instrument_workflow,
     instrument_workflow_step,
 )
+from bizmetrics import jobs as bizjobs
 from bizmetrics.metrics import NAMESPACE
 from bizmetrics.wsgi import MetricsMiddleware, metrics_app
 
@@ -422,12 +424,41 @@ async def _one_round(round_no: int, host: str, port: int) -> None:
             for key in (f"{tenant}:home", f"{tenant}:{_rng.randint(0, 9)}"):
                 if cached_post(key) is None:
                     _CACHE[key] = "post"
+        enqueue_report(tenant)
     bizmetrics.set_db_pool_size("primary", _rng.randint(5, 20))
     if _clients is not None:
         for tenant in TENANTS:
             await asyncio.to_thread(_clients.round, tenant)
     if round_no % 10 == 9:
         _CACHE.clear()  # an eviction now and then, so misses keep coming
+
+
+# Background jobs: a home-made queue (a ``queue.Queue`` and a worker thread) measured with
+# ``bizmetrics.jobs``, as an adapter for any queue would be: the publisher's tenant and the
+# enqueue time travel in each message's headers.
+_REPORTS: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+
+
+def enqueue_report(tenant: str) -> None:
+    """Publish a report job for ``tenant``, with the tenant in its headers."""
+    with bizmetrics.tenant_context(tenant):
+        _REPORTS.put(("build_report", bizjobs.headers()))
+
+
+def _report_worker() -> None:
+    while (message := _REPORTS.get()) is not None:
+        task, headers = message
+        try:
+            with bizjobs.run_job("reports", task, headers) as job:
+                time.sleep(_rng.uniform(0.002, 0.02))
+                _calls["report run"] += 1
+                if _calls["report run"] % 8 == 2:
+                    job.retry()  # published again, with the tenant current in the job
+                    _REPORTS.put((task, bizjobs.headers()))
+                else:
+                    _maybe_fail(0.1, every=9, site="report")
+        except (ConnectorError, RateLimitError):
+            pass
 
 
 def _total(metric: str, **match: str) -> float:
@@ -494,6 +525,9 @@ def run(
         return 1
     thread = threading.Thread(target=server.serve_forever, name="bizmetrics-demo-http", daemon=True)
     thread.start()
+    reports = threading.Thread(target=_report_worker, name="bizmetrics-demo-jobs", daemon=True)
+    reports.start()
+    depth = bizjobs.QueueDepth(lambda: {"reports": _REPORTS.qsize()}).register()
     bound = server.server_address[1]
     host = f"[{addr}]" if ":" in addr else addr
     print(f"bizmetrics demo: serving http://{host}:{bound}/metrics and /api (Ctrl-C stops)", file=out, flush=True)
@@ -527,4 +561,7 @@ def run(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+        _REPORTS.put(None)
+        reports.join(timeout=5)
+        REGISTRY.unregister(depth)
     return 0

@@ -87,6 +87,13 @@ __all__ = [
     "DB_POOL_IN_USE",
     "DB_QUERY_DURATION",
     "HTTP_METHODS",
+    "JOB_BUCKETS",
+    "JOB_DURATION",
+    "JOB_EXECUTIONS",
+    "JOB_IN_PROGRESS",
+    "JOB_QUEUE_WAIT",
+    "JOB_QUEUE_WAIT_BUCKETS",
+    "JOB_RETRIES",
     "TENANT_BUDGET",
     "WORKFLOW_BUCKETS",
     "WORKFLOW_EXECUTIONS",
@@ -495,6 +502,51 @@ TENANT_BUDGET = _declare(
     # Every worker sets the same value: the latest one set is the budget, never a sum.
     multiprocess_mode="mostrecent",
 )
+# Background jobs (Celery, RQ, any queue through ``bizmetrics.jobs``): see README, "Background jobs".
+JOB_BUCKETS = _settings.buckets(
+    "JOB",
+    (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 900000.0),
+)
+JOB_QUEUE_WAIT_BUCKETS = _settings.buckets(
+    "JOB_QUEUE_WAIT",
+    (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0),
+)
+JOB_EXECUTIONS = _declare(
+    _Counter,
+    "job_executions_total",
+    "Total number of background job executions, by outcome (success, error, retry, cancelled)",
+    ("queue", "task", "status", "tenant_id"),
+)
+JOB_DURATION = _declare(
+    _Histogram,
+    "job_duration",
+    "Duration of background job executions in milliseconds",
+    ("queue", "task"),
+    buckets=JOB_BUCKETS,
+)
+JOB_QUEUE_WAIT = _declare(
+    _Histogram,
+    "job_queue_wait",
+    "Time background jobs waited in their queue, from enqueue (or their ETA) to start, in milliseconds",
+    ("queue", "task"),
+    buckets=JOB_QUEUE_WAIT_BUCKETS,
+)
+JOB_RETRIES = _declare(
+    _Counter,
+    "job_retries_total",
+    "Total number of background job executions that ended asking to be retried",
+    ("queue", "task", "tenant_id"),
+)
+JOB_IN_PROGRESS = _declare(
+    _Gauge,
+    "job_in_progress",
+    "Background jobs running now",
+    ("queue", "task"),
+    # The jobs of a worker killed mid-task are no longer running: live workers only.
+    multiprocess_mode="livesum",
+)
+# Exposed by ``bizmetrics.jobs.QueueDepth`` at scrape time when asked for; the operations kit prefixes it too.
+BASE_NAMES.append("job_queue_depth")
 
 
 #: Every metric of the catalogue, in the order of the spec.
@@ -532,6 +584,11 @@ CATALOGUE = (
     AGENT_COST,
     AGENT_UNPRICED_TOKENS,
     TENANT_BUDGET,
+    JOB_EXECUTIONS,
+    JOB_DURATION,
+    JOB_QUEUE_WAIT,
+    JOB_RETRIES,
+    JOB_IN_PROGRESS,
 )
 
 

@@ -32,7 +32,14 @@ HERE = Path(__file__).parent
 RULE_FILES = assets.RULE_FILES
 ASSETS = resources.files("bizmetrics.assets")
 #: The promtool unit test files, run against the shipped rules.
-PROMTOOL_TESTS = ("alerts_test.yml", "batch_test.yml", "slo_test.yml", "budget_test.yml", "clients_test.yml")
+PROMTOOL_TESTS = (
+    "alerts_test.yml",
+    "batch_test.yml",
+    "slo_test.yml",
+    "budget_test.yml",
+    "clients_test.yml",
+    "jobs_test.yml",
+)
 #: Debian package of each binary, for the failure message.
 PACKAGES = {
     "promtool": "prometheus",
@@ -41,6 +48,7 @@ PACKAGES = {
     "prometheus-alertmanager": "prometheus-alertmanager",
     "amtool": "prometheus-alertmanager",
     "victoria-metrics": "victoria-metrics",
+    "redis-server": "redis-server",
 }
 
 

@@ -81,6 +81,7 @@ def test_dashboards_are_sorted_by_role_and_link_to_every_role():
         "connector-health.json": "operations",
         "slo-overview.json": "operations",
         "pools-rate-limits.json": "operations",
+        "background-jobs.json": "operations",
         "workflow-performance.json": "engineering",
         "ai-agent-analytics.json": "engineering",
     }

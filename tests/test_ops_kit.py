@@ -716,6 +716,10 @@ def test_dashboards_say_which_panels_ignore_the_tenant():
             ("pools-rate-limits.json", "Pool checkout wait p95"),
             ("pools-rate-limits.json", "Pool checkout timeouts per second"),
             ("pools-rate-limits.json", "Pool connections created and invalidated per second"),
+            ("background-jobs.json", "Queue wait"),
+            ("background-jobs.json", "Run duration"),
+            ("background-jobs.json", "Jobs in progress (live workers)"),
+            ("background-jobs.json", "Queue depth (when read from the broker)"),
         ]
     )
 

@@ -32,7 +32,14 @@ __all__ = [
 ]
 
 #: The rule files, in the order Prometheus should load them.
-RULE_FILES = ("recording_rules.yml", "alerting_rules.yml", "slo_rules.yml", "cost_rules.yml", "clients_rules.yml")
+RULE_FILES = (
+    "recording_rules.yml",
+    "alerting_rules.yml",
+    "slo_rules.yml",
+    "cost_rules.yml",
+    "clients_rules.yml",
+    "job_rules.yml",
+)
 
 #: The scrape jobs the target-down alert and the dashboards cover by default: all of them.
 DEFAULT_JOBS = ".+"

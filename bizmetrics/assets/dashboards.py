@@ -896,6 +896,76 @@ def clients(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     )
 
 
+def background_jobs(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    t = '{job=~"$job", tenant_id=~"$tenant", queue=~"$queue", task=~"$task"}'
+    te = '{status="error", job=~"$job", tenant_id=~"$tenant", queue=~"$queue", task=~"$task"}'
+    h = '{job=~"$job", queue=~"$queue", task=~"$task"}'
+    v = '{job=~"$job"}'
+    return _dashboard(
+        "Operations",
+        "bizmetrics-background-jobs",
+        "bizmetrics / Background jobs",
+        "Celery, RQ and other queued tasks: runs by outcome, failure ratio, queue wait, duration, retries, "
+        "jobs in progress and queue depth, per service (job), queue and task.",
+        [
+            _job_variable(jobs, "job_executions_total"),
+            _variable("tenant", "Tenant", f"label_values(job_executions_total{v}, tenant_id)"),
+            _variable("queue", "Queue", f"label_values(job_executions_total{v}, queue)"),
+            _variable("task", "Task", f"label_values(job_executions_total{v}, task)"),
+        ],
+        [
+            (
+                "Runs per second by status",
+                "ops",
+                [
+                    (
+                        f"sum by (job, task, status) (rate(job_executions_total{t}[5m]))",
+                        "{{job}} {{task}} {{status}}",
+                    )
+                ],
+            ),
+            (
+                "Failure ratio",
+                "percentunit",
+                [
+                    (
+                        f"sum by (job, queue, task) (rate(job_executions_total{te}[5m]))"
+                        f" / sum by (job, queue, task) (rate(job_executions_total{t}[5m]))",
+                        "{{job}} {{queue}} {{task}}",
+                    )
+                ],
+            ),
+            ("Queue wait", "ms", _quantiles("job_queue_wait", "queue, task", h)),
+            ("Run duration", "ms", _quantiles("job_duration", "task, queue", h)),
+            (
+                "Retries per second",
+                "ops",
+                [(f"sum by (job, queue, task) (rate(job_retries_total{t}[5m]))", "{{job}} {{queue}} {{task}}")],
+            ),
+            (
+                "Jobs in progress (live workers)",
+                "short",
+                [(f"sum by (job, queue, task) (job_in_progress{h})", "{{job}} {{queue}} {{task}}")],
+            ),
+            (
+                "Queue depth (when read from the broker)",
+                "short",
+                [('sum by (job, queue) (job_queue_depth{job=~"$job", queue=~"$queue"})', "{{job}} {{queue}}")],
+            ),
+            (
+                "Top 10 tenants by runs per minute",
+                "short",
+                [
+                    (
+                        f"topk(10, sum by (job, tenant_id) (rate(job_executions_total{t}[5m])) * 60)",
+                        "{{job}} {{tenant_id}}",
+                    )
+                ],
+            ),
+        ],
+    )
+
+
 DASHBOARDS = {
     "connector-health.json": connector_health,
     "workflow-performance.json": workflow_performance,
@@ -904,6 +974,7 @@ DASHBOARDS = {
     "slo-overview.json": slo_overview,
     "business.json": business,
     "pools-rate-limits.json": clients,
+    "background-jobs.json": background_jobs,
 }
 
 

@@ -73,6 +73,8 @@ MIN_EVENTS = "job:bizmetrics_alert_min_events:count"
 BUDGET = "job:bizmetrics_slo_error_budget_remaining:ratio"
 TENANT_BUDGET = "job_tenant_id:bizmetrics_slo_error_budget_remaining:ratio"
 BATCH_JOBS = "batch_job_last_run_success"
+#: Metrics of ratio alerts outside the SLOs whose jobs need a minimum too: background jobs (job_rules.yml).
+GUARDED_ELSEWHERE = ("job_executions_total",)
 
 
 @dataclass(frozen=True)
@@ -424,7 +426,9 @@ def build(
     out = [_HEADER, "groups:\n", "  - name: bizmetrics-alert-settings\n", "    rules:\n"]
     default_events = events_by_job.pop(None, DEFAULT_MIN_EVENTS)
     # Every job with a metric an SLO reads gets a minimum.
-    counted = "|".join(f"{slo.metric}_count" if slo.latency else slo.metric for slo in SLOS.values())
+    counted = "|".join(
+        [*(f"{slo.metric}_count" if slo.latency else slo.metric for slo in SLOS.values()), *GUARDED_ELSEWHERE]
+    )
     base_events = f'{{__name__=~"{counted}"}}'
     out.append(_record(MIN_EVENTS, _yaml_quoted(_per_job(default_events, events_by_job, base_events))))
     for slo in SLOS.values():
