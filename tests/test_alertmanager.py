@@ -45,8 +45,12 @@ SHOP = """
 import sys, time, bizmetrics
 from prometheus_client import start_http_server
 start_http_server(int(sys.argv[1]), addr="127.0.0.1")
-# tiny's series exist from the start (a first request), so the rules see the failures that follow.
+# tiny's series exist from the start (a first request, and its 503 series at 0, as an application
+# initialises the codes it cares about), so the rules see the failures that follow.
 bizmetrics.record_api_request("GET", "/orders", 200, 5.0, "tiny")
+from bizmetrics.metrics import API_ERRORS, API_REQUESTS
+API_REQUESTS.labels("GET", "/orders", "503", "tiny")
+API_ERRORS.labels("GET", "/orders", "503", "tiny")
 for tick in range(6000):
     for _ in range(300):
         bizmetrics.record_api_request("GET", "/orders", 200, 5.0, "big")
