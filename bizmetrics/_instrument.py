@@ -396,6 +396,17 @@ async def _timed_coroutine(pending: _Pending, count: Count | None, site: Site) -
     return result
 
 
+def _body_context(site: Site, bundle: Bundle, own: object) -> tuple[Bundle, Callable[..., Any] | None]:
+    """A stream's bundle for this call, and the ``run`` of a context of the body's own if the call sets a scope."""
+    if site.begin is not None:
+        bundle = site.begin(bundle)
+    if site.enter is not None:
+        ctx = copy_context()
+        if ctx.run(site.enter, bundle, own) is not None:
+            return bundle, ctx.run
+    return bundle, None
+
+
 def _timed_generator(
     gen: Generator[Any, Any, Any],
     bundle: Bundle,
@@ -412,13 +423,7 @@ def _timed_generator(
     # a resume and ``elapsed += clock()`` after it add up the resumes with
     # the fewest operations per item.
     classify = site.error_type
-    if site.begin is not None:
-        bundle = site.begin(bundle)
-    run = None
-    if site.enter is not None:
-        ctx = copy_context()
-        if ctx.run(site.enter, bundle, own) is not None:
-            run = ctx.run
+    bundle, run = _body_context(site, bundle, own)
     send, throw = gen.send, gen.throw
     elapsed = 0.0
     amount: Any = 0
@@ -535,13 +540,7 @@ async def _timed_async_generator(
     amount: Any = 0
     first = True
     classify = site.error_type
-    if site.begin is not None:
-        bundle = site.begin(bundle)
-    run = None
-    if site.enter is not None:
-        ctx = copy_context()
-        if ctx.run(site.enter, bundle, own) is not None:
-            run = ctx.run
+    bundle, run = _body_context(site, bundle, own)
     asend = agen.asend
     step = _first_asend(agen)
     while True:
