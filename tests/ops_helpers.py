@@ -37,6 +37,7 @@ PROMTOOL_TESTS = (
     "batch_test.yml",
     "slo_test.yml",
     "budget_test.yml",
+    "cost_test.yml",
     "clients_test.yml",
     "jobs_test.yml",
 )
