@@ -137,34 +137,46 @@ def test_finalisers_recording_inside_prometheus_client_locks_never_hang_and_coun
     assert (cancelled, abandoned, streams, tokens, flows) == (total, total, total, 3 * total, total)
 
 
-def _cycle_of_never_awaited(connector: object, n: int) -> None:
+class Connector:
+    """A connector with a coroutine operation and a sync one, labelled with a fresh tenant per instance."""
+
+    def __init__(self) -> None:
+        self.tenant_id = unique()
+
+    @instrument_connector_operation("queued")
+    async def op(self) -> int:
+        return 1
+
+    @instrument_connector_operation("ordinary")
+    def ordinary(self) -> int:
+        return 1
+
+
+def _queue_by_the_collector(connector: Connector, n: int) -> None:
+    """Leave ``n`` never-awaited calls in cycles and run the collector, whose finalisers queue their records.
+
+    The caller re-enables the collector (``gc.disable()`` keeps it from running anywhere else first).
+    """
+    gc.collect()
+    gc.disable()
     for _ in range(n):
-        coro = connector.op()  # type: ignore[attr-defined]
-        box = [coro]
+        coro = connector.op()
+        box: list[object] = [coro]
         box.append(box)
         del coro, box
+    gc.collect()  # the finalisers run here, inside a collection
+    assert _deferred.pending() >= n
 
 
 # The relays of never-awaited coroutines warn "never awaited", as undecorated ones would.
 @pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_record_made_inside_a_collection_waits_in_the_queue_until_a_scrape():
     """Inside the collector a finaliser only queues its record; the next collection of the registry adds it."""
-    tenant = unique()
-
-    class Connector:
-        tenant_id = tenant
-
-        @instrument_connector_operation("queued")
-        async def op(self) -> int:
-            return 1
-
-    gc.collect()
-    gc.disable()
+    connector = Connector()
     try:
-        _cycle_of_never_awaited(Connector(), 3)
-        gc.collect()  # the finalisers run here, inside a collection
-        assert _deferred.pending() >= 3
-        labels = {"connector_type": "unknown", "operation": "queued", "status": "cancelled", "tenant_id": tenant}
+        _queue_by_the_collector(connector, 3)
+        labels = {"connector_type": "unknown", "operation": "queued", "status": "cancelled"}
+        labels["tenant_id"] = connector.tenant_id
         assert REGISTRY._names_to_collectors["connector_operations_total"].labels(*labels.values())._value.get() == 0
         generate_latest(REGISTRY)
         assert _deferred.pending() == 0
@@ -176,26 +188,10 @@ def test_a_record_made_inside_a_collection_waits_in_the_queue_until_a_scrape():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
 def test_an_ordinary_record_drains_what_finalisers_queued():
     """The next record of any thread adds the queued records first, so nothing waits for a scrape forever."""
-    tenant = unique()
-
-    class Connector:
-        tenant_id = tenant
-
-        @instrument_connector_operation("queued")
-        async def op(self) -> int:
-            return 1
-
-        @instrument_connector_operation("ordinary")
-        def ordinary(self) -> int:
-            return 1
-
-    gc.collect()
-    gc.disable()
+    connector = Connector()
     try:
-        _cycle_of_never_awaited(Connector(), 2)
-        gc.collect()
-        assert _deferred.pending() >= 2
-        Connector().ordinary()
+        _queue_by_the_collector(connector, 2)
+        connector.ordinary()
         assert _deferred.pending() == 0
     finally:
         gc.enable()
