@@ -6,6 +6,8 @@ record with the ``record_*`` helpers or the ``instrument_*`` decorators.
 
 from __future__ import annotations
 
+import importlib
+
 from . import _deferred  # noqa: F401  # first: its drain collector must precede every metric of bizmetrics
 from ._pricing import load_prices, set_budget, set_prices
 from ._server import start_http_server
@@ -41,7 +43,23 @@ from .metrics import (
     set_db_pool_size,
 )
 
-__version__ = "0.2.0"
+
+def _installed_version() -> str:
+    # Built by setuptools-scm from git: e.g. 0.3.0.dev12+g1a2b3c4 between releases.
+    try:
+        return str(importlib.import_module("bizmetrics._version").version)
+    except ImportError:
+        pass
+    from importlib import metadata  # only here: it is slow to import
+
+    try:
+        return metadata.version("bizmetrics")
+    except metadata.PackageNotFoundError:
+        # A checkout on sys.path, never built.
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 __all__ = [
     "MISS",

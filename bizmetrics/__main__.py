@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import Any
 
 from . import __version__
 
@@ -27,6 +28,91 @@ def _seconds(text: str) -> float:
     if not 0 < seconds < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return seconds
+
+
+# Export arguments that are not options of the assets: never recorded in the manifest.
+_NOT_RECORDED = {"help", "directory", "force", "defaults", "command"}
+
+
+def _recorded(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {
+        action.option_strings[-1]: action
+        for action in parser._actions
+        if action.option_strings and action.dest not in _NOT_RECORDED
+    }
+
+
+def _as_args(options: dict[str, Any]) -> str:
+    words = []
+    for option, value in sorted(options.items()):
+        for one in value if isinstance(value, list) else [value]:
+            words.append(f"{option} {one:g}" if isinstance(one, float) else f"{option} {one}")
+    return " ".join(words) or "(none: the shipped settings)"
+
+
+def _export_assets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .assets import MANIFEST, THRESHOLDS, parse_options, read_manifest, render
+    from .assets import export as export_assets
+    from .assets.slo import SLOS
+
+    recorded = _recorded(parser)
+    given = {
+        option: getattr(args, action.dest)
+        for option, action in recorded.items()
+        if getattr(args, action.dest) not in (action.default, [])
+    }
+    manifest_path = f"{args.directory}/{MANIFEST}"
+    try:
+        saved = (read_manifest(args.directory) or {}).get("options")
+    except ValueError as exc:
+        print(f"bizmetrics export-assets: {exc}", file=sys.stderr)
+        return 1
+    if saved and not given and not args.defaults:
+        unknown = sorted(set(saved) - set(recorded))
+        if unknown:
+            print(
+                f"bizmetrics export-assets: {manifest_path} records options this version does not know"
+                f" ({', '.join(unknown)}): give the options, or --defaults",
+                file=sys.stderr,
+            )
+            return 1
+        for option, value in saved.items():
+            setattr(args, recorded[option].dest, value)
+        given = saved
+        print(f"bizmetrics export-assets: the options of the last export: {_as_args(saved)}", file=sys.stderr)
+    elif saved is not None and saved != given:
+        print(
+            f"bizmetrics export-assets: options changed since the last export: {_as_args(saved)} -> {_as_args(given)}",
+            file=sys.stderr,
+        )
+    try:
+        files = render(
+            **parse_options(
+                jobs=args.jobs,
+                connector_objective=args.connector_objective,
+                api_objective=args.api_objective,
+                thresholds={name: getattr(args, name.replace("-", "_")) for name in THRESHOLDS},
+                batch_stale_after=args.batch_stale_after,
+                for_durations=args.for_durations,
+                objectives={
+                    name: getattr(args, f"{name}_objective") for name in SLOS if name not in ("connector", "api")
+                },
+                latency_thresholds={
+                    name: getattr(args, f"{name}_threshold") for name, slo in SLOS.items() if slo.threshold
+                },
+                min_events=args.min_events,
+            ),
+            namespace=args.namespace,
+        )
+        done = export_assets(args.directory, files, force=args.force, options=given)
+    except (OSError, ValueError) as exc:
+        print(f"bizmetrics export-assets: {exc}", file=sys.stderr)
+        return 1
+    for path in done.written:
+        print(path)
+    for path in done.kept:
+        print(f"bizmetrics export-assets: left alone (edited by hand, --force overwrites): {path}", file=sys.stderr)
+    return 1 if done.kept else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,44 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument(
         "--for", dest="for_durations", action="append", default=[], metavar="ALERT=DURATION", help="an alert's for:"
     )
-    export.add_argument("--force", action="store_true", help="overwrite files whose content differs")
+    export.add_argument("--force", action="store_true", help="overwrite files edited by hand since the last export")
+    export.add_argument(
+        "--defaults",
+        action="store_true",
+        help="start from the shipped settings, not the options the directory's last export recorded",
+    )
     export.add_argument(
         "--namespace", metavar="PREFIX", help="metric names prefixed as BIZMETRICS_NAMESPACE=PREFIX does (acme_...)"
     )
     args = parser.parse_args(argv)
 
     if args.command == "export-assets":
-        from .assets import export as export_assets
-        from .assets import parse_options, render
-
-        try:
-            files = render(
-                **parse_options(
-                    jobs=args.jobs,
-                    connector_objective=args.connector_objective,
-                    api_objective=args.api_objective,
-                    thresholds={name: getattr(args, name.replace("-", "_")) for name in THRESHOLDS},
-                    batch_stale_after=args.batch_stale_after,
-                    for_durations=args.for_durations,
-                    objectives={
-                        name: getattr(args, f"{name}_objective") for name in SLOS if name not in ("connector", "api")
-                    },
-                    latency_thresholds={
-                        name: getattr(args, f"{name}_threshold") for name, slo in SLOS.items() if slo.threshold
-                    },
-                    min_events=args.min_events,
-                ),
-                namespace=args.namespace,
-            )
-            done = export_assets(args.directory, files, force=args.force)
-        except (OSError, ValueError) as exc:
-            print(f"bizmetrics export-assets: {exc}", file=sys.stderr)
-            return 1
-        for path in done.written:
-            print(path)
-        for path in done.kept:
-            print(f"bizmetrics export-assets: left alone (differs, --force overwrites): {path}", file=sys.stderr)
-        return 1 if done.kept else 0
+        return _export_assets(export, args)
 
     from . import demo as demo_module
 

@@ -20,12 +20,14 @@ from .._settings import valid_namespace
 __all__ = [
     "DEFAULT_JOBS",
     "DEFAULT_MIN_EVENTS",
+    "MANIFEST",
     "RULE_FILES",
     "THRESHOLDS",
     "Export",
     "export",
     "parse_duration",
     "parse_options",
+    "read_manifest",
     "render",
     "set_objectives",
     "tune_alerts",
@@ -434,6 +436,10 @@ def namespaced_uid(uid: str, namespace: str) -> str:
     return f"{full[: MAX_UID - len(digest) - 2].replace(':', '_')}--{digest}"
 
 
+#: The file in an export directory that records how it was made (see :func:`export`).
+MANIFEST = "bizmetrics-assets.json"
+
+
 @dataclass
 class Export:
     """What :func:`export` did with each file.
@@ -441,39 +447,97 @@ class Export:
     .. versionadded:: 0.2.0
     """
 
-    #: Files written (new, or overwritten with ``force``).
+    #: Files written (new, regenerated from an earlier export, or overwritten with ``force``).
     written: list[Path] = field(default_factory=list)
     #: Files that already held exactly what would be written.
     unchanged: list[Path] = field(default_factory=list)
-    #: Files left alone: they differ from what would be written and ``force`` was not given.
+    #: Files left alone: edited by hand since the last export (or not made by one) and ``force`` was not given.
     kept: list[Path] = field(default_factory=list)
 
 
-def export(directory: str | Path, files: Mapping[str, str] | None = None, *, force: bool = False) -> Export:
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    """The manifest of an earlier :func:`export` to ``directory``, or ``None`` if there is none.
+
+    It holds ``options`` (what produced the files, as ``export-assets`` options, when
+    the command line made them), ``files`` (each file's SHA-256 as written) and the
+    ``bizmetrics`` version that wrote it.
+
+    :raises ValueError: the manifest is not one :func:`export` writes.
+
+    .. versionadded:: 0.3.0
+    """
+    path = Path(directory) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a bizmetrics export manifest: {exc}") from None
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("files", {}), dict)
+        and all(isinstance(v, str) for v in data.get("files", {}).values())
+        and isinstance(data.get("options", {}), dict)
+    ):
+        raise ValueError(f"{path} is not a bizmetrics export manifest (remove it to start afresh)")
+    return data
+
+
+def export(
+    directory: str | Path,
+    files: Mapping[str, str] | None = None,
+    *,
+    force: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> Export:
     """Write the kit to ``DIR/prometheus``, ``DIR/grafana`` and ``DIR/alertmanager``.
 
-    A file that exists with other content (say, edited by hand) is left alone
-    and listed in :attr:`Export.kept`, unless ``force``.
+    Beside them goes a manifest (:data:`MANIFEST`) with each file's digest, so a
+    later export regenerates the files it wrote itself and leaves alone, listed in
+    :attr:`Export.kept`, a file edited by hand since (or not written by an export),
+    unless ``force``.
 
     :param directory: where to write.
     :param files: what :func:`render` returned (default: the shipped files).
-    :param force: overwrite files whose content differs.
+    :param force: overwrite files edited by hand.
+    :param options: the ``export-assets`` options that produced ``files``, kept in the
+        manifest so that a re-run without options makes the same files.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 never overwrites a differing file without ``force``; returns an :class:`Export`.
+    .. versionchanged:: 0.3.0 writes a manifest; regenerates files that an earlier export wrote.
     """
+    from .. import __version__
+
     root = Path(directory)
+    earlier = read_manifest(root) or {}
+    ours: dict[str, str] = earlier.get("files", {})
+    digests: dict[str, str] = {}
     done = Export()
     for relative, text in (render() if files is None else files).items():
         path = root / relative
         if path.exists():
-            if path.read_text(encoding="utf-8") == text:
+            current = path.read_text(encoding="utf-8")
+            if current == text:
                 done.unchanged.append(path)
+                digests[relative] = _digest(text)
                 continue
-            if not force:
+            if not force and ours.get(relative) != _digest(current):
                 done.kept.append(path)
+                if relative in ours:
+                    digests[relative] = ours[relative]
                 continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         done.written.append(path)
+        digests[relative] = _digest(text)
+    manifest: dict[str, Any] = {"bizmetrics": __version__, "files": dict(sorted(digests.items()))}
+    if options is not None:
+        manifest["options"] = dict(options)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return done
