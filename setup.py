@@ -28,7 +28,7 @@ def _version_scheme(version: Any) -> str:
     if version.exact:
         return str(version.format_with("{tag}"))
     # Without a tag setuptools-scm passes the fallback version (0) as the tag.
-    tagged = (tuple(version.tag.release) + (0, 0, 0))[:3]
+    tagged = (*version.tag.release, 0, 0, 0)[:3]
     major, minor, _ = max(tagged, _last_release())
     # Between releases the next one is a minor release: patch releases are tagged by hand.
     return f"{major}.{minor + 1}.0.dev{version.distance}"

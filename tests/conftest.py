@@ -17,6 +17,10 @@ import bizmetrics._instrument
 # tests set it explicitly (and see README, "Tenant cap", for the default).
 bizmetrics.limit_tenants(None)
 
+# CI runs the suite with PYTEST_ADDOPTS="-n 4" (pytest-xdist); the pytest runs some tests start
+# in a subprocess (a user's test run with the plugin) must not inherit it.
+os.environ.pop("PYTEST_ADDOPTS", None)
+
 settings.register_profile(
     "default",
     max_examples=60,

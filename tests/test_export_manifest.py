@@ -64,9 +64,7 @@ def test_changed_options_are_reported_and_regenerate_files_but_not_hand_edits(tm
 
     changed = _export(tmp_path, "--api-objective", "0.995")
     assert changed.returncode == 1  # the hand edit was left alone
-    assert (
-        "options changed since the last export: --api-objective 0.99 -> --api-objective 0.995" in changed.stderr
-    )
+    assert "options changed since the last export: --api-objective 0.99 -> --api-objective 0.995" in changed.stderr
     assert f"left alone (edited by hand, --force overwrites): {edited}" in changed.stderr
     assert str(slo) in changed.stdout.split()  # written by the last export: regenerated without --force
     assert slo.read_text() != before and "0.995" in slo.read_text()

@@ -26,6 +26,8 @@ class Raising:
     """``self`` whose every attribute raises, as a broken property would."""
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # printing an example asks for _repr_pretty_ and the like
+            raise AttributeError(name)
         raise RuntimeError(name)
 
 
