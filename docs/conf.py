@@ -16,7 +16,7 @@ import bizmetrics
 
 project = "bizmetrics"
 author = "bizmetrics contributors"
-copyright = "bizmetrics contributors"  # noqa: A001 (Sphinx's own setting name)
+copyright = "bizmetrics contributors"
 release = bizmetrics.__version__
 version = ".".join(release.split(".")[:2])
 
@@ -53,7 +53,6 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(prometheus_client|wrapt|starlette|django|celery|rq|redis|httpx|requests|aiohttp|sqlalchemy)(\..*)?"),
     (r"py:.*", r"(collections\.abc|typing|types|contextvars|logging|pathlib|asyncio|enum|decimal|datetime)\..*"),
     (r"py:.*", r"(ssl|threading|os|wsgiref|socket|http|email|concurrent)\..*"),
-    (r"py:class", r"(T|P|R|F|Any|Callable|Mapping|Iterable|Iterator|Sequence|Path|Awaitable|Generator|AsyncGenerator|AsyncIterator|ContextVar|Token|Logger|ModuleType|Exception|BaseException|object|type|NoneType|TracebackType)"),
 ]
 
 html_theme = "furo"
