@@ -176,8 +176,7 @@ def set_objectives(
     :param api: the API objective, or objectives by job.
     :raises ValueError: if an objective is out of range.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 objectives per job.
+    .. versionadded:: 0.2.0
     """
     wanted: dict[str, dict[str | None, float]] = {}
     for name, value in (("connector", connector), ("api", api)):
@@ -498,8 +497,7 @@ def export(directory: str | Path, files: Mapping[str, str] | None = None, *, for
     :param files: what :func:`render` returned (default: the shipped files).
     :param force: overwrite files whose content differs.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 never overwrites a differing file without ``force``; returns an :class:`Export`.
+    .. versionadded:: 0.2.0
     """
     root = Path(directory)
     done = Export()
