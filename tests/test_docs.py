@@ -106,7 +106,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class _Assets(html.parser.HTMLParser):
-    """The URLs of a page's scripts, style sheets and fonts, and its element ids."""
+    """The URLs of a page's scripts and links (style sheets, fonts, icons), and its element ids."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -119,7 +119,7 @@ class _Assets(html.parser.HTMLParser):
             self.ids.add(found["id"] or "")
         if tag == "script" and found.get("src"):
             self.loaded.append(found["src"] or "")
-        if tag == "link" and found.get("href") and found.get("rel") in ("stylesheet", "preload", "icon"):
+        if tag == "link" and found.get("href"):
             self.loaded.append(found["href"] or "")
 
 
