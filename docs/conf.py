@@ -23,7 +23,6 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
 ]
 
@@ -53,6 +52,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(prometheus_client|wrapt|starlette|django|celery|rq|redis|httpx|requests|aiohttp|sqlalchemy)(\..*)?"),
     (r"py:.*", r"(collections\.abc|typing|types|contextvars|logging|pathlib|asyncio|enum|decimal|datetime)\..*"),
     (r"py:.*", r"(ssl|threading|os|wsgiref|socket|http|email|concurrent)\..*"),
+    # Type aliases of the package's signatures, and other projects' types written unqualified.
+    (r"py:class", r"bizmetrics\.decorators\.Decorator|Scope|Environ|ASGIApp|WSGIApp|ContextVar|CollectorRegistry"),
 ]
 
 html_theme = "furo"

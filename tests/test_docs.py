@@ -156,6 +156,36 @@ def test_every_alert_links_its_runbook_entry_and_every_entry_is_an_alert(site: P
     assert anchors == {alert["alert"].lower() for alert in alerts}
 
 
+#: The modules the API reference renders (docs/reference/api.md).
+REFERENCE = (
+    "bizmetrics", "bizmetrics.decorators", "bizmetrics.helpers", "bizmetrics.context", "bizmetrics.testing",
+    "bizmetrics.multiprocess", "bizmetrics.batch", "bizmetrics.asgi", "bizmetrics.wsgi", "bizmetrics.django",
+    "bizmetrics.jobs", "bizmetrics.celery", "bizmetrics.rq", "bizmetrics.sqlalchemy", "bizmetrics.redis",
+    "bizmetrics.httpx", "bizmetrics.requests", "bizmetrics.aiohttp", "bizmetrics.assets", "bizmetrics.assets.slo",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_api_reference_renders_every_public_function_and_class(site: Path) -> None:
+    """Each public function and class is described where it lives (a private module's: where it is exported)."""
+    import importlib
+    import inspect
+
+    ids = _parse(site / "reference" / "api.html").ids
+    missing = []
+    for name in REFERENCE:
+        module = importlib.import_module(name)
+        for public in getattr(module, "__all__", ()):
+            obj = getattr(module, public)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            home = obj.__module__ if "._" not in obj.__module__ and obj.__module__ in REFERENCE else name
+            if f"{home}.{public}" not in ids:
+                missing.append(f"{home}.{public}")
+    assert missing == []
+    assert len(ids) >= 150
+
+
 def test_pages_are_markdown_with_a_title() -> None:
     """Every documentation page starts with its one top-level title."""
     for page in pages()[1:]:

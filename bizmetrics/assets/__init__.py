@@ -31,6 +31,8 @@ __all__ = [
     "runbook_url",
     "set_objectives",
     "tune_alerts",
+    "with_namespace",
+    "with_runbook_url",
 ]
 
 #: The rule files, in the order Prometheus should load them.

@@ -393,7 +393,7 @@ def build(
     :param thresholds: by latency SLO name, a threshold in ms (a bucket bound
         of its histogram), or thresholds by job.
     :param min_events: the events a window must hold before an alert of a job
-        fires, or counts by job (default :data:`DEFAULT_MIN_EVENTS`).
+        fires, or counts by job (default :data:`~bizmetrics.assets.DEFAULT_MIN_EVENTS`).
     :raises ValueError: for an unknown SLO, an objective out of range, a
         threshold that is not a bucket bound, or a negative count.
     """
