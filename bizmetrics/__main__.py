@@ -103,6 +103,7 @@ def _export_assets(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                 min_events=args.min_events,
             ),
             namespace=args.namespace,
+            runbook_url=args.runbook_url,
         )
         done = export_assets(args.directory, files, force=args.force, options=given)
     except (OSError, ValueError) as exc:
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "--duration", type=_seconds, default=None, help="stop after this many seconds (default: run until Ctrl-C)"
     )
     demo.add_argument("--seed", type=int, default=None, help="seed the random traffic (default: a random seed)")
-    from .assets import DEFAULT_MIN_EVENTS, THRESHOLDS
+    from .assets import DEFAULT_MIN_EVENTS, DEFAULT_RUNBOOK_URL, THRESHOLDS
     from .assets.slo import SLOS
 
     export = commands.add_parser(
@@ -185,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "--namespace", metavar="PREFIX", help="metric names prefixed as BIZMETRICS_NAMESPACE=PREFIX does (acme_...)"
+    )
+    export.add_argument(
+        "--runbook-url",
+        metavar="BASE",
+        help="documentation the alerts' runbook_url annotations point into: BASE/operations/runbook.html#ALERT"
+        f" ({DEFAULT_RUNBOOK_URL})",
     )
     args = parser.parse_args(argv)
 

@@ -1,6 +1,7 @@
 """Reading counts out of return values: records synced, tokens used, cache hits.
 
-The rules are documented in README ("Counting records", "Counting tokens").
+The rules are documented in docs/guides/decorators.md ("Counting records") and
+docs/guides/agents.md ("Counting tokens").
 An extractor never raises for an unknown format: it counts 0 and says so on
 the ``bizmetrics`` logger at debug level.
 """
@@ -51,7 +52,7 @@ def _number(value: Any) -> float | None:
 
 
 def count_records(result: Any, resource_type: str) -> float:
-    """Return how many records ``result`` holds (see README, "Counting records").
+    """Return how many records ``result`` holds (see docs/guides/decorators.md, "Counting records").
 
     The exact built-in types the rules decide without ABC checks (a list, a
     tuple, a set, an int, a float, ``None``, a ``dict``) take a short cut;
@@ -87,7 +88,7 @@ def _uncountable(result: Any) -> float:
 
 
 def _count_by_rules(result: Any, resource_type: str) -> float:
-    """The rules of README, "Counting records", for any ``result``."""
+    """The rules of docs/guides/decorators.md, "Counting records", for any ``result``."""
     size = _collection_size(result)
     if size is not None:
         return size
@@ -322,7 +323,7 @@ def _from_metadata(meta: Any, model: Any) -> Usage | None:
 
 
 def read_usage(result: Any) -> Usage | float:
-    """Return the token usage a model response (or one stream item) reports (README, "Counting tokens")."""
+    """Return the token usage a model response (or one stream item) reports (docs/guides/agents.md, tokens)."""
     if result is None or isinstance(result, (str, bytes, bool)):
         number = _number(result) if isinstance(result, str) else None
         return 0 if number is None else _values.amount(number, "tokens")

@@ -501,7 +501,7 @@ class _TokenUsage:
         self.prices: dict[str, float] | None = None
 
     def add(self, usage: _extract.Usage) -> None:
-        """Count one model call's tokens by type, and its money (see README, "Cost and budgets")."""
+        """Count one model call's tokens by type, and its money (see docs/guides/agents.md, "Cost and budgets")."""
         agent, model, tenant = self.labels
         for kind, count in usage.tokens.items():
             _count(self.by_type, AGENT_TOKEN_USAGE, kind, count, agent, model, kind, tenant)

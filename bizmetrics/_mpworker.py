@@ -22,7 +22,7 @@ lock it takes to set its gauges never makes a record of another thread wait
 on itself; a fork during those few microseconds a second would leave the
 child's copy of that prometheus_client lock held (prometheus_client never
 re-initialises it), so a process that records should not fork afterwards
-(README, "Several processes").
+(docs/guides/multiprocess.md).
 """
 
 from __future__ import annotations

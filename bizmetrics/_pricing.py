@@ -1,4 +1,4 @@
-"""Prices of model tokens, and the money of one model call (README, "Cost and budgets").
+"""Prices of model tokens, and the money of one model call (docs/guides/agents.md, "Cost and budgets").
 
 The price table is immutable: ``set_prices`` and ``load_prices`` build a new
 one and swap it in, so a bundle that cached a model's prices knows they are

@@ -1,6 +1,6 @@
 """Settings read from the environment when ``bizmetrics`` is imported.
 
-Each setting has a documented default (README, "Production settings"); an
+Each setting has a documented default (docs/guides/production.md); an
 invalid value gives one warning on the ``bizmetrics`` logger and the default,
 never an exception.
 """

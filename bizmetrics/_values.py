@@ -1,6 +1,6 @@
 """Turning whatever the application passes into valid label values and numbers.
 
-Every rule here is documented in README ("Bad input").  None of these
+Every rule here is documented in docs/guides/bad-input.md.  None of these
 functions raises: they coerce, clamp or drop, and log on the ``bizmetrics``
 logger.
 """

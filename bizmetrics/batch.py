@@ -9,7 +9,7 @@ adds what this process counted since its last push to what the Pushgateway
 holds for the job, so the pushed counters really accumulate, run after run.
 A push that fails is retried; one that still fails can keep its counts in a
 spool directory, and the next run of the job adds them to its own push.
-See README, "Batch jobs and the Pushgateway".
+See :doc:`/guides/batch`.
 """
 
 from __future__ import annotations
@@ -606,8 +606,7 @@ def push_job_metrics(
     :param spool_dir: a directory where the counts of a push that failed are kept for the next run.
     :returns: whether the push succeeded; a failure is logged, never raised.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 counters accumulate across runs; ``duration_seconds`` replaces ``duration_ms``.
+    .. versionadded:: 0.2.0
     .. versionchanged:: 0.3.0 ``retries``, ``backoff`` and ``spool_dir``.
     """
     return _push(gateway, job, success, duration_seconds, grouping_key, timeout, retries, backoff, spool_dir).pushed
@@ -641,8 +640,7 @@ def batch_job(
     :param backoff: seconds before the first retry; each next wait doubles (at most ``MAX_BACKOFF``).
     :param spool_dir: a directory where the counts of a push that failed are kept for the next run.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 yields a :class:`BatchRun`; ``raise_on_push_failure``.
+    .. versionadded:: 0.2.0
     .. versionchanged:: 0.3.0 ``retries``, ``backoff``, ``spool_dir`` and ``BatchRun.spooled``.
     """
     run = BatchRun(job)

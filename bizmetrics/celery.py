@@ -6,8 +6,8 @@ task's ETA) and its current tenant in the task's headers
 and records ``job_executions_total``, ``job_duration``, ``job_queue_wait``,
 ``job_retries_total`` and ``job_in_progress`` (``task_prerun`` /
 ``task_postrun``; ``task_revoked`` for a task revoked before or while it
-ran).  Celery is imported only when ``instrument`` is called.  See README,
-"Background jobs".
+ran).  Celery is imported only when ``instrument`` is called.  See
+:doc:`/guides/jobs`.
 
 .. versionadded:: 0.3.0
 """

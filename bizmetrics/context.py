@@ -101,8 +101,7 @@ def tenant_context(tenant_id: object) -> ContextValue:
     Use it as ``with tenant_context("acme"):`` or as ``@tenant_context("acme")``
     on a sync or async function.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 Works as a decorator of ``async def`` functions.
+    .. versionadded:: 0.2.0
     """
     return ContextValue(TENANT, tenant_id, "tenant_context")
 
@@ -112,8 +111,7 @@ def workflow_context(workflow_id: object) -> ContextValue:
 
     ``instrument_workflow`` sets it for the body of the workflow it wraps.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 Works as a decorator of ``async def`` functions.
+    .. versionadded:: 0.2.0
     """
     return ContextValue(WORKFLOW, workflow_id, "workflow_context")
 

@@ -3,7 +3,7 @@
 Each works on plain functions, coroutine functions, generator functions and
 async generator functions, as functions, instance methods, classmethods and
 staticmethods (above or below ``@classmethod`` / ``@staticmethod``).  See
-README ("Decorators") for the label, counting and outcome rules.
+:doc:`/guides/decorators` for the label, counting and outcome rules.
 """
 
 from __future__ import annotations
@@ -182,8 +182,7 @@ def instrument_connector_operation(
     :param error_type: turns an exception into its ``error_type`` label
         (``bizmetrics.http_error_type`` gives ``http_503``); its class name if not given.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 ``error_type``.
+    .. versionadded:: 0.2.0
     """
     if _is_target(operation_name):
         return _bare(instrument_connector_operation, operation_name)
@@ -213,12 +212,12 @@ def instrument_sync_operation(
     :param resource_type: the ``resource_type`` label (``posts``, ``contacts``...).
     :param operation_name: the ``operation`` label; the function's name if not given.
     :param count: how to count records in the result: a callable, or the name
-        of a key or attribute; by default the rules of README, "Counting records".
+        of a key or attribute; by default the rules of :ref:`counting-records`.
         For generators it is applied to each yielded item (default: 1 per item).
     :param connector_type: as for ``instrument_connector_operation``.
     :param error_type: as for ``instrument_connector_operation``.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     if _is_target(resource_type):
         raise TypeError(
@@ -254,7 +253,7 @@ def instrument_workflow(workflow_id: str | None = None, *, error_type: ErrorType
 
     While the body runs, ``workflow_context`` is set, so steps inside it know their workflow.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     if _is_target(workflow_id):
         return _bare(instrument_workflow, workflow_id)
@@ -277,7 +276,7 @@ def instrument_workflow_step(
         ``instrument_workflow`` / ``workflow_context``, else ``unknown``.
     :param error_type: accepted like every decorator's, and unused: this family counts no errors by type.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     if _is_target(step):
         return _bare(instrument_workflow_step, step)
@@ -303,7 +302,7 @@ def instrument_agent(
     :param tokens: how to read the tokens used from the result: a callable, or
         the name of a key or attribute, giving a count or a mapping of token
         types (``input``, ``output``, ``cache_read``, ``cache_write``,
-        ``reasoning``); by default the rules of README, "Counting tokens".
+        ``reasoning``); by default the rules of :ref:`counting-tokens`.
         For generators (streaming) it is applied to each yielded chunk.
     :param model: the ``model`` label of ``agent_token_usage_total``; else the
         call's ``model`` argument, else the response's ``model``, else ``unknown``.
@@ -312,8 +311,7 @@ def instrument_agent(
     While the body runs, the agent is current: tool calls inside it (``instrument_tool``) take its id.
     A generator or async generator (a stream) also records the time to its first item.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 ``model``, ``error_type``, tokens by type, time to first token.
+    .. versionadded:: 0.2.0
     """
     if _is_target(agent_id):
         return _bare(instrument_agent, agent_id)
@@ -374,7 +372,7 @@ def instrument_db_query(operation: str | None = None, *, error_type: ErrorType |
     :param operation: the ``operation`` label (``select_user``...); the function's name if not given.
     :param error_type: accepted like every decorator's, and unused: this family counts no errors by type.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     if _is_target(operation):
         return _bare(instrument_db_query, operation)
@@ -394,7 +392,7 @@ def instrument_cache_lookup(
     :param cache: the ``cache`` label; the function's name if not given.
     :param error_type: accepted like every decorator's, and unused: a lookup that raises is a miss.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     if _is_target(cache):
         return _bare(instrument_cache_lookup, cache)

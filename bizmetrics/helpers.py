@@ -1,6 +1,6 @@
 """Helpers that record one event of the catalogue each: for code that cannot be decorated.
 
-Every ``record_*`` helper swallows bad input (see README, "Bad input") and
+Every ``record_*`` helper swallows bad input (see :doc:`/guides/bad-input`) and
 any failure of its own, logging it on the ``bizmetrics`` logger: recording a
 metric never raises into application code.
 """
@@ -107,7 +107,7 @@ def record_connector_operation(
     :param error_type: the error's class name for ``connector_errors_total``
         when ``success`` is false (``unknown`` if not given).
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     try:
         _call(
@@ -131,7 +131,7 @@ def record_connector_sync(
 ) -> None:
     """Record one sync operation of ``resource_type`` and the records it synced.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     try:
         SYNC_FAMILY.get(connector_type, resource_type, tenant_or_current(tenant_id)).count(
@@ -152,7 +152,7 @@ def record_workflow_execution(
 ) -> None:
     """Record one workflow execution: its count by status, its duration and, on failure, the failure.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     try:
         _call(WORKFLOW_FAMILY.get(workflow_id, tenant_or_current(tenant_id)), duration_ms, success, error_type)
@@ -167,7 +167,7 @@ def record_workflow_step(workflow_id: str | None, step: str, duration_ms: float)
     A ``workflow_id`` of ``None`` means the one set by ``workflow_context``
     (and so by an enclosing ``instrument_workflow``), else ``unknown``.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     try:
         STEP_FAMILY.get(workflow_or_current(workflow_id), step).success(_values.duration(duration_ms), 0)
@@ -199,8 +199,7 @@ def record_agent_invocation(
         ``cost``); without it, ``tokens_used`` has no types and no price, and
         goes to ``agent_unpriced_tokens_total``.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 ``model`` and ``usage``.
+    .. versionadded:: 0.2.0
     .. versionchanged:: 0.3.0 tokens are priced (``agent_cost_total``).
     """
     try:
@@ -381,7 +380,7 @@ def record_api_request(
     HTTP standard ones is recorded as ``OTHER``.  ``endpoint`` should be the route template
     (``/users/{id}``), not the raw path, to keep the series bounded.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     .. versionchanged:: 0.3.0 ``status`` is the exact code unless ``BIZMETRICS_HTTP_STATUS=class``.
     """
     try:
@@ -397,7 +396,7 @@ def record_api_request(
 def record_db_query(operation: str, duration_ms: float) -> None:
     """Record the duration of one database query.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     try:
         DB_QUERY_FAMILY.get(operation).success(_values.duration(duration_ms), 0)
@@ -418,7 +417,7 @@ def _pool_change(pool: str, value: object, what: str, apply: Callable[[Any, floa
 def set_db_pool_size(pool: str, size: float) -> None:
     """Set the size of connection pool ``pool``.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     _pool_change(pool, size, "pool size", Gauge.set, "set_db_pool_size")
 
@@ -427,7 +426,7 @@ def set_db_pool_size(pool: str, size: float) -> None:
 def inc_db_pool_size(pool: str, amount: float = 1) -> None:
     """Grow the size of connection pool ``pool`` by ``amount``.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     _pool_change(pool, amount, "pool size change", Gauge.inc, "inc_db_pool_size")
 
@@ -436,7 +435,7 @@ def inc_db_pool_size(pool: str, amount: float = 1) -> None:
 def dec_db_pool_size(pool: str, amount: float = 1) -> None:
     """Shrink the size of connection pool ``pool`` by ``amount``.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     _pool_change(pool, amount, "pool size change", Gauge.dec, "dec_db_pool_size")
 
@@ -454,7 +453,7 @@ def _count_lookups(cache: str, count: object, hit: bool, where: str) -> None:
 def record_cache_hit(cache: str, count: int = 1) -> None:
     """Count ``count`` hits of cache ``cache``.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     _count_lookups(cache, count, True, "record_cache_hit")
 
@@ -463,7 +462,7 @@ def record_cache_hit(cache: str, count: int = 1) -> None:
 def record_cache_miss(cache: str, count: int = 1) -> None:
     """Count ``count`` misses of cache ``cache``.
 
-    .. versionadded:: 0.1.0
+    .. versionadded:: 0.2.0
     """
     _count_lookups(cache, count, False, "record_cache_miss")
 

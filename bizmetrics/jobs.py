@@ -12,7 +12,7 @@ lines of it::
         if must_retry:
             job.retry()            # ends as status="retry" (an exception ends as "error")
 
-Nothing here imports a queue library.  See README, "Background jobs".
+Nothing here imports a queue library.  See :doc:`/guides/jobs`.
 
 .. versionadded:: 0.3.0
 """

@@ -481,7 +481,7 @@ AGENT_RESPONSE_DURATION_BY_TENANT = _declare(
 )
 
 
-# Cost and budgets (README, "Cost and budgets")
+# Cost and budgets (docs/guides/agents.md, "Cost and budgets")
 AGENT_COST = _declare(
     _Counter,
     "agent_cost",
@@ -502,7 +502,7 @@ TENANT_BUDGET = _declare(
     # Every worker sets the same value: the latest one set is the budget, never a sum.
     multiprocess_mode="mostrecent",
 )
-# Background jobs (Celery, RQ, any queue through ``bizmetrics.jobs``): see README, "Background jobs".
+# Background jobs (Celery, RQ, any queue through ``bizmetrics.jobs``): see docs/guides/jobs.md.
 JOB_BUCKETS = _settings.buckets(
     "JOB",
     (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 900000.0),

@@ -5,7 +5,7 @@ imported, each worker writes its samples to files in that directory and one
 exposition endpoint sums them.  On Linux, bizmetrics names each worker's files
 by its pid and start time and merges dead workers' files into one archive
 (``_mpfiles``), so a scrape costs the same after thousands of worker
-restarts.  See README, "Several processes".
+restarts.  See :doc:`/guides/multiprocess`.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def compact(directory: str | None = None) -> int:
     Every scrape of ``registry()`` does it (at most ``COMPACT_PER_SCRAPE``
     files at a time, and only when no other scrape holds the directory): call
     it yourself only to compact at a time of your choosing.  Safe against pid reuse, concurrent scrapes
-    and a ``kill -9`` at any moment (see README, "Dead workers' files").
+    and a ``kill -9`` at any moment (see :doc:`/guides/multiprocess`, item 4).
     Linux only (it needs ``/proc``); 0 elsewhere.
 
     .. versionadded:: 0.3.0

@@ -5,7 +5,7 @@ in its ``meta``; ``Job.perform`` (what a worker's work horse, a
 ``SimpleWorker`` or a synchronous queue calls) runs with that tenant current
 and records the job family, the queue wait from RQ's own ``enqueued_at``
 (set again when a scheduled or retried job enters the queue).  RQ is
-imported only when ``instrument`` is called.  See README, "Background jobs".
+imported only when ``instrument`` is called.  See :doc:`/guides/jobs`.
 
 .. versionadded:: 0.3.0
 """

@@ -352,11 +352,11 @@ def test_cost_is_exact_and_the_budget_not_summed_in_multiprocess_mode(tmp_path: 
     assert budget == 250
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "guides" / "agents.md"
 
 
 def test_readme_worked_example_matches_the_counter():
-    """The README's day of usage, run as written: the counter says what the hand-priced table says."""
+    """The agents guide's day of usage, run as written: the counter says what the hand-priced table says."""
     section = README.read_text().split("### A day of usage, priced by hand", 1)[1].split("\n### ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     stated = re.findall(r"^(agent_cost_total\{.*\}) ([\d.]+)$", section, re.M)

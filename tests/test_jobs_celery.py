@@ -130,7 +130,7 @@ def test_kill_9_of_a_pool_process_mid_task_loses_or_doubles_nothing_finished(tmp
         check(samples, "jobapp.work", before + after, ground_truth_waits(runs, published), killed=1)
 
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parent.parent / "docs" / "guides" / "jobs.md"
 
 README_TASKS = """
 app.conf.update(broker_url=os.environ["BROKER"], result_backend=os.environ["BROKER"], task_default_queue="work")
@@ -155,7 +155,7 @@ assert [r.get(timeout=120) for r in results] == [i + 1 for i in range(9)]
 
 
 def test_readme_prefork_set_up_serves_every_pool_process_from_the_main_one(tmp_path: Path) -> None:
-    """README's prefork set-up, as pasted (its port aside): one endpoint, in the worker, sums its pool's counts."""
+    """The jobs guide's prefork set-up, as pasted (its port aside): one endpoint, in the worker, sums the pool."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     (block,) = [b for b in blocks if "def serve_metrics" in b]
     port = free_port()

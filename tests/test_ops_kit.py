@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from docs_blocks import promql_queries
+from docs_blocks import series_in as _series_in
 from helpers import unique
 from hypothesis import given
 from ops_helpers import (
@@ -45,7 +47,6 @@ from bizmetrics import assets
 from bizmetrics.assets import dashboards
 
 HERE = Path(__file__).parent
-README = HERE.parent / "README.md"
 
 
 def _export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -790,44 +791,12 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield prom
 
 
-_PROMQL_WORDS = {
-    "sum", "by", "rate", "increase", "and", "or", "unless", "on", "ignoring", "group_left", "group_right",
-    "scalar", "vector", "avg_over_time", "histogram_quantile", "offset", "time", "topk", "without", "bool",
-    "group", "label_replace",
-}  # fmt: skip
-
-
-def _series_in(expr: str) -> set[str]:
-    """The metric and recording-rule names an expression reads."""
-    bare = re.sub(r"\{[^}]*\}", "", expr)
-    bare = re.sub(r"\[[^\]]*\]", "", bare)
-    bare = re.sub(r'"[^"]*"', "", bare)
-    names = set(re.findall(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w(])", bare))
-    by_clauses = re.findall(r"\b(?:by|on|without|ignoring|group_left|group_right)\s*\(([^)]*)\)", bare)
-    labels = {label.strip() for clause in by_clauses for label in clause.split(",")}
-    return {n for n in names if n not in _PROMQL_WORDS and n not in labels and not re.fullmatch(r"\d+[smhdwy]", n)}
-
-
-def _readme_queries() -> list[str]:
-    blocks = re.findall(r"```promql\n(.*?)```", README.read_text(), re.S)
-    queries = []
-    for block in blocks:
-        current: list[str] = []
-        for line in [*block.splitlines(), ""]:
-            if line.strip() and not line.lstrip().startswith("#"):
-                current.append(line.strip())
-            elif current:
-                queries.append(" ".join(current))
-                current = []
-    return queries
-
-
 @pytest.mark.slow
 def test_readme_promql_returns_data(prometheus):
-    """Every PromQL query in README returns a non-empty result from a Prometheus scraping the demo."""
-    queries = _readme_queries()
-    assert len(queries) >= 7
-    empty = [q for q in queries if not prometheus.eventually_nonempty(q, timeout=20)]
+    """Every PromQL query of README and the docs returns a non-empty result from a Prometheus scraping the demo."""
+    queries = promql_queries()
+    assert len(queries) >= 10
+    empty = [(where, q) for where, q in queries if not prometheus.eventually_nonempty(q, timeout=20)]
     assert empty == []
 
 

@@ -1,4 +1,4 @@
-"""README's HTTP middleware examples, as pasted: each serves its route and /metrics, and records the request."""
+"""The HTTP middleware guide's examples (docs/guides/http.md), as pasted: each serves its route and /metrics."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from helpers import unique, value
 # Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parent.parent / "docs" / "guides" / "http.md"
 
 
 def example(marker: str) -> dict[str, Any]:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     found = [b for b in blocks if marker in b]
-    assert len(found) == 1, f"README should have one example with {marker!r}"
+    assert len(found) == 1, f"{README} should have one example with {marker!r}"
     namespace: dict[str, Any] = {"__name__": "readme_example"}
     exec(found[0], namespace)
     return namespace

@@ -133,7 +133,7 @@ def _send_and_count(port: int, n: int) -> None:
     assert not any(k[0] == "api_requests_total" and ("endpoint", "/metrics") in k[1] for k in samples)
 
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parent.parent / "docs" / "guides" / "multiprocess.md"
 
 
 def readme_command(program: str, needle: str) -> list[str]:
@@ -143,7 +143,7 @@ def readme_command(program: str, needle: str) -> list[str]:
         if len(words) > 1 and words[1] == program and needle in words:
             # Two workers instead of README's four: the machine is shared.
             return ["2" if w == "4" else w for w in words[1:]]
-    raise AssertionError(f"README has no multiprocess command for {program} with {needle}")
+    raise AssertionError(f"{README} has no multiprocess command for {program} with {needle}")
 
 
 def readme_gunicorn_conf() -> str:

@@ -1,7 +1,7 @@
 """The operations kit: Prometheus rules, Grafana dashboards and an Alertmanager example.
 
 ``python -m bizmetrics export-assets DIR`` writes them out, tuned by its
-options; see README, "Operations kit".
+options; see the documentation's operations kit (``docs/operations/index.md``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .._settings import valid_namespace
 __all__ = [
     "DEFAULT_JOBS",
     "DEFAULT_MIN_EVENTS",
+    "DEFAULT_RUNBOOK_URL",
     "MANIFEST",
     "RULE_FILES",
     "THRESHOLDS",
@@ -29,8 +30,11 @@ __all__ = [
     "parse_options",
     "read_manifest",
     "render",
+    "runbook_url",
     "set_objectives",
     "tune_alerts",
+    "with_namespace",
+    "with_runbook_url",
 ]
 
 #: The rule files, in the order Prometheus should load them.
@@ -48,6 +52,13 @@ DEFAULT_JOBS = ".+"
 
 #: Events a window must hold before a ratio or burn-rate alert of a job fires (``--min-events``).
 DEFAULT_MIN_EVENTS = 50
+
+#: Where the shipped alerts' ``runbook_url`` annotations point: the published documentation
+#: (``export-assets --runbook-url BASE`` points them at a team's own copy).
+DEFAULT_RUNBOOK_URL = "https://bizmetrics.readthedocs.io/en/latest"
+#: The runbook page, relative to the documentation's base; each alert is an anchor on it.
+RUNBOOK_PAGE = "operations/runbook.html"
+_RUNBOOK_BASE = re.compile(r"https?://[^\s\"'#?{}<>\\]+")
 
 #: Tunable alert thresholds: option name -> (alert, shipped value).
 THRESHOLDS: dict[str, tuple[str, float]] = {
@@ -99,6 +110,32 @@ def parse_duration(text: str) -> float:
     return ms / 1000
 
 
+def runbook_url(alert: str, base: str = DEFAULT_RUNBOOK_URL) -> str:
+    """Return the URL of ``alert``'s runbook entry under the documentation at ``base``.
+
+    The entry's anchor is the alert's name lowercased
+    (``.../operations/runbook.html#bizmetricstargetdown``).
+
+    .. versionadded:: 0.3.0
+    """
+    return f"{base.rstrip('/')}/{RUNBOOK_PAGE}#{alert.lower()}"
+
+
+def with_runbook_url(text: str, base: str | None) -> str:
+    """Return rules ``text`` with every alert's ``runbook_url`` pointing under ``base`` instead of the default.
+
+    :raises ValueError: unless ``base`` is an http(s) URL without spaces, quotes, a query or a fragment.
+
+    .. versionadded:: 0.3.0
+    """
+    if base is None:
+        return text
+    if not _RUNBOOK_BASE.fullmatch(base):
+        raise ValueError(f"--runbook-url {base!r} is not an http(s) URL without spaces, quotes, query or fragment")
+    shipped = f"runbook_url: {DEFAULT_RUNBOOK_URL}/{RUNBOOK_PAGE}#"
+    return text.replace(shipped, f"runbook_url: {base.rstrip('/')}/{RUNBOOK_PAGE}#")
+
+
 def _promql_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -143,8 +180,7 @@ def set_objectives(
     :param api: the API objective, or objectives by job.
     :raises ValueError: if an objective is out of range.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 objectives per job.
+    .. versionadded:: 0.2.0
     """
     wanted: dict[str, dict[str | None, float]] = {}
     for name, value in (("connector", connector), ("api", api)):
@@ -356,6 +392,7 @@ def render(
     objectives: Mapping[str, float | Mapping[str | None, float]] | None = None,
     latency_thresholds: Mapping[str, float | Mapping[str | None, float]] | None = None,
     min_events: int | Mapping[str | None, int] | None = None,
+    runbook_url: str | None = None,
 ) -> dict[str, str]:
     """Return every file of the kit, tuned, by its path relative to the export directory.
 
@@ -366,10 +403,12 @@ def render(
     (by latency SLO name, in ms, each a bucket bound of the SLO's histogram) and
     ``min_events`` are those of :func:`bizmetrics.assets.slo.build`, each a
     value or values by job (the ``None`` key: every other job); the other
-    parameters are those of :func:`tune_alerts`.
+    parameters are those of :func:`tune_alerts`.  ``runbook_url`` is the base
+    of the documentation the alerts' ``runbook_url`` annotations point into
+    (default :data:`DEFAULT_RUNBOOK_URL`; see :func:`with_runbook_url`).
 
     .. versionadded:: 0.2.0
-    .. versionchanged:: 0.3.0 ``objectives``, ``latency_thresholds`` and ``min_events``.
+    .. versionchanged:: 0.3.0 ``objectives``, ``latency_thresholds``, ``min_events`` and ``runbook_url``.
     """
     from . import slo
 
@@ -390,7 +429,8 @@ def render(
     for name, text in texts.items():
         if name == "alerting_rules.yml":
             text = tune_alerts(text, jobs=jobs, thresholds=thresholds, batch_stale_after=batch_stale_after)
-        files[f"prometheus/{name}"] = tune_alerts(text, for_durations=durations[name])
+        text = tune_alerts(text, for_durations=durations[name])
+        files[f"prometheus/{name}"] = with_runbook_url(text, runbook_url)
     from . import dashboards  # not at import time: ``python -m bizmetrics.assets.dashboards`` runs it as __main__
 
     for name, build in dashboards.DASHBOARDS.items():
@@ -507,8 +547,7 @@ def export(
     :param options: the ``export-assets`` options that produced ``files``, kept in the
         manifest so that a re-run without options makes the same files.
 
-    .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 never overwrites a differing file without ``force``; returns an :class:`Export`.
+    .. versionadded:: 0.2.0
     .. versionchanged:: 0.3.0 writes a manifest; regenerates files that an earlier export wrote.
     """
     from .. import __version__

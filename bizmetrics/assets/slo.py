@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import DEFAULT_MIN_EVENTS, _check_ratio, _promql_string
+from . import DEFAULT_MIN_EVENTS, _check_ratio, _promql_string, runbook_url
 
 __all__ = [
     "DEFAULT_MIN_EVENTS",
@@ -358,12 +358,14 @@ def _alert(slo: SLO, speed: str, tenant: bool) -> str:
         )
     summary = f"{who}: the {slo.name} SLO is burning its error budget {'fast' if speed == 'Fast' else 'slowly'}"
     expr = "".join(f"          {line}\n" for line in _burn(slo, speed, tenant))
+    name = f"Bizmetrics{slo.title}{'Tenant' if tenant else ''}SLOBurnRate{speed}"
     return (
-        f"      - alert: Bizmetrics{slo.title}{'Tenant' if tenant else ''}SLOBurnRate{speed}\n"
+        f"      - alert: {name}\n"
         f"        expr: |\n{expr}"
         f"        for: {FOR[speed]}\n"
         f"        labels:\n          severity: {severity}\n          slo: {slo.name}\n"
         f"        annotations:\n"
+        f"          runbook_url: {runbook_url(name)}\n"
         f"          summary: {_yaml_string(summary)}\n"
         f"          description: {_yaml_string(description)}\n"
         f"          runbook: {_yaml_string(runbook)}\n"
@@ -391,7 +393,7 @@ def build(
     :param thresholds: by latency SLO name, a threshold in ms (a bucket bound
         of its histogram), or thresholds by job.
     :param min_events: the events a window must hold before an alert of a job
-        fires, or counts by job (default :data:`DEFAULT_MIN_EVENTS`).
+        fires, or counts by job (default :data:`~bizmetrics.assets.DEFAULT_MIN_EVENTS`).
     :raises ValueError: for an unknown SLO, an objective out of range, a
         threshold that is not a bucket bound, or a negative count.
     """
