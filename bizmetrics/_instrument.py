@@ -662,10 +662,10 @@ async def _timed_async_generator(
     asend = agen.asend
     step = _first_asend(agen)
     box: list[Any] = [None]
-    pump = send = throw = None
+    pump = send = None
     if run is not None:
         pump = _pump(agen, step, box)
-        send, throw = pump.send, pump.throw
+        send = pump.send
     action: Any = send
     arg: Any = None
     while True:
@@ -710,7 +710,7 @@ async def _timed_async_generator(
             if pump is None:
                 step = agen.athrow(exc)
             else:
-                action, arg = throw, exc
+                action, arg = pump.throw, exc
         else:
             if pump is None:
                 step = asend(arg)
