@@ -171,7 +171,7 @@ class Site:
         self.own_scope = own_scope
 
 
-def _is_new(own: object, current: object) -> bool:
+def is_new(own: object, current: object) -> bool:
     """Whether a call's own tenant ``own`` differs from the ``current`` one (a ``str`` by its text)."""
     return current is not own and not (type(own) is str and own == current)
 
@@ -185,7 +185,7 @@ def _enter_own(var: ContextVar[object]) -> Enter:
     get, set_ = var.get, var.set
 
     def enter(bundle: object, own: object) -> Token[object] | None:
-        return None if own is None or not _is_new(own, get()) else set_(own)
+        return None if own is None or not is_new(own, get()) else set_(own)
 
     return enter
 

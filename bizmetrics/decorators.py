@@ -25,7 +25,7 @@ from ._families import (
     AgentCall,
     Bundle,
 )
-from ._instrument import Site, Target, _is_new, wrap
+from ._instrument import Site, Target, is_new, wrap
 from ._labels import Args, Bundles, Kwargs, Label, Signature, attribute, resolver
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .context import AGENT, AGENT_CALL, TENANT, WORKFLOW
@@ -128,7 +128,7 @@ def _new_tenant(own: object) -> bool:
 
     A connector call's scope is its tenant alone: its site's ``own_scope`` (the engine sets it inline).
     """
-    return own is not None and _is_new(own, TENANT.get())
+    return own is not None and is_new(own, TENANT.get())
 
 
 def _enter_workflow(bundle: Bundle, own: object) -> Token[object] | tuple[Token[object], ...]:
