@@ -28,7 +28,7 @@ import threading
 import types
 from asyncio import CancelledError, isfuture
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
-from contextvars import Token, copy_context
+from contextvars import ContextVar, Token, copy_context
 from time import perf_counter as clock  # seconds; tests patch ``clock`` and ``CLOCK_MS`` for exact durations
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
@@ -143,11 +143,14 @@ class Site:
     one per item).  ``begin``, when set, turns the bundle into the one a
     single call records into; ``enter``, when set, sets the context
     variables the body runs with (the tenant, the workflow, the agent) and
-    returns their tokens for ``_leave``.  ``error_type``, when set, turns an
+    returns their tokens for ``_leave``.  ``own_scope``, given instead of
+    ``enter``, is a scope of one variable: the call's own tenant is set in it
+    unless it is ``None`` or already current, which the sync and coroutine
+    bodies do inline (the hottest paths).  ``error_type``, when set, turns an
     exception into its ``error_type`` label (else the exception's class name).
     """
 
-    __slots__ = ("begin", "count", "count_item", "enter", "error_type", "resolve")
+    __slots__ = ("begin", "count", "count_item", "enter", "error_type", "own_scope", "resolve")
 
     def __init__(
         self,
@@ -157,13 +160,34 @@ class Site:
         begin: Begin | None = None,
         enter: Enter | None = None,
         error_type: Classify | None = None,
+        own_scope: ContextVar[object] | None = None,
     ) -> None:
         self.resolve = resolve
         self.count = count
         self.count_item = count_item
         self.begin = begin
-        self.enter = enter
+        self.enter = enter if own_scope is None else _enter_own(own_scope)
         self.error_type = error_type
+        self.own_scope = own_scope
+
+
+def is_new(own: object, current: object) -> bool:
+    """Whether a call's own tenant ``own`` differs from the ``current`` one (a ``str`` by its text)."""
+    return current is not own and not (type(own) is str and own == current)
+
+
+def _enter_own(var: ContextVar[object]) -> Enter:
+    """``Site.enter`` for an ``own_scope``: set the call's own value in ``var``, unless it is ``None`` or current.
+
+    Setting and resetting a context variable costs ~2,000 instructions; most
+    calls run inside a request or job that already made their tenant current.
+    """
+    get, set_ = var.get, var.set
+
+    def enter(bundle: object, own: object) -> Token[object] | None:
+        return None if own is None or not is_new(own, get()) else set_(own)
+
+    return enter
 
 
 def _leave(entered: Any) -> None:
@@ -270,10 +294,10 @@ def _resolved(resolve: Callable[[Args, Kwargs], tuple[Bundle, object]], args: Ar
 
 # --- The bodies and relays -------------------------------------------------------------
 #
-# A body is ``call(self, *args, **kwargs)``: it becomes the ``__call__`` of the
-# wrapper itself (an exception passing through a frame costs ~230 ns).
-# ``func`` is the undecorated function and ``args`` include ``self`` /
-# ``cls``.  Labels are resolved at call time (so a coroutine or generator
+# A body is ``call(*args, **kwargs)``: it becomes the ``__call__`` of the
+# wrapper itself, and what a method of the sync kind binds (an exception
+# passing through a frame costs ~230 ns).  ``func`` is the undecorated
+# function and ``args`` include ``self`` / ``cls``.  Labels are resolved at call time (so a coroutine or generator
 # carries its caller's tenant); the clock runs while the user's code runs.
 # The scope (``Site.enter``'s context variables) is set while the user's
 # code runs: around the call or the awaited coroutine; a generator's or an
@@ -287,9 +311,12 @@ Body = Callable[..., object]
 
 def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
     resolve, count, begin, enter, classify = site.resolve, site.count, site.begin, site.enter, site.error_type
+    scope = site.own_scope
+    scope_get, scope_set, scope_reset = (None, None, None) if scope is None else (scope.get, scope.set, scope.reset)
 
-    def call(self: object, *args: object, **kwargs: object) -> object:
-        # The hottest path of all: resolving is inlined here (``_resolved`` states it once for the others).
+    def call(*args: object, **kwargs: object) -> object:
+        # The hottest path of all: resolving, an own scope and a success are inlined here
+        # (``_resolved``, ``_enter_own`` and ``_outcome`` state them once for the other paths).
         try:
             bundle, own = resolve(args, kwargs)
         except Exception:
@@ -302,21 +329,44 @@ def _sync_body(site: Site, func: Callable[..., Any]) -> Body:
         if enter is not None:
             if _deferred.collector is not None and _deferred.collecting():
                 target = _in_scoped_copy(enter, bundle, own, func)
-            else:
+            elif scope_get is None:
                 entered = enter(bundle, own)
+            elif own is not None:
+                current = scope_get()
+                if current is not own and not (type(own) is str and own == current):
+                    entered = scope_set(own)  # type: ignore[misc]
         start = clock()
         try:
             result = target(*args, **kwargs)
+        except Exception as exc:
+            elapsed = clock() - start
+            if _QUEUE or _deferred.collector is not None:
+                _outcome(bundle, elapsed, exc, 0, classify)
+                raise
+            try:
+                bundle.failure(
+                    elapsed * CLOCK_MS, type(exc).__name__ if classify is None else _error_name(classify, exc), 0
+                )
+            except Exception:
+                _log.internal_error("recording an outcome")
+            raise
         except BaseException as exc:
             _outcome(bundle, clock() - start, exc, 0, classify)
             raise
         finally:
             if entered is not None:
-                if type(entered) is Token and _deferred.collector is None:
-                    entered.var.reset(entered)  # one variable, outside any collection: what ``_leave`` would do
+                if scope_reset is not None and _deferred.collector is None:
+                    scope_reset(entered)  # one variable, outside any collection: what ``_leave`` would do
                 else:
                     _leave(entered)
-        _outcome(bundle, clock() - start, None, 0 if count is None else _measure(count, result), classify)
+        elapsed = clock() - start
+        if _QUEUE or _deferred.collector is not None:
+            _outcome(bundle, elapsed, None, 0 if count is None else _measure(count, result), classify)
+            return result
+        try:
+            bundle.success(elapsed * CLOCK_MS, 0 if count is None else _measure(count, result))
+        except Exception:
+            _log.internal_error("recording an outcome")
         return result
 
     return call
@@ -373,26 +423,50 @@ def _pending(work: Awaitable[Any], bundle: Bundle, own: object) -> _Pending:
 
 
 async def _timed_coroutine(pending: _Pending, count: Count | None, site: Site) -> Any:
-    work, bundle = pending.work, pending.bundle
+    work, bundle, own = pending.work, pending.bundle, pending.own
     pending.work = None
     begin, enter, classify = site.begin, site.enter, site.error_type
     if begin is not None:
         bundle = begin(bundle)
-    entered = (
-        None
-        if enter is None or (_deferred.collector is not None and _deferred.collecting())
-        else enter(bundle, pending.own)
-    )
+    entered = None
+    if enter is not None and not (_deferred.collector is not None and _deferred.collecting()):
+        scope = site.own_scope
+        if scope is None:
+            entered = enter(bundle, own)
+        elif own is not None:  # ``_enter_own``, inlined
+            current = scope.get()
+            if current is not own and not (type(own) is str and own == current):
+                entered = scope.set(own)
     start = clock()
     try:
         result = await work  # type: ignore[misc]
+    except Exception as exc:
+        # ``_outcome``, inlined as in ``_sync_body``.
+        elapsed = clock() - start
+        if _QUEUE or _deferred.collector is not None:
+            _outcome(bundle, elapsed, exc, 0, classify)
+            raise
+        try:
+            bundle.failure(
+                elapsed * CLOCK_MS, type(exc).__name__ if classify is None else _error_name(classify, exc), 0
+            )
+        except Exception:
+            _log.internal_error("recording an outcome")
+        raise
     except BaseException as exc:
         _outcome(bundle, clock() - start, exc, 0, classify)
         raise
     finally:
         if entered is not None:
             _leave(entered)
-    _outcome(bundle, clock() - start, None, 0 if count is None else _measure(count, result), classify)
+    elapsed = clock() - start
+    if _QUEUE or _deferred.collector is not None:
+        _outcome(bundle, elapsed, None, 0 if count is None else _measure(count, result), classify)
+        return result
+    try:
+        bundle.success(elapsed * CLOCK_MS, 0 if count is None else _measure(count, result))
+    except Exception:
+        _log.internal_error("recording an outcome")
     return result
 
 
@@ -525,6 +599,49 @@ def _resumed(run: Callable[..., Any], step: Any, signal: Any) -> Generator[Any, 
         return stop.value
 
 
+#: What ``_pump`` yields when the body has yielded an item (the item is in the pump's box).
+_ITEM = object()
+
+
+def _pump(agen: AsyncGenerator[Any, Any], step: Awaitable[Any], box: list[Any]) -> Generator[Any, Any, None]:
+    """The steps of ``agen`` as one generator, each ``send`` or ``throw`` started by a context's ``run``.
+
+    ``yield from`` a step passes what the body awaits to the task, and
+    finishes the step without a Python-level exception; the item is put in
+    ``box`` and announced by yielding ``_ITEM``.  An exception thrown in at
+    an item is thrown into the body there (``athrow``), one thrown in while
+    the body awaits goes to that await.  ``StopAsyncIteration`` and the
+    body's exceptions end the pump.
+    """
+    asend, athrow = agen.asend, agen.athrow
+    while True:
+        box[0] = yield from step  # type: ignore[misc]
+        try:
+            arg = yield _ITEM
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            step = athrow(exc)
+        else:
+            step = asend(arg)
+
+
+@types.coroutine
+def _awaiting(run: Callable[..., Any], pump: Generator[Any, Any, None], signal: Any) -> Generator[Any, Any, None]:
+    """The rest of a pump's step that awaited: hand its signals to the task, resume it by ``run``."""
+    send, throw = pump.send, pump.throw
+    while signal is not _ITEM:
+        try:
+            value = yield signal
+        except GeneratorExit:
+            run(pump.close)
+            raise
+        except BaseException as exc:  # a cancellation, or what the consumer throws
+            signal = run(throw, exc)
+        else:
+            signal = run(send, value)
+
+
 async def _timed_async_generator(
     agen: AsyncGenerator[Any, Any],
     bundle: Bundle,
@@ -533,9 +650,10 @@ async def _timed_async_generator(
     site: Site,
 ) -> AsyncGenerator[Any, Any]:
     # As ``_timed_generator``, awaiting each step of ``agen``.  With a scope,
-    # each step runs in a context of the body's own (``_step_in``): setting
-    # and resetting a variable around each step of a task costs about twice
-    # as much.
+    # the body runs in a context of its own: its steps are those of one
+    # generator (``_pump``) resumed by the context's ``run``, which costs
+    # about what awaiting the step does; setting and resetting a variable
+    # around each step of a task costs about twice as much.
     elapsed = 0.0
     amount: Any = 0
     first = True
@@ -543,15 +661,23 @@ async def _timed_async_generator(
     bundle, run = _body_context(site, bundle, own)
     asend = agen.asend
     step = _first_asend(agen)
+    box: list[Any] = [None]
+    pump = send = None
+    if run is not None:
+        pump = _pump(agen, step, box)
+        send = pump.send
+    action: Any = send
+    arg: Any = None
     while True:
         elapsed -= clock()
         try:
             if run is None:
                 item = await step
             else:
-                done, item = _step_in(run, step)
-                if not done:
-                    item = await item
+                signal = run(action, arg)
+                if signal is not _ITEM:
+                    await _awaiting(run, pump, signal)  # type: ignore[arg-type]
+                item = box[0]
         except StopAsyncIteration:
             _outcome(bundle, elapsed + clock(), None, amount, classify)
             return
@@ -581,9 +707,15 @@ async def _timed_async_generator(
             _outcome(bundle, elapsed + clock(), None, amount, classify)
             raise
         except BaseException as exc:
-            step = agen.athrow(exc)
+            if pump is None:
+                step = agen.athrow(exc)
+            else:
+                action, arg = pump.throw, exc
         else:
-            step = asend(arg)
+            if pump is None:
+                step = asend(arg)
+            else:
+                action = send
 
 
 def _named(relay: Callable[..., Any], target: Target) -> Callable[..., Any]:
@@ -600,12 +732,16 @@ def _named(relay: Callable[..., Any], target: Target) -> Callable[..., Any]:
 def _coroutine_body(site: Site, func: Callable[..., Any], relay: Callable[..., Coroutine[Any, Any, Any]]) -> Body:
     resolve, count = site.resolve, site.count
 
-    def call(self: object, *args: object, **kwargs: object) -> object:
-        resolved = _resolved(resolve, args, kwargs)
-        if resolved is None:
+    def call(*args: object, **kwargs: object) -> object:
+        try:  # ``_resolved`` and ``_pending``, inlined
+            bundle, own = resolve(args, kwargs)
+        except Exception:
+            _log.internal_error("resolving labels")
             return func(*args, **kwargs)
         work = func(*args, **kwargs)  # bad arguments raise here, at the call, as undecorated
-        return relay(_pending(work, *resolved), count, site)
+        pending = _Pending()
+        pending.work, pending.bundle, pending.own = work, bundle, own
+        return relay(pending, count, site)
 
     return call
 
@@ -626,7 +762,7 @@ def _maybe_awaitable_body(site: Site, func: Callable[..., Any], relay: Callable[
     """Body for a sync callable that may return an awaitable (a ``functools.wraps`` wrapper of a coroutine)."""
     resolve, count, begin, enter, classify = site.resolve, site.count, site.begin, site.enter, site.error_type
 
-    def call(self: object, *args: object, **kwargs: object) -> object:
+    def call(*args: object, **kwargs: object) -> object:
         resolved = _resolved(resolve, args, kwargs)
         if resolved is None:
             return func(*args, **kwargs)
@@ -666,7 +802,7 @@ def _generator_body(site: Site, func: Callable[..., Any], relay: Callable[..., A
     """Body for generator and async generator functions: ``relay`` times the iteration."""
     resolve, count_item = site.resolve, site.count_item
 
-    def call(self: object, *args: object, **kwargs: object) -> object:
+    def call(*args: object, **kwargs: object) -> object:
         resolved = _resolved(resolve, args, kwargs)
         if resolved is None:
             return func(*args, **kwargs)
@@ -833,7 +969,7 @@ def _generated(base: type[_Callable], target: Target, call: Body, source: object
     """A wrapper class for one decorated callable, named after it, whose ``__call__`` is ``call``."""
     # Any str is a valid __name__, but a class name must not hold a NUL character.
     name, qualname = (n.replace("\0", "") or "instrumented" for n in (target.name, target.qualname[1]))
-    namespace = {"__slots__": (), "__call__": call, "__qualname__": qualname}
+    namespace: dict[str, object] = {"__slots__": (), "__call__": staticmethod(call), "__qualname__": qualname}
     if source is not None:
         namespace["_bizmetrics_source"] = source
     return type(name, (base,), namespace)
@@ -862,10 +998,10 @@ def _build(wrapped: Any, make_site: Callable[[Target], Site], in_class: bool = F
     # For wrapt's own binding (classmethod, staticmethod) and anything else
     # that calls the wrapper the wrapt way: the body wants ``cls`` in args.
     def adapter(bound: object, instance: object, args: Args, kwargs: Kwargs) -> object:
-        return call(None, *args, **kwargs)
+        return call(*args, **kwargs)
 
     def classmethod_adapter(bound: object, instance: object, args: Args, kwargs: Kwargs) -> object:
-        return call(None, instance, *args, **kwargs)
+        return call(instance, *args, **kwargs)
 
     if isinstance(wrapped, classmethod):
         return _Wrapper(wrapped, classmethod_adapter)

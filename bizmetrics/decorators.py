@@ -25,7 +25,7 @@ from ._families import (
     AgentCall,
     Bundle,
 )
-from ._instrument import Site, Target, wrap
+from ._instrument import Site, Target, is_new, wrap
 from ._labels import Args, Bundles, Kwargs, Label, Signature, attribute, resolver
 from ._values import DEFAULT_TENANT, UNKNOWN
 from .context import AGENT, AGENT_CALL, TENANT, WORKFLOW
@@ -124,23 +124,11 @@ _TENANT_LABEL = Label("tenant_id", paths=("tenant_id",), context=TENANT, fallbac
 
 
 def _new_tenant(own: object) -> bool:
-    """Whether ``own`` must be set: a call's own tenant that is not already the current one."""
-    if own is None:
-        return False
-    current = TENANT.get()
-    # Setting and resetting a context variable costs ~2,500 instructions; most calls run inside a
-    # request whose middleware already made their tenant current.
-    return current is not own and not (type(own) is str and own == current)
+    """Whether ``own`` must be set: a call's own tenant that is not already the current one.
 
-
-def _enter_tenant(bundle: object, own: object) -> Token[object] | None:
-    """A connector call's scope: its own tenant, if it names one (``_new_tenant``, inlined: a hot path)."""
-    if own is None:
-        return None
-    current = TENANT.get()
-    if current is own or (type(own) is str and own == current):
-        return None
-    return TENANT.set(own)
+    A connector call's scope is its tenant alone: its site's ``own_scope`` (the engine sets it inline).
+    """
+    return own is not None and is_new(own, TENANT.get())
 
 
 def _enter_workflow(bundle: Bundle, own: object) -> Token[object] | tuple[Token[object], ...]:
@@ -192,7 +180,7 @@ def instrument_connector_operation(
         family = CONNECTOR_OPERATION_FAMILY
         return Site(
             _resolver(family, target, _connector_type(connector_type), operation, _TENANT_LABEL),
-            enter=_enter_tenant,
+            own_scope=TENANT,
             error_type=error_type,
         )
 
@@ -233,7 +221,7 @@ def instrument_sync_operation(
             _resolver(SYNC_CALL_FAMILY, target, *labels),
             count=counter,
             count_item=None if count is None else counter,
-            enter=_enter_tenant,
+            own_scope=TENANT,
             error_type=error_type,
         )
 
