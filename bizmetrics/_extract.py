@@ -8,6 +8,7 @@ the ``bizmetrics`` logger at debug level.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
@@ -256,6 +257,22 @@ def _num(value: Any, *path: str) -> float | None:
     return None if number is None else _values.amount(number, "tokens")
 
 
+def _cost(value: Any) -> float | None:
+    """The ``cost`` a usage reports, or ``None``: a cost that is not a number >= 0 is logged and ignored."""
+    raw = _field(value, "cost")
+    if raw is None:
+        return None
+    number = _number(raw)
+    if number is None or not math.isfinite(number) or number < 0:
+        _log.warn(
+            "usage-cost",
+            "bizmetrics: a usage reports the cost %r, not a number >= 0; ignored (its tokens are priced instead)",
+            raw,
+        )
+        return None
+    return float(number)
+
+
 def _put(tokens: dict[str, float], kind: str, count: float | None) -> None:
     if count is not None:
         tokens[kind] = count
@@ -289,7 +306,7 @@ def _from_usage(usage: Any, model: Any, replace: bool = False, start: bool = Fal
         _put(tokens, "cache_write", cache_write)
         _put(tokens, "reasoning", _num(usage, "output_tokens_details", "reasoning_tokens"))
     # Some gateways (OpenRouter, LiteLLM proxies) report the call's cost with its usage.
-    cost = _num(usage, "cost")
+    cost = _cost(usage)
     if not tokens:
         total = _num(usage, "total_tokens")
         if total is None and cost is None:
@@ -380,12 +397,54 @@ def tokens_counter(tokens: Callable[[Any], Any] | str | None) -> Callable[[Any],
     return lambda result: as_tokens(_field(result, name), name)
 
 
+#: The other keys of a mapping of token types: the model that used them, the cost the provider reported.
+OWN_KEYS = frozenset((*TOKEN_TYPES, "model", "cost"))
+#: Keys that only a LangChain or Gemini ``usage_metadata`` has: read as such before as a ``usage``.
+METADATA_KEYS = ("input_token_details", "output_token_details", "prompt_token_count", "candidates_token_count")
+
+
 def as_tokens(value: Any, what: str) -> Usage | float:
-    """A ``tokens=`` result: a count, or a mapping of token types to counts."""
+    """A ``tokens=`` result: a count, or a mapping of token types to counts.
+
+    Keys that are not token types (nor ``model`` or ``cost``) are not
+    counted, and said (rate-limited) on the ``bizmetrics`` logger.
+    """
     if isinstance(value, Mapping):
         found = {kind: _num(value, kind) for kind in TOKEN_TYPES}
         typed = {kind: count for kind, count in found.items() if count is not None}
-        cost = _num(value, "cost")
+        cost = _cost(value)
+        unknown = sorted(repr(key) for key in value if key not in OWN_KEYS)
+        if unknown:
+            _log.warn(
+                "usage-keys:" + what,
+                "bizmetrics: %s: keys that are not token types (%s) are not counted: %s",
+                what,
+                ", ".join(TOKEN_TYPES),
+                ", ".join(unknown),
+            )
         if typed or cost is not None:
             return Usage(typed, value.get("model"), cost=cost)
     return _as_count(value, what)
+
+
+def read_given(value: Any, what: str) -> Usage | float:
+    """Tokens given by hand (``report_usage``, ``record_agent_invocation(usage=...)``).
+
+    A mapping with any of our token types is ours (``as_tokens``); anything
+    else is read as ``instrument_agent`` reads a response (a whole response,
+    a stream event), else as a bare ``usage`` (OpenAI, Anthropic) or
+    ``usage_metadata`` (LangChain, Gemini): as objects or as dicts alike.
+    """
+    ours = isinstance(value, Mapping)
+    if ours and any(kind in value for kind in TOKEN_TYPES):
+        return as_tokens(value, what)
+    read = read_usage(value)
+    if (read.reported if isinstance(read, Usage) else read) or value is None or isinstance(value, (str, bytes, bool)):
+        return read
+    model = _field(value, "model")
+    metadata_first = any(_field(value, key) is not None for key in METADATA_KEYS)
+    for reader in (_from_metadata, _from_usage) if metadata_first else (_from_usage, _from_metadata):
+        usage = reader(value, model)
+        if usage is not None and usage.reported:
+            return usage
+    return as_tokens(value, what) if ours else read

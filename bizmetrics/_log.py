@@ -66,6 +66,11 @@ def internal_error(where: str) -> None:
     )
 
 
+def info(msg: str, *args: object) -> None:
+    """Log an informational line now (no rate limit): for things said once, that need no action."""
+    _emit(logging.INFO, msg, *args)
+
+
 def debug(msg: str, *args: object) -> None:
     """Log a debug line (cheap when debug logging is off)."""
     if logger.isEnabledFor(logging.DEBUG):

@@ -40,18 +40,26 @@ class Table:
         self._prefixes = sorted(prices, key=len, reverse=True)
 
     def lookup(self, model: str) -> dict[str, float] | None:
-        """The prices of ``model``: its own, else those of the longest listed prefix of it, else ``None``."""
+        """The prices of ``model``: its own, else those of the longest listed prefix of it, else ``None``.
+
+        A model priced by a prefix is said once (at info level) on the ``bizmetrics`` logger.
+        """
         found = self.prices.get(model)
         if found is not None:
             return found
         for prefix in self._prefixes:
             if model.startswith(prefix):
+                if model not in _PREFIX_LOGGED:
+                    _PREFIX_LOGGED.add(model)
+                    _log.info("bizmetrics: model %r is priced by the entry %r, a prefix of its name", model, prefix)
                 return self.prices[prefix]
         return None
 
 
 _lock = threading.Lock()
 _table = Table({}, "USD", 0)
+#: The models said to be priced by a prefix (once each).
+_PREFIX_LOGGED: set[str] = set()
 
 
 def current() -> Table:
@@ -73,14 +81,21 @@ def _clean(prices: object) -> dict[str, dict[str, float]]:
             continue
         own: dict[str, float] = {}
         for kind, price in by_type.items():
-            number = _values.number(price) if kind in PRICED_TYPES else None
+            if kind not in PRICED_TYPES:
+                _log.warning(
+                    "bizmetrics: model %r has a price for %r, which is not a token type (%s); that price is ignored",
+                    model,
+                    kind,
+                    ", ".join(PRICED_TYPES),
+                )
+                continue
+            number = _values.number(price)
             if number is None or not math.isfinite(number) or number < 0:
                 _log.warning(
-                    "bizmetrics: the price %r of %r for %r is not a known token type (%s) with a price >= 0; ignored",
-                    price,
+                    "bizmetrics: the %s price of model %r is %r, not a number >= 0 (per million tokens); ignored",
                     kind,
                     model,
-                    ", ".join(PRICED_TYPES),
+                    price,
                 )
                 continue
             own[kind] = float(number)
@@ -115,15 +130,26 @@ def set_prices(prices: Mapping[str, Mapping[str, float]], *, currency: str = "US
 def load_prices(path: str | os.PathLike[str]) -> None:
     """Set the prices of a JSON file: the mapping of ``set_prices``, or ``{"currency": ..., "prices": {...}}``.
 
-    A file that cannot be read or parsed is logged and changes nothing.
+    A file that cannot be read or parsed (nested too deeply included), or a
+    ``path`` that is not a path (``None``), is logged and changes nothing:
+    this never raises, at import (``BIZMETRICS_PRICES``) or when called.
 
     .. versionadded:: 0.3.0
     """
     try:
-        with open(path, encoding="utf-8") as file:
+        name = os.fspath(path)
+    except TypeError:
+        _log.warning("bizmetrics: load_prices(%r): not a file path; prices unchanged", path)
+        return
+    try:
+        with open(name, encoding="utf-8") as file:
             loaded = json.load(file)
-    except (OSError, ValueError) as exc:
-        _log.warning("bizmetrics: cannot load prices from %s (%s); prices unchanged", os.fspath(path), exc)
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        _log.warning("bizmetrics: cannot load prices from %r (%s); prices unchanged", name, reason)
+        return
+    except Exception:
+        _log.internal_error("load_prices")
         return
     if isinstance(loaded, Mapping) and isinstance(loaded.get("prices"), Mapping):
         set_prices(loaded["prices"], currency=loaded.get("currency", "USD"))
@@ -142,6 +168,23 @@ def split(tokens: Mapping[str, float]) -> dict[str, float]:
     cache_read = tokens.get("cache_read", 0)
     cache_write = tokens.get("cache_write", 0)
     reasoning = tokens.get("reasoning", 0)
+    if tokens.get("input", 0) < cache_read + cache_write:
+        _log.warn(
+            "usage-cache",
+            "bizmetrics: a call reports %g input tokens but %g read from or written to the cache: input counts every "
+            "input token, the cached ones included (Anthropic's input_tokens do not: add cache_read_input_tokens and "
+            "cache_creation_input_tokens to it); its uncached input is counted as 0",
+            tokens.get("input", 0),
+            cache_read + cache_write,
+        )
+    if tokens.get("output", 0) < reasoning:
+        _log.warn(
+            "usage-reasoning",
+            "bizmetrics: a call reports %g output tokens but %g reasoning tokens: output counts every output token, "
+            "reasoning included; its output other than reasoning is counted as 0",
+            tokens.get("output", 0),
+            reasoning,
+        )
     return {
         "input": max(tokens.get("input", 0) - cache_read - cache_write, 0),
         "cache_read": cache_read,
@@ -171,9 +214,13 @@ def price_call(tokens: Mapping[str, float], prices: Mapping[str, float] | None) 
 
 
 def _load_from_environment() -> None:
-    path = os.environ.get(ENV)
-    if path:
-        load_prices(path)
+    # Never raises: a bad price file must not stop the application from importing bizmetrics.
+    try:
+        path = os.environ.get(ENV)
+        if path:
+            load_prices(path)
+    except Exception:
+        _log.internal_error("loading BIZMETRICS_PRICES")
 
 
 _load_from_environment()
@@ -188,7 +235,11 @@ def set_budget(tenant_id: str, amount: float, *, period: str = "month", currency
 
     ``period`` is ``"month"`` or ``"day"``.  Every worker may set it: in
     multiprocess mode the latest value set is the budget, never a sum.  A bad
-    amount or period is logged and sets nothing.
+    amount or period is logged and sets nothing.  ``currency`` must be the
+    price table's (``set_prices(currency=...)``): the rules compare money of
+    the same currency only.  The tenant goes through the tenant cap as its
+    cost does: setting a budget admits it; a tenant over the cap (its cost
+    recorded as ``__overflow__``) gets no budget, and a log line.
 
     .. versionadded:: 0.3.0
     """
@@ -200,9 +251,20 @@ def set_budget(tenant_id: str, amount: float, *, period: str = "month", currency
         if period not in PERIODS:
             _log.warning("bizmetrics: set_budget(%r): period %r is not one of %s; ignored", tenant_id, period, PERIODS)
             return
+        from ._tenants import ADMISSION, OVERFLOW_TENANT
         from .metrics import TENANT_BUDGET
 
         tenant = _values.label(tenant_id, "tenant_id", _values.DEFAULT_TENANT)
+        # Through the tenant cap as the cost is: a budget set first admits its tenant.
+        if ADMISSION.admit(tenant) != tenant:
+            _log.warn(
+                "budget-over-cap",
+                "bizmetrics: set_budget(%r): the tenant cap is reached, so this tenant's cost is recorded as %r; "
+                "its budget is not set (pin the tenant with limit_tenants(..., pinned=...) or set budgets first)",
+                tenant,
+                OVERFLOW_TENANT,
+            )
+            return
         TENANT_BUDGET.labels(tenant, period, _values.label(currency, "currency", "USD")).set(number)
     except Exception:
         _log.internal_error("set_budget")

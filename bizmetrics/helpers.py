@@ -185,39 +185,46 @@ def record_agent_invocation(
     *,
     error_type: str | None = None,
     model: str | None = None,
-    usage: Mapping[str, float] | None = None,
+    usage: Mapping[str, Any] | object = None,
 ) -> None:
     """Record one AI agent invocation: its count by status, duration and the tokens it used.
 
     Tokens are counted whether or not the call succeeded: a failed call still costs them.
 
-    :param model: the ``model`` label of ``agent_token_usage_total`` (``unknown`` if not given).
+    :param model: the ``model`` label of ``agent_token_usage_total`` (else the
+        model ``usage`` names, else ``unknown``).
     :param usage: tokens by type (``input``, ``output``, ``cache_read``,
-        ``cache_write``, ``reasoning``) for ``agent_token_usage_total``;
-        ``tokens_used`` still feeds ``agent_tokens_used_total``.  The usage is
-        priced into ``agent_cost_total`` (or counted as given if it holds a
-        ``cost``); without it, ``tokens_used`` has no types and no price, and
-        goes to ``agent_unpriced_tokens_total``.
+        ``cache_write``, ``reasoning``), or anything ``report_usage`` reads (a
+        model response, a provider's ``usage``), for ``agent_token_usage_total``;
+        ``tokens_used`` then feeds ``agent_tokens_used_total`` and nothing
+        else.  The usage is priced into ``agent_cost_total`` (or counted as
+        given if it holds a ``cost``); without it, ``tokens_used`` has no types
+        and no price, and goes once to ``agent_unpriced_tokens_total`` as
+        ``untyped``.
 
     .. versionadded:: 0.2.0
-    .. versionchanged:: 0.3.0 tokens are priced (``agent_cost_total``).
+    .. versionchanged:: 0.3.0 tokens are priced (``agent_cost_total``); ``usage`` takes provider shapes;
+       tokens are never counted as untyped as well as by type.
     """
     try:
         tenant = tenant_or_current(tenant_id)
         tokens = _values.amount(tokens_used, "tokens_used")
-        bundle = AGENT_FAMILY.get(agent_id, tenant, "")
-        _call(bundle, duration_ms, success, error_type, tokens)
-        if usage is not None:
-            typed = _extract.as_tokens(usage, "usage")
-            if isinstance(typed, _extract.Usage) and (typed.tokens or typed.cost is not None):
-                # The bundle's tenant has been through the cap: a folded record is counted once.
-                TOKEN_USAGE_FAMILY.get(agent_id, UNKNOWN if model is None else model, bundle.tenant).add(typed)
-            else:
+        # The bundle of the model: a bare count is booked under it (untyped, unpriced), once.
+        bundle = AGENT_FAMILY.get(agent_id, tenant, "" if model is None else model)
+        typed = None if usage is None else _extract.read_given(usage, "usage")
+        if not isinstance(typed, _extract.Usage) or not typed.reported:
+            if usage is not None:
                 _log.warn("usage", "bizmetrics: usage %r has no token types; ignored", type(usage).__name__)
-        elif tokens:
-            # Tokens without their types have no price.
-            bare = TOKEN_USAGE_FAMILY.get(agent_id, UNKNOWN if model is None else model, bundle.tenant)
-            bare.no_price({"untyped": tokens})
+            _call(bundle, duration_ms, success, error_type, tokens)
+            return
+        # The typed usage alone is priced; tokens_used only feeds agent_tokens_used_total.
+        _call(bundle, duration_ms, success, error_type)
+        if tokens:
+            bundle.tokens.inc(tokens)
+        # The bundle's tenant has been through the cap: a folded record is counted once.
+        for call in typed.calls():
+            named = call.model if isinstance(call.model, str) else None
+            TOKEN_USAGE_FAMILY.get(agent_id, model or named or UNKNOWN, bundle.tenant).add(call)
     except Exception:
         _log.internal_error("record_agent_invocation")
 
@@ -227,8 +234,11 @@ def report_usage(usage: object, *, model: str | None = None) -> None:
     """Add the tokens of ``usage`` to the ``instrument_agent`` call that is running.
 
     ``usage`` is anything ``instrument_agent`` reads tokens from (a model
-    response, a ``usage`` object, a stream event) or a mapping of token types
-    to counts (``{"input": 120, "output": 40}``).  The tokens are counted at
+    response, a ``usage`` object, a stream event, as objects or as dicts: a
+    whole response dict, a bare OpenAI or Anthropic ``usage`` dict, a
+    LangChain or Gemini ``usage_metadata``) or a mapping of token types to
+    counts (``{"input": 120, "output": 40}``; a mapping with any of these keys
+    is read this way, and its other keys are logged and not counted).  The tokens are counted at
     once, under the agent and tenant of the running call and under ``model``
     (else the one ``usage`` names, else the call's), and the call no longer
     counts as unreported.  Use it for text-only streams and for LLM calls
@@ -245,10 +255,7 @@ def report_usage(usage: object, *, model: str | None = None) -> None:
                 "bizmetrics: report_usage() called outside an instrument_agent call; nothing recorded",
             )
             return
-        if isinstance(usage, Mapping):
-            read = _extract.as_tokens(usage, "report_usage()")
-        else:
-            read = _extract.read_usage(usage)
+        read = _extract.read_given(usage, "report_usage()")
         if not (read.reported if isinstance(read, _extract.Usage) else read):
             _log.warn("report-usage-empty", "bizmetrics: report_usage() found no tokens in a %s", type(usage).__name__)
             return

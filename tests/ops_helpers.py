@@ -38,6 +38,7 @@ PROMTOOL_TESTS = (
     "slo_test.yml",
     "budget_test.yml",
     "cost_test.yml",
+    "cost_minutes_test.yml",
     "clients_test.yml",
     "jobs_test.yml",
 )

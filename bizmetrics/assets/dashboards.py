@@ -65,8 +65,9 @@ def _quantiles(metric: str, by: str, selector: str) -> list[tuple[str, str]]:
     ]
 
 
-def _variable(name: str, label: str, query: str, all_value: str = ".*") -> dict[str, Any]:
-    return {
+def _variable(name: str, label: str, query: str, all_value: str = ".*", *, single: bool = False) -> dict[str, Any]:
+    """A query variable: any of its values, "All" by default; ``single``: exactly one, the first by default."""
+    variable = {
         "name": name,
         "label": label,
         "type": "query",
@@ -74,13 +75,18 @@ def _variable(name: str, label: str, query: str, all_value: str = ".*") -> dict[
         "definition": query,
         "query": {"query": query, "refId": f"{name}-variable"},
         "refresh": 2,
-        "includeAll": True,
-        "multi": True,
+        "includeAll": not single,
+        "multi": not single,
         "allValue": all_value,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "sort": 1,
         "hide": 0,
     }
+    if single:
+        # Grafana selects the first value when none is current.
+        del variable["allValue"]
+        variable["current"] = {}
+    return variable
 
 
 def _job_variable(jobs: str, metrics: str) -> dict[str, Any]:
@@ -617,6 +623,13 @@ def slo_overview(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     )
 
 
+#: The metrics whose tenants the Business dashboard lists.
+TENANT_USAGE = (
+    "api_requests_total|agent_invocations_total|agent_cost_total|agent_token_usage_total"
+    "|connector_operations_total|connector_sync_records_total|workflow_executions_total"
+)
+
+
 def business(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     """Customers by usage and cost, budgets, SLA attainment, top tenants and movers, cost by model and agent."""
     t = '{job=~"$job", tenant_id=~"$tenant"}'
@@ -633,11 +646,13 @@ def business(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
         "bizmetrics / Business: customers, cost and budgets",
         "What each customer (tenant) uses and costs: AI spend against its budget, usage of every kind per"
         " day, SLA attainment, the top tenants and the movers, and cost by model and agent. Money is in the"
-        " currency of the price table (set_prices); pick one currency when there are several.",
+        " currency of the price table (set_prices), one currency at a time (the Currency variable).",
         [
             _job_variable(jobs, "api_requests_total|agent_invocations_total"),
-            _variable("tenant", "Tenant", f"label_values(api_requests_total{j}, tenant_id)"),
-            _variable("currency", "Currency", f"label_values(agent_cost_total{j}, currency)"),
+            # Every tenant with usage of any kind: one that only calls agents has no API requests.
+            _variable("tenant", "Tenant", f'label_values({{__name__=~"{TENANT_USAGE}", job=~"$job"}}, tenant_id)'),
+            # One currency at a time: money of two price tables never adds up.
+            _variable("currency", "Currency", f"label_values(agent_cost_total{j}, currency)", single=True),
         ],
         [
             (
