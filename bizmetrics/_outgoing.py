@@ -73,13 +73,14 @@ _tenant = TENANT.get
 
 
 def origin_of(url: str) -> str:
-    """A key of ``url``'s scheme and authority, cheap to take: the text between the second and third ``/``.
+    """A key of ``url``'s host and port, cheap to take: the text before its first ``/`` from the 9th character on.
 
-    Two URLs with the same key have the same host and port, which is all a
-    target lookup reads (a URL with fewer slashes is its own key).
+    That prefix holds the whole authority (``https://`` is 8 characters), so two
+    URLs with the same key have the same host and port, which is all a target
+    lookup reads; a URL without such a ``/`` is its own key.
     """
-    parts = url.split("/", 3)
-    return parts[2] if len(parts) > 2 else url
+    end = url.find("/", 8)
+    return url if end < 0 else url[:end]
 
 
 class Outgoing:
@@ -195,7 +196,16 @@ class Outgoing:
             if value is not None:
                 left = remaining_of(value)
                 if left is not None:
-                    (limits or RATE_LIMIT_FAMILY.get(connector, tenant)).left(left)
+                    if limits is None:
+                        limits = _LIMITS.get((connector, tenant)) if type(tenant) is str else None
+                        if limits is None:
+                            limits = RATE_LIMIT_FAMILY.get(connector, tenant)
+                    gauge = limits.remaining
+                    if gauge is None:
+                        limits.left(left)  # makes the gauge child
+                    else:
+                        # Gauge.set without its observability check, which a label child always passes.
+                        gauge._value.set(left)
         except Exception:
             _log.internal_error("outgoing response")
 
@@ -212,3 +222,4 @@ class Outgoing:
 
 #: The family's own cache, read first: a hit costs no call.
 _BUNDLES = CONNECTOR_OPERATION_FAMILY.cache
+_LIMITS = RATE_LIMIT_FAMILY.cache

@@ -94,14 +94,14 @@ def _default_queue(task: Any) -> str:
     return found
 
 
-def _header(found: dict[str, Any], name: str) -> Any:
-    """A custom header of a request: an attribute of the request (protocol 2), else in its ``headers``."""
-    value = found.get(name)
-    if value is None:
-        custom = found.get("headers")
+def _attribute_header(request: Any, name: str) -> Any:
+    """A custom header of a request that may not be a ``Context`` (a worker's ``Request`` has slots)."""
+    found = getattr(request, name, None)
+    if found is None:
+        custom = getattr(request, "headers", None)
         if custom:
-            value = custom.get(name)
-    return value
+            found = custom.get(name)
+    return found
 
 
 def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
@@ -186,8 +186,7 @@ def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, 
         info = getattr(request, "delivery_info", None) or {}
         queue = info.get("routing_key") or info.get("queue") or getattr(sender, "queue", None) or "unknown"
         name = getattr(sender, "name", None) or getattr(request, "task", None)
-        tenant = _header(getattr(request, "__dict__", None) or {}, TENANT_HEADER)
-        record_job(queue, name, "cancelled", tenant_id=tenant)
+        record_job(queue, name, "cancelled", tenant_id=_attribute_header(request, TENANT_HEADER) if request else None)
     except Exception:
         _log.internal_error("celery task_revoked")
 
