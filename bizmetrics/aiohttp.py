@@ -19,6 +19,13 @@ from ._outgoing import REMAINING_HEADERS, Outgoing, Targets
 __all__ = ["trace_config"]
 
 
+class _Outgoing(Outgoing):
+    __slots__ = ()
+
+    def path_of(self, url: Any) -> str:
+        return url.raw_path  # type: ignore[no-any-return]  # yarl's: percent-encoded, without the query
+
+
 def trace_config(
     *,
     targets: Targets,
@@ -32,11 +39,12 @@ def trace_config(
     .. versionadded:: 0.3.0
     """
     aiohttp = importlib.import_module("aiohttp")
-    outgoing = Outgoing(targets, routes, remaining_headers)
+    outgoing = _Outgoing(targets, routes, remaining_headers)
 
     async def on_request_start(session: Any, ctx: Any, params: Any) -> None:
         url = params.url
-        connector = outgoing.connector(url)
+        # yarl's authority ("host:port" as written): what a target lookup reads, far cheaper than str(url).
+        connector = outgoing.connector(url, url.raw_authority)
         ctx.bizmetrics = (
             None if connector is None else (connector, outgoing.operation(params.method, url), perf_counter_ns())
         )

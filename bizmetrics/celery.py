@@ -14,15 +14,28 @@ ran).  Celery is imported only when ``instrument`` is called.  See
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
 
-from . import _log
-from .jobs import ENQUEUED_AT_HEADER, TENANT_HEADER, Job, QueueDepth, inject, record_job
+from . import _log, _values
+from ._values import DEFAULT_TENANT
+from .context import TENANT
+from .jobs import (
+    _JOBS,
+    ENQUEUED_AT_HEADER,
+    TENANT_HEADER,
+    QueueDepth,
+    _clock,
+    _Series,
+    _wait_ms,
+    _wall,
+    inject,
+    record_job,
+)
 
 __all__ = ["instrument", "queue_depth"]
 
@@ -36,9 +49,15 @@ STATES = {
     "IGNORED": "cancelled",
 }
 
-#: The jobs running in this context, innermost first: ``(job, outer)`` or ``None``.
-_RUNNING: ContextVar[tuple[Job | None, Any] | None] = ContextVar("bizmetrics_celery_running", default=None)
+#: The runs started by ``task_prerun`` and not ended yet: (task id, thread) -> (series, token, start ns, outer).
+#: Keyed by the thread too (greenlet under gevent/eventlet, which patch ``get_ident``): an eager retry
+#: runs again under the same id inside its first run, and ``outer`` is that run, restored when it ends.
+_RUNS: dict[tuple[Any, int], tuple[_Series | None, Any, int, Any]] = {}
+#: Each task object's own queue, else its app's default queue: read once (``app.conf`` lookups are slow).
+_QUEUES: dict[Any, str] = {}
 _UTC = timezone.utc
+_tenant = TENANT.get
+_get_ident = threading.get_ident
 
 
 def _eta_seconds(eta: object) -> float | None:
@@ -56,22 +75,27 @@ def _before_publish(sender: object = None, headers: dict[str, Any] | None = None
     if headers is None:  # task protocol 1: nothing to carry the headers in
         return
     eta = headers.get("eta")
-    inject(headers, enqueued_at=_eta_seconds(eta) if eta else None)
+    if eta:
+        inject(headers, enqueued_at=_eta_seconds(eta))
+        return
+    # inject(headers), inlined: this runs for every task published.
+    try:
+        headers[ENQUEUED_AT_HEADER] = _wall()
+        tenant = _tenant()
+        if tenant is not None:
+            headers[TENANT_HEADER] = tenant if type(tenant) is str else _values.label(tenant, "tenant_id")
+    except Exception:
+        _log.internal_error("celery before_task_publish")
 
 
-def _queue_of(task: Any, request: Any) -> str:
-    info = request.delivery_info
-    if info:
-        queue = info.get("routing_key") or info.get("queue")
-        if queue:
-            return str(queue)
-    queue = getattr(task, "queue", None)
-    if queue:
-        return str(queue)
-    return str(task.app.conf.task_default_queue)
+def _default_queue(task: Any) -> str:
+    queue = getattr(task, "queue", None) or task.app.conf.task_default_queue
+    found = _QUEUES[task] = str(queue)
+    return found
 
 
-def _header(request: Any, name: str) -> Any:
+def _attribute_header(request: Any, name: str) -> Any:
+    """A custom header of a request that may not be a ``Context`` (a worker's ``Request`` has slots)."""
     found = getattr(request, name, None)
     if found is None:
         custom = getattr(request, "headers", None)
@@ -80,36 +104,79 @@ def _header(request: Any, name: str) -> Any:
     return found
 
 
-def _prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
+def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
+    # jobs.Job.start, unrolled and inlined: this and _postrun run for every task, and Celery's own
+    # dispatch of the two signals already costs about the 5 µs per task budget
+    # (docs/performance-clients-jobs.md).
+    token = series = None
     try:
         task = task or sender
-        request = task.request
-        eager = bool(request.is_eager)
-        job = Job(
-            _queue_of(task, request),
-            task.name,
-            None if eager else _header(request, ENQUEUED_AT_HEADER),
-            _header(request, TENANT_HEADER),
-            eager,
-        )
+        # A Context keeps its fields (and protocol 2's custom headers) in its __dict__: read there,
+        # a missing one costs no AttributeError.
+        found = vars(task.request)
+        custom = found.get("headers")
+        tenant = found.get(TENANT_HEADER)
+        if tenant is None and custom:
+            tenant = custom.get(TENANT_HEADER)
+        if tenant is not None:
+            token = TENANT.set(tenant)
+        else:
+            tenant = _tenant()
+            if tenant is None:
+                tenant = DEFAULT_TENANT
+        # The queue its message came from, else the task's own, else its app's default (read once:
+        # app.conf lookups are slow).
+        info = found.get("delivery_info")
+        queue = (info.get("routing_key") or info.get("queue")) if info else None
+        if not queue:
+            queue = _QUEUES.get(task) or _default_queue(task)
+        elif type(queue) is not str:
+            queue = str(queue)
+        name = task.name
+        series = _JOBS.cache.get((queue, name, tenant)) if type(tenant) is str else None
+        if series is None:
+            series = _JOBS.get(queue, name, tenant)
+        if found.get("is_eager"):
+            series.start(None)
+        else:
+            enqueued_at = found.get(ENQUEUED_AT_HEADER)
+            if enqueued_at is None and custom:
+                enqueued_at = custom.get(ENQUEUED_AT_HEADER)
+            series.start(_wait_ms(enqueued_at, _wall()))
     except Exception:
         _log.internal_error("celery task_prerun")
-        _RUNNING.set((None, _RUNNING.get()))  # its task_postrun pops this, not an outer task's job
-        return
-    job.start()
-    # A stack in the context, not an attribute of the request: reading ``task.request`` again in
-    # ``task_postrun`` costs more than the rest of it. Eager tasks run inside others: the innermost ends first.
-    _RUNNING.set((job, _RUNNING.get()))
+    if token is not None or series is not None:  # its task_postrun ends it (and restores the tenant)
+        try:
+            key = (task_id, _get_ident())
+            _RUNS[key] = (series, token, _clock(), _RUNS.get(key))
+        except Exception:
+            _log.internal_error("celery task_prerun")
 
 
-def _postrun(sender: Any = None, task: Any = None, state: str | None = None, **_: Any) -> None:
-    running = _RUNNING.get()
-    if running is None:
+def _postrun(sender: Any = None, task_id: Any = None, state: str | None = None, **_: Any) -> None:
+    ended = _clock()
+    try:
+        key = (task_id, _get_ident())
+        run = _RUNS.pop(key, None)
+    except Exception:
+        _log.internal_error("celery task_postrun")
         return
-    job, outer = running
-    _RUNNING.set(outer)
-    if job is not None:
-        job.finish(STATES.get(state or "", "error"))
+    if run is None:
+        return
+    series, token, started, outer = run
+    if outer is not None:
+        _RUNS[key] = outer
+    try:
+        if series is not None:
+            series.finish(STATES.get(state, "error") if state else "error", (ended - started) / 1e6, True)
+    except Exception:
+        _log.internal_error("celery task_postrun")
+    finally:
+        if token is not None:
+            try:
+                TENANT.reset(token)
+            except ValueError:  # ended in another context than it started in: leave that context alone
+                _log.warn("jobs.context", "bizmetrics: a job finished in another context than it started in")
 
 
 def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
@@ -119,7 +186,7 @@ def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, 
         info = getattr(request, "delivery_info", None) or {}
         queue = info.get("routing_key") or info.get("queue") or getattr(sender, "queue", None) or "unknown"
         name = getattr(sender, "name", None) or getattr(request, "task", None)
-        record_job(queue, name, "cancelled", tenant_id=_header(request, TENANT_HEADER) if request else None)
+        record_job(queue, name, "cancelled", tenant_id=_attribute_header(request, TENANT_HEADER) if request else None)
     except Exception:
         _log.internal_error("celery task_revoked")
 

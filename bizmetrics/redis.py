@@ -22,7 +22,7 @@ from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any
 
-from . import _log
+from . import _cache, _log
 from ._families import CACHE_COMMAND_FAMILY
 
 __all__ = ["READS", "instrument"]
@@ -87,21 +87,46 @@ def _bundle(cache: str, command: str) -> Any:
     return found if found is not None else CACHE_COMMAND_FAMILY.get(cache, command)
 
 
-def _record(cache: str, args: tuple[Any, ...], result: object, start: int) -> None:
-    ms = (perf_counter_ns() - start) / 1e6
-    try:
-        command = _names.get(args[0]) or _command(args[0])
-        read = READS.get(command)
-        if read is None:
-            if command == "EXISTS":
-                hits, misses = _counted(args)(result)
+def _exists(args: tuple[Any, ...], result: object) -> tuple[int, int]:
+    return _counted(args)(result)
+
+
+class _Commands:
+    """One instrumented client's commands: the name as sent -> (its bundle, how its result reads).
+
+    Resolved once per command name, so a command costs one dict lookup; emptied with the
+    catalogue's caches (``_cache``), like the families' own.
+    """
+
+    __slots__ = ("by_name", "cache")
+
+    def __init__(self, cache: str) -> None:
+        self.cache = cache
+        self.by_name = _cache.Cache()
+
+    def resolve(self, name: object) -> tuple[Any, Any, bool]:
+        seen = _cache.generation()
+        command = _command(name)
+        found = (_bundle(self.cache, command.lower()), READS.get(command), command == "EXISTS")
+        if len(self.by_name) < 1024:
+            _cache.store(self.by_name, name, found, seen)
+        return found
+
+    def record(self, args: tuple[Any, ...], result: object, start: int) -> None:
+        ms = (perf_counter_ns() - start) / 1e6
+        try:
+            name = args[0]
+            found = self.by_name.get(name)
+            bundle, read, exists = found if found is not None else self.resolve(name)
+            if read is not None:
+                hits, misses = read(result)
+            elif exists:
+                hits, misses = _exists(args, result)
             else:
                 hits = misses = 0
-        else:
-            hits, misses = read(result)
-        _bundle(cache, command.lower()).done(ms, hits, misses)
-    except Exception:
-        _log.internal_error("redis command")
+            bundle.done(ms, hits, misses)
+        except Exception:
+            _log.internal_error("redis command")
 
 
 def _failed(cache: str, args: tuple[Any, ...], error: Exception, start: int) -> None:
@@ -123,6 +148,7 @@ def instrument(client: Any, *, cache: str = "redis") -> Any:
     if getattr(client, "_bizmetrics_cache", None) is not None:
         return client
     inner = client.execute_command
+    record = _Commands(cache).record
     if inspect.iscoroutinefunction(inner):
 
         async def execute_command_async(*args: Any, **options: Any) -> Any:
@@ -132,7 +158,7 @@ def instrument(client: Any, *, cache: str = "redis") -> Any:
             except Exception as error:
                 _failed(cache, args, error, start)
                 raise
-            _record(cache, args, result, start)
+            record(args, result, start)
             return result
 
         client.execute_command = execute_command_async
@@ -145,7 +171,7 @@ def instrument(client: Any, *, cache: str = "redis") -> Any:
             except Exception as error:
                 _failed(cache, args, error, start)
                 raise
-            _record(cache, args, result, start)
+            record(args, result, start)
             return result
 
         client.execute_command = execute_command

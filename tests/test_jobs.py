@@ -223,3 +223,27 @@ def test_queue_depth_from_a_stalled_redis_is_left_out() -> None:
         read = bizmetrics.rq.queue_depth(Redis(port=port, socket_timeout=30), ["work"])
         depth = jobs.QueueDepth(read, timeout=0.1)
         assert [s for m in depth.collect() for s in m.samples] == []
+
+
+def test_celery_eager_task_with_a_tenant_header_runs_under_it_then_restores_the_callers() -> None:
+    from celery import Celery
+
+    import bizmetrics.celery
+
+    app = Celery(unique("app"), broker="memory://", backend="cache+memory://")
+    app.conf.update(task_always_eager=True, task_default_queue="eager-h")
+    bizmetrics.celery.instrument(app)
+
+    @app.task(name="eager.who")
+    def who() -> object:
+        return current_tenant()
+
+    inner, outer = unique("inner"), unique("outer")
+    with bizmetrics.tenant_context(outer):
+        assert who.apply(headers={bizmetrics.jobs.TENANT_HEADER: inner}).get() == inner
+        assert current_tenant() == outer
+        assert who.apply().get() == outer
+    q = {"queue": "eager-h", "task": "eager.who", "status": "success"}
+    assert value("job_executions_total", **q, tenant_id=inner) == 1
+    assert value("job_executions_total", **q, tenant_id=outer) == 1
+    assert value("job_in_progress", queue="eager-h", task="eager.who") == 0

@@ -302,3 +302,16 @@ def test_failing_targets_callable_never_reaches_the_application(api: int, caplog
     with bizmetrics.httpx.instrument(httpx.Client(), targets=broken) as client:
         assert client.get(f"http://127.0.0.1:{api}/ok").status_code == 200
     assert any("outgoing targets" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", sorted(CLIENTS))
+def test_quota_header_by_rank_not_by_position(api: int, kind: str) -> None:
+    """Each response's headers are read once: the first of remaining_headers present wins, wherever it comes."""
+    connector = unique("ranked")
+    run, transport = CLIENTS[kind]
+    # /shop answers X-Shopify-Shop-Api-Call-Limit (8 left) first, then X-RateLimit-Remaining: 7, ranked first.
+    run([("GET", f"http://127.0.0.1:{api}/shop?remaining=7", "acme")], {f"127.0.0.1:{api}": connector}, transport)
+    assert value("connector_rate_limit_remaining", connector_type=connector, tenant_id="acme") == 7
+    # No quota header at all: the gauge keeps the last quota reported.
+    run([("GET", f"http://127.0.0.1:{api}/missing", "acme")], {f"127.0.0.1:{api}": connector}, transport)
+    assert value("connector_rate_limit_remaining", connector_type=connector, tenant_id="acme") == 7

@@ -227,3 +227,25 @@ def test_verbs() -> None:
     assert operation_of("with t as (select 1) select * from t") == "with"
     assert operation_of("INSERT INTO x VALUES ('select')") == "insert"
     assert operation_of("acme_secret_table") == "other"
+
+
+def test_queries_timed_without_connection_events(tmp_path: Path) -> None:
+    """instrument() adds no connection-event listener (each turns on SQLAlchemy's dispatch around every
+    execution); the application's own cursor and do_execute listeners still run once per statement."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    bizmetrics.sqlalchemy.instrument(engine, pool=unique("events"))
+    assert not engine._has_events
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append("cursor"))
+    sa.event.listen(engine, "do_execute", lambda *a: seen.append("do_execute"))
+    named = unique("many")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        insert = sa.text("INSERT INTO t (x) VALUES (:x)").execution_options(bizmetrics_operation=named)
+        conn.execute(insert, [{"x": 1}, {"x": 2}])
+        conn.execute(sa.text("SELECT x FROM t").execution_options(bizmetrics_operation=named + "_one"), {})
+    # One executemany is one statement; the app's do_execute listener saw the other two, once each.
+    assert value("db_query_duration_count", operation=named) == 1
+    assert value("db_query_duration_count", operation=named + "_one") == 1
+    assert seen.count("cursor") == 3 and seen.count("do_execute") == 2
+    engine.dispose()
