@@ -19,7 +19,7 @@ from helpers import unique, value
 import bizmetrics
 import bizmetrics.django
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 URLS = "bizmetrics_test_django_urls"

@@ -19,7 +19,7 @@ import bizmetrics
 import bizmetrics.helpers
 import bizmetrics.metrics as m
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 # exposed family name, type, labels (without le), buckets (None: not a histogram)

@@ -21,7 +21,7 @@ import bizmetrics._http
 import bizmetrics.wsgi
 from bizmetrics.wsgi import MetricsMiddleware, metrics_app
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 

@@ -82,7 +82,7 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     assert names - fired == set(), "alerts never shown firing"
     assert names - resolved == set(), "alerts never shown quiet"
 
-    # slo_test.yml and budget_test.yml run in their own tests below, cost_test.yml in test_cost_rules.py
+    # slo_test.yml and budget_test.yml run in their own tests below, cost_test.yml in test_assets_cost.py
     # (each promtool run takes seconds).
     for name in sorted(set(PROMTOOL_TESTS) - {"slo_test.yml", "budget_test.yml", "cost_test.yml"}):
         done = promtool_unit_tests(tmp_path, name)
