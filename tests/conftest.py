@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from helpers import TICK_NS, clear_catalogue
 from hypothesis import HealthCheck, settings
+from support.registry import TICK_NS, clear_catalogue
 
 import bizmetrics._instrument
 

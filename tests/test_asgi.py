@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -22,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
+from support.registry import unique, value
 
 import bizmetrics
 import bizmetrics._http

@@ -18,28 +18,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import unique
 from hypothesis import given
-from ops_helpers import (
+from support.ops import (
     ASSETS,
     PROMTOOL_TESTS,
-    Prometheus,
     alerts,
     all_rules,
     all_variables,
-    batch_run,
-    binary,
     burn_rate_spec,
     dashboard_targets,
-    free_port,
-    get,
-    process,
     promtool_unit_tests,
-    pushgateway,
-    wait,
 )
-from ops_helpers import prometheus as start_prometheus
-from strategies import DURATION_UNITS, duration_like, durations, namespaces
+from support.registry import unique
+from support.servers import Prometheus, batch_run, binary, free_port, get, process, pushgateway, wait
+from support.servers import prometheus as start_prometheus
+from support.strategies import DURATION_UNITS, duration_like, durations, namespaces
 
 from bizmetrics import assets
 from bizmetrics.assets import dashboards

@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import pytest
-from helpers import unique, value
+from support.registry import unique, value
 
 import bizmetrics
 from bizmetrics import (

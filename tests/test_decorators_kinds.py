@@ -9,8 +9,8 @@ import pickle
 import time
 
 import pytest
-from helpers import unique, value
-from samples import KINDS, Config, kind_of, make, run
+from support.registry import unique, value
+from support.samples import KINDS, Config, kind_of, make, run
 
 from bizmetrics import instrument_connector_operation, instrument_sync_operation
 

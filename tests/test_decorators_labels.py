@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
-from samples import KINDS, Config, make, run
-from strategies import payloads
+from support.registry import unique, value
+from support.samples import KINDS, Config, make, run
+from support.strategies import payloads
 
 import bizmetrics
 from bizmetrics import (

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client
 from django.urls import include, path, re_path
-from helpers import unique, value
+from support.registry import unique, value
 
 import bizmetrics
 import bizmetrics.django

@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 import pytest
-from helpers import exists, unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from support.registry import exists, unique, value
 
 import bizmetrics
 from bizmetrics import (

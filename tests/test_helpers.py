@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import clean_labels
+from support.registry import unique, value
+from support.strategies import clean_labels
 
 import bizmetrics
 from bizmetrics import (

@@ -15,7 +15,7 @@ import warnings
 from typing import Any
 
 import pytest
-from helpers import unique, value
+from support.registry import unique, value
 
 import bizmetrics
 import bizmetrics._instrument as engine

@@ -9,9 +9,9 @@ import functools
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
+from support.registry import unique, value
 
 from bizmetrics import (
     instrument_connector_operation,
@@ -35,6 +35,10 @@ class Raising:
     """``self`` whose every attribute raises, as a broken property would."""
 
     def __getattr__(self, name: str) -> Any:
+        # Protocol look-ups (hypothesis asks for ``_repr_pretty_`` when it prints an example) are not label
+        # reads: they must get AttributeError, or hypothesis fails the test as flaky.
+        if name.startswith("_"):
+            raise AttributeError(name)
         raise RuntimeError(name)
 
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import unique
+from support.registry import unique
 
 import bizmetrics
 from bizmetrics import (

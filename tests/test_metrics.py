@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import exists, unique, value
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.registry import exists, unique, value
 
 import bizmetrics
 import bizmetrics.helpers

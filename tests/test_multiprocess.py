@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from ops_helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from support.servers import free_port
 
 APP = """
 import os

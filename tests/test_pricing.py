@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import exists, unique, value
 from hypothesis import given
 from hypothesis import strategies as st
+from support.registry import exists, unique, value
 
 import bizmetrics
 from bizmetrics import _families, _pricing, _tenants, instrument_agent

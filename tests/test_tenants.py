@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
+from support.registry import unique, value
 
 import bizmetrics
 from bizmetrics import OVERFLOW_TENANT, _tenants, instrument_connector_operation, instrument_sync_operation

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import clear_catalogue, unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from strategies import label_values, numbers
+from support.registry import clear_catalogue, unique, value
+from support.strategies import label_values, numbers
 
 import bizmetrics
 from bizmetrics import (
