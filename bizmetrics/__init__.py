@@ -26,8 +26,7 @@ from .decorators import (
     instrument_workflow,
     instrument_workflow_step,
 )
-from .helpers import report_usage, track_tenant_latency
-from .metrics import (
+from .helpers import (
     dec_db_pool_size,
     inc_db_pool_size,
     record_agent_invocation,
@@ -40,7 +39,9 @@ from .metrics import (
     record_tool_call,
     record_workflow_execution,
     record_workflow_step,
+    report_usage,
     set_db_pool_size,
+    track_tenant_latency,
 )
 
 

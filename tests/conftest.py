@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from helpers import TICK_NS, clear_catalogue
 from hypothesis import HealthCheck, settings
+from support.registry import TICK_NS, clear_catalogue
 
 import bizmetrics._instrument
 
@@ -69,7 +69,7 @@ def http_status_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Record API status classes (``4xx``), as ``BIZMETRICS_HTTP_STATUS=class`` does, here and in child processes.
 
     The middleware tests written for classes keep checking that mode; the exact
-    codes of the default are checked in ``test_http_status.py``.
+    codes of the default are checked in ``test_helpers_http_status.py``.
     """
     import bizmetrics.helpers
 

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -22,13 +21,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
+from support.registry import unique, value
 
 import bizmetrics
 import bizmetrics._http
 import bizmetrics.asgi
 from bizmetrics.asgi import MetricsMiddleware, metrics_app
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from ops_helpers import ASSETS
+from support.ops import ASSETS
 
 
 def variables() -> dict[str, dict]:

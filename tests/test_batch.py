@@ -16,12 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import unique
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ops_helpers import batch_run, binary, free_port, get, pushgateway, wait
 from prometheus_client.parser import text_string_to_metric_families
-from strategies import grouping_values
+from support.registry import unique
+from support.servers import batch_run, binary, free_port, get, pushgateway, wait
+from support.strategies import grouping_values
 
 import bizmetrics
 from bizmetrics.batch import LAST_DURATION, LAST_RUN_SUCCESS, LAST_SUCCESS, PushError, batch_job, push_job_metrics

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
+import pickle
 import time
 
 import pytest
-from helpers import unique, value
-from samples import KINDS, Config, kind_of, make, run
+from support.registry import unique, value
+from support.samples import KINDS, Config, kind_of, make, run
 
 from bizmetrics import instrument_connector_operation, instrument_sync_operation
 
@@ -382,3 +384,67 @@ def test_bound_methods_and_callable_objects_can_be_wrapped():
     assert job(tenant_id=t) == "done"
     assert _ops("bound", "bound_op", "success", t) == 1
     assert _ops("callable", "job_op", "success", t) == 1
+
+
+def test_bare_sync_operation_decorator_is_refused_with_the_right_use():
+    """@instrument_sync_operation without resource_type raises TypeError showing the right use."""
+    with pytest.raises(TypeError, match=r"instrument_sync_operation\(['\"]"):
+
+        class Connector:
+            @instrument_sync_operation
+            def fetch(self) -> list[int]:
+                return [1]
+
+    with pytest.raises(TypeError, match="resource_type"):
+        instrument_sync_operation(classmethod(lambda cls: None))  # type: ignore[arg-type]
+
+
+@instrument_connector_operation("module_level")
+def module_level_op() -> int:
+    return 1
+
+
+def test_copies_of_decorated_functions_are_the_same_object():
+    """copy.copy and copy.deepcopy of a decorated function, or of a dict holding one, keep the same function."""
+    holder = {"f": module_level_op, "items": [1, 2]}
+    assert copy.copy(module_level_op) is module_level_op
+    assert copy.deepcopy(module_level_op) is module_level_op
+    deep = copy.deepcopy(holder)
+    assert deep["f"] is module_level_op and deep["items"] == [1, 2] and deep["items"] is not holder["items"]
+
+    class Job:
+        def __init__(self) -> None:
+            self.step = module_level_op
+
+        @instrument_connector_operation("method")
+        def run(self) -> int:
+            return 2
+
+    job = copy.deepcopy(Job())
+    assert job.step is module_level_op and job.run() == 2
+
+
+def test_pickling_a_decorated_local_function_fails_as_for_an_undecorated_one():
+    """pickle.dumps of a decorated nested function raises what pickle raises for the plain function."""
+
+    def local() -> None:
+        pass
+
+    with pytest.raises(Exception) as plain:
+        pickle.dumps(local)
+    with pytest.raises(type(plain.value)):
+        pickle.dumps(instrument_connector_operation("local")(local))
+    assert pickle.loads(pickle.dumps(module_level_op)) is module_level_op
+
+
+def _impl_kept_undecorated() -> int:
+    return 1
+
+
+decorated_under_another_name = instrument_connector_operation("other")(_impl_kept_undecorated)
+
+
+def test_pickling_a_decorated_function_whose_name_holds_something_else_fails():
+    """If the qualified name resolves to the undecorated function, pickling fails, as pickle does for functions."""
+    with pytest.raises(pickle.PicklingError, match="not the same object"):
+        pickle.dumps(decorated_under_another_name)

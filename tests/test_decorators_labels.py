@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
-from samples import KINDS, Config, make, run
-from strategies import payloads
+from support.registry import unique, value
+from support.samples import KINDS, Config, make, run
+from support.strategies import payloads
 
 import bizmetrics
 from bizmetrics import (
@@ -24,6 +24,7 @@ from bizmetrics import (
     instrument_sync_operation,
     instrument_workflow,
     instrument_workflow_step,
+    metrics,
     tenant_context,
 )
 
@@ -620,3 +621,35 @@ class TestAnAsyncStreamsScope:
         asyncio.run(consume())
         assert seen == [own, None]
         assert _ops(name, "stream", own) == 1
+
+
+def test_decorating_survives_a_failing_labels_and_the_function_still_runs(monkeypatch, caplog):
+    """With labels() broken on every catalogue metric, decorating works and decorated calls return."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("registry is broken")
+
+    for metric in metrics.CATALOGUE:
+        monkeypatch.setattr(metric, "labels", broken)
+    from bizmetrics import _cache
+
+    _cache.invalidate_all()
+    t = unique()
+
+    @instrument_db_query(f"q_{t}")
+    def query() -> int:
+        return 1
+
+    @instrument_cache_lookup(f"c_{t}")
+    async def lookup() -> int:
+        return 2
+
+    @instrument_connector_operation(f"op_{t}")
+    def op() -> int:
+        return 3
+
+    assert query() == 1
+    assert asyncio.run(lookup()) == 2
+    assert op() == 3
+    bizmetrics.record_db_query(f"hq_{t}", 1)
+    assert any("registry is broken" in r.getMessage() or r.exc_info for r in caplog.records)

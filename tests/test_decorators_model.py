@@ -10,14 +10,14 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-import samples
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import Counter, Histogram
 from prometheus_client.values import MutexValue
-from samples import KINDS, Config, make, run
-from strategies import kinds, outcomes
+from support import samples
+from support.registry import unique, value
+from support.samples import KINDS, Config, make, run
+from support.strategies import kinds, outcomes
 
 import bizmetrics._families
 import bizmetrics._trace

@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
-from helpers import unique, value
 from prometheus_client import REGISTRY, generate_latest
+from support.registry import unique, value
 
 from bizmetrics import _deferred, instrument_connector_operation
 

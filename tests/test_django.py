@@ -14,12 +14,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client
 from django.urls import include, path, re_path
-from helpers import unique, value
+from support.registry import unique, value
 
 import bizmetrics
 import bizmetrics.django
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 URLS = "bizmetrics_test_django_urls"

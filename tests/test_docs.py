@@ -1,7 +1,7 @@
 """The documentation: every query is valid, the site builds offline, every alert has its runbook entry.
 
 Every ```` ```promql ```` query parses (``promtool check rules``) and reads only
-names bizmetrics exposes or its rules record; ``test_ops_kit.py`` also runs each
+names bizmetrics exposes or its rules record; ``test_assets.py`` also runs each
 one against a Prometheus scraping the demo and requires data. The Python
 examples are run by ``test_docs_examples.py``.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from docs_blocks import DOCS, ROOT, pages, promql_queries, series_in
-from ops_helpers import binary
+from support.servers import binary
 
 from bizmetrics import assets
 

@@ -28,9 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_servers import redis_server
 from docs_blocks import ROOT, Block, blocks
-from ops_helpers import free_port, pushgateway, wait
+from support.servers import free_port, pushgateway, redis_server, wait
 
 PYTHON = blocks("python")
 

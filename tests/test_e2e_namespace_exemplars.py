@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ops_helpers import Prometheus, all_variables, binary, free_port, get, process, wait
-from ops_helpers import prometheus as start_prometheus
+from support.ops import all_variables
+from support.servers import Prometheus, binary, free_port, get, process, wait
+from support.servers import prometheus as start_prometheus
 
 from bizmetrics import assets
 

@@ -9,13 +9,13 @@ from inspect import signature
 from typing import Any
 
 import pytest
-from helpers import unique
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, Summary
 from prometheus_client import generate_latest as pc_text
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as pc_openmetrics
+from support.registry import unique
 
 import bizmetrics
 from bizmetrics import _exposition

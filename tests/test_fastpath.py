@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
+from support.registry import unique, value
 
 from bizmetrics import _families, _fastpath, metrics, record_connector_operation
 

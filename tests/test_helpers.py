@@ -5,15 +5,18 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import clean_labels
+from support.registry import unique, value
+from support.strategies import clean_labels
 
 import bizmetrics
-from bizmetrics import tenant_context, workflow_context
+from bizmetrics import (
+    tenant_context,
+    workflow_context,
+)
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 
@@ -156,3 +159,14 @@ def test_tenant_defaults_to_context_then_default_tenant():
         )
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [(b"GET", "GET"), (b"post", "POST"), (b"PATCH", "PATCH"), (b"BREW", "OTHER"), ("brew", "OTHER"), (None, "OTHER")],
+)
+def test_http_methods_given_as_bytes_are_decoded(method, expected):
+    """bytes methods are decoded and upper-cased; standard methods are kept, anything else is OTHER."""
+    endpoint = "/" + unique()
+    bizmetrics.record_api_request(method, endpoint, 200, 1, "acme")
+    assert value("api_requests_total", method=expected, endpoint=endpoint, status="2xx", tenant_id="acme") == 1

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from helpers import exists, unique, value
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cost import reference_openai
+from support.registry import exists, unique, value
+from test_pricing import reference_openai
 
 import bizmetrics
 from bizmetrics import _families, _log, _pricing, instrument_agent

@@ -7,9 +7,9 @@ import contextvars
 from typing import Any
 
 import pytest
-from helpers import unique, value
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.registry import unique, value
 
 import bizmetrics
 from bizmetrics import instrument_connector_operation, instrument_sync_operation, tenant_context

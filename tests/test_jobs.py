@@ -12,9 +12,9 @@ import threading
 from typing import Any
 
 import pytest
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
+from support.registry import unique, value
 
 import bizmetrics
 from bizmetrics import _values, jobs

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import unique, value
-from jobs_helpers import redis_server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support import servers
+from support.registry import unique, value
 
 import bizmetrics
 import bizmetrics.celery
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+    with servers.redis_url(tmp_path_factory.mktemp("redis")) as url:
         yield url
 
 

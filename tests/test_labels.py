@@ -1,4 +1,7 @@
-"""Label rules: each decorator's compiled resolver agrees with the general rule, for every input."""
+"""Label rules: each decorator's compiled resolver agrees with the general rule, for every input.
+
+A tenant from a parameter default or a partial, and a connector type from a mapping config, are the call's.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,13 @@ from typing import Any, ClassVar
 
 from hypothesis import given
 from hypothesis import strategies as st
+from support.registry import unique, value
 
+from bizmetrics import (
+    instrument_connector_operation,
+    instrument_sync_operation,
+    instrument_workflow,
+)
 from bizmetrics._labels import Label, Signature, resolver
 from bizmetrics.context import AGENT, TENANT, WORKFLOW
 
@@ -26,7 +35,9 @@ class Raising:
     """``self`` whose every attribute raises, as a broken property would."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # printing an example asks for _repr_pretty_ and the like
+        # Protocol look-ups (hypothesis asks for ``_repr_pretty_`` when it prints an example) are not label
+        # reads: they must get AttributeError, or hypothesis fails the test as flaky.
+        if name.startswith("_"):
             raise AttributeError(name)
         raise RuntimeError(name)
 
@@ -165,3 +176,57 @@ def test_connector_type_paths():
     ]:
         assert label.read(signature, (source,), {}) == expected
         assert resolve((source,), {}) == ((expected,), None)
+
+
+def test_a_tenant_from_a_parameter_default_or_a_partial_is_the_calls_tenant():
+    """def f(tenant_id="acme") and functools.partial(f, tenant_id=...) give the call's tenant."""
+    t = unique()
+
+    def sync(tenant_id: str = f"{t}_default") -> None:
+        pass
+
+    def positional(tenant_id: str, page: int) -> None:
+        pass
+
+    instrument_connector_operation("default", connector_type=t)(sync)()
+    instrument_connector_operation("kw", connector_type=t)(functools.partial(sync, tenant_id=f"{t}_kw"))()
+    instrument_connector_operation("pos", connector_type=t)(functools.partial(positional, f"{t}_pos"))(1)
+    instrument_workflow(f"{t}_wf")(sync)()
+    for op, tenant in (("default", "default"), ("kw", "kw"), ("pos", "pos")):
+        assert (
+            value(
+                "connector_operations_total",
+                connector_type=t,
+                operation=op,
+                status="success",
+                tenant_id=f"{t}_{tenant}",
+            )
+            == 1
+        ), op
+    assert value("workflow_executions_total", workflow_id=f"{t}_wf", status="success", tenant_id=f"{t}_default") == 1
+
+
+def test_a_mapping_config_gives_the_connector_type():
+    """self.config may be a mapping: self.config["id"] is the connector type."""
+    t = unique()
+
+    class Connector:
+        def __init__(self) -> None:
+            self.config = {"id": t}
+            self.tenant_id = "acme"
+
+        @instrument_connector_operation
+        def fetch(self) -> int:
+            return 1
+
+        @instrument_sync_operation("rows")
+        def rows(self) -> list[int]:
+            return [1, 2, 3]
+
+    Connector().fetch()
+    Connector().rows()
+    assert (
+        value("connector_operations_total", connector_type=t, operation="fetch", status="success", tenant_id="acme")
+        == 1
+    )
+    assert value("connector_sync_records_total", connector_type=t, resource_type="rows", tenant_id="acme") == 3

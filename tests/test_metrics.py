@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from helpers import exists, unique, value
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.registry import exists, unique, value
 
 import bizmetrics
+import bizmetrics.helpers
 import bizmetrics.metrics as m
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 # exposed family name, type, labels (without le), buckets (None: not a histogram)
@@ -178,3 +183,72 @@ def test_import_alone_exposes_the_catalogue():
     for name, kind, _, _ in CATALOGUE:
         exposed = f"{name}_total" if kind == "counter" else name
         assert f"# TYPE {exposed} {kind}" in out
+
+
+def _upward_imports(path: Path, module: str) -> Iterator[str]:
+    """Each place in ``path`` (module ``module``) that takes a helper from ``bizmetrics.metrics``."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    bound: set[str] = set()  # names bound to the bizmetrics.metrics module itself
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            for alias in node.names:
+                if base == "bizmetrics.metrics" and alias.name in m._HELPERS:
+                    yield f"{path.name}:{node.lineno}: from {base} import {alias.name}"
+                if base == "bizmetrics" and alias.name == "metrics":
+                    bound.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "bizmetrics.metrics" and alias.asname:
+                    bound.add(alias.asname)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in m._HELPERS:
+            owner = ast.unparse(node.value)
+            if owner in bound or owner == "bizmetrics.metrics":
+                yield f"{path.name}:{node.lineno}: {owner}.{node.attr}"
+
+
+def test_no_module_of_the_package_takes_a_helper_through_the_metrics_re_export():
+    """Imports go one way: the helpers are imported from ``bizmetrics.helpers``, never through ``bizmetrics.metrics``.
+
+    The re-export stays for applications written against 0.2.0, and gives the very same objects.
+    """
+    root = Path(bizmetrics.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        found += _upward_imports(path, ".".join(("bizmetrics", *parts[: -1 if parts[-1] == "__init__" else None])))
+    assert found == []
+    assert m._HELPERS >= {"record_connector_operation", "record_api_request", "set_db_pool_size"}
+    for name in m._HELPERS:
+        assert getattr(m, name) is getattr(bizmetrics.helpers, name)
+    for name in m._HELPERS & set(bizmetrics.__all__):
+        assert getattr(bizmetrics, name) is getattr(bizmetrics.helpers, name)
+
+
+def test_the_import_rule_sees_each_way_of_importing_a_helper_through_metrics(tmp_path):
+    """The check above can fail: every spelling of an upward import is reported."""
+    source = tmp_path / "mod.py"
+    source.write_text(
+        "from .metrics import record_db_query, CATALOGUE\n"
+        "from bizmetrics.metrics import set_db_pool_size\n"
+        "from . import metrics\n"
+        "import bizmetrics.metrics as mm\n"
+        "metrics.record_cache_hit\n"
+        "mm.record_cache_miss\n"
+        "bizmetrics.metrics.record_api_request\n"
+        "from .helpers import record_tool_call\n"
+    )
+    package = tmp_path / "__init__.py"
+    package.write_text("from .metrics import record_connector_operation\n")
+    assert list(_upward_imports(package, "bizmetrics")) == [
+        "__init__.py:1: from bizmetrics.metrics import record_connector_operation"
+    ]
+    assert [place.split(": ", 1)[1] for place in _upward_imports(source, "bizmetrics.mod")] == [
+        "from bizmetrics.metrics import record_db_query",
+        "from bizmetrics.metrics import set_db_pool_size",
+        "metrics.record_cache_hit",
+        "mm.record_cache_miss",
+        "bizmetrics.metrics.record_api_request",
+    ]

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from ops_helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from support.servers import free_port
 
 APP = """
 import os
@@ -194,3 +194,33 @@ def test_remove_dead_workers_drops_only_dead_processes_live_gauges(tmp_path: Pat
         (tmp_path / name).write_bytes(b"")
     assert remove_dead_workers(str(tmp_path)) == [dead.pid]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
+@pytest.mark.slow
+def test_a_missing_multiprocess_directory_never_stops_an_import_or_a_call(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR pointing nowhere: the module imports, decorates, and its functions return."""
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from bizmetrics import instrument_cache_lookup, instrument_db_query, instrument_workflow
+
+        @instrument_db_query("q")
+        def query():
+            return 1
+
+        @instrument_cache_lookup("c")
+        def lookup():
+            return 2
+
+        @instrument_workflow("wf")
+        async def flow():
+            return 3
+
+        print(query(), lookup(), asyncio.run(flow()))
+        """
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "2", "3"]
+    assert "bizmetrics" in proc.stderr

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ops_helpers import Prometheus, free_port, get, process, wait
-from ops_helpers import prometheus as start_prometheus
 from prometheus_client.parser import text_string_to_metric_families
+from support.servers import Prometheus, free_port, get, process, wait
+from support.servers import prometheus as start_prometheus
 
 APP = """
 import os

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import unique, value
+from support.registry import unique, value
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 README = Path(__file__).parent.parent / "docs" / "guides" / "http.md"

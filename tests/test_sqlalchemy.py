@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from client_servers import postgres
-from helpers import sample, unique, value
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.registry import sample, unique, value
+from support.servers import postgres
 
 import bizmetrics.sqlalchemy
 from bizmetrics.sqlalchemy import operation_of

@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 from flask import Blueprint, Flask, Response, stream_with_context
-from helpers import unique, value
+from support.registry import unique, value
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import EnvironBuilder
 
@@ -21,7 +21,7 @@ import bizmetrics._http
 import bizmetrics.wsgi
 from bizmetrics.wsgi import MetricsMiddleware, metrics_app
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
+from support.registry import unique, value
 
 import bizmetrics
 from bizmetrics import OVERFLOW_TENANT, _tenants, instrument_connector_operation, instrument_sync_operation
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 OVERFLOW = "bizmetrics_tenant_overflow_total"

@@ -9,9 +9,9 @@ import sys
 import textwrap
 
 import pytest
-from helpers import unique
 from prometheus_client import REGISTRY
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from support.registry import unique
 
 import bizmetrics
 from bizmetrics import (

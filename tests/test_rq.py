@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from jobs_helpers import check, env, ground_truth_waits, plan, publish, redis_server, scrape, value, write
-from ops_helpers import process, wait
+from support.jobs import check, env, ground_truth_waits, plan, publish, scrape, value, write
+from support.servers import process, redis_url, wait
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def worker(tmp_path: Path, environ: dict[str, str]) -> process:
 
 
 def test_rq_worker_counts_waits_retries_and_tenants_match_ground_truth(tmp_path: Path) -> None:
-    with redis_server(tmp_path / "redis") as url:
+    with redis_url(tmp_path / "redis") as url:
         mpdir, runs, environ = setup(tmp_path, url)
         tasks = plan(18)
         with worker(tmp_path, environ):
@@ -108,7 +108,7 @@ def test_rq_worker_counts_waits_retries_and_tenants_match_ground_truth(tmp_path:
 
 
 def test_rq_kill_9_of_the_work_horse_mid_job_loses_or_doubles_nothing_finished(tmp_path: Path) -> None:
-    with redis_server(tmp_path / "redis") as url:
+    with redis_url(tmp_path / "redis") as url:
         mpdir, runs, environ = setup(tmp_path, url)
         before, after = plan(9), [(tenant, ms, fail, 0) for tenant, ms, fail, _ in plan(6)]
         with worker(tmp_path, environ) as proc:

@@ -20,28 +20,21 @@ import pytest
 import yaml
 from docs_blocks import promql_queries
 from docs_blocks import series_in as _series_in
-from helpers import unique
 from hypothesis import given
-from ops_helpers import (
+from support.ops import (
     ASSETS,
     PROMTOOL_TESTS,
-    Prometheus,
     alerts,
     all_rules,
     all_variables,
-    batch_run,
-    binary,
     burn_rate_spec,
     dashboard_targets,
-    free_port,
-    get,
-    process,
     promtool_unit_tests,
-    pushgateway,
-    wait,
 )
-from ops_helpers import prometheus as start_prometheus
-from strategies import DURATION_UNITS, duration_like, durations, namespaces
+from support.registry import unique
+from support.servers import Prometheus, batch_run, binary, free_port, get, process, pushgateway, wait
+from support.servers import prometheus as start_prometheus
+from support.strategies import DURATION_UNITS, duration_like, durations, namespaces
 
 from bizmetrics import assets
 from bizmetrics.assets import dashboards
@@ -83,7 +76,7 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):
     assert names - fired == set(), "alerts never shown firing"
     assert names - resolved == set(), "alerts never shown quiet"
 
-    # slo_test.yml and budget_test.yml run in their own tests below, the cost tests in test_cost_rules.py
+    # slo_test.yml and budget_test.yml run in their own tests below, the cost tests in test_assets_cost.py
     # (each promtool run takes seconds).
     own = {"slo_test.yml", "budget_test.yml", "cost_test.yml", "cost_minutes_test.yml"}
     for name in sorted(set(PROMTOOL_TESTS) - own):

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from flask import Flask
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -21,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from support.registry import unique, value
 
 import bizmetrics
 from bizmetrics import helpers
@@ -117,7 +117,7 @@ def test_server_error_series_exists_at_zero_from_the_first_request() -> None:
     tenant = unique()
     _asgi([200], tenant)
     assert value("api_requests_total", method="GET", endpoint="/answer/{code}", status="500", tenant_id=tenant) == 0
-    from helpers import exists
+    from support.registry import exists
 
     assert exists("api_requests_total", method="GET", endpoint="/answer/{code}", status="500", tenant_id=tenant)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from ops_helpers import free_port
+from support.servers import free_port
 from test_multiprocess import _get, _samples
 
 APP = """

@@ -7,11 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from ops_helpers import binary, free_port, process, wait
 from prometheus_client.parser import text_string_to_metric_families
 
 #: Reads a multiprocess directory as an exporter would (dead workers' live gauges dropped first).
@@ -19,21 +16,6 @@ SCRAPE = (
     "import sys; from bizmetrics import multiprocess; from prometheus_client import generate_latest; "
     "multiprocess.remove_dead_workers(); sys.stdout.write(generate_latest(multiprocess.registry()).decode())"
 )
-
-
-@contextmanager
-def redis_server(work: Path) -> Iterator[str]:
-    """A real redis-server on a free loopback port, its state in ``work``; yields its URL."""
-    import redis
-
-    port = free_port()
-    work.mkdir(parents=True, exist_ok=True)
-    cmd = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with process([*cmd, "--dir", str(work)]) as proc:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        wait(client.ping, "redis-server", proc=proc)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
 
 
 def env(mpdir: Path, **extra: str) -> dict[str, str]:

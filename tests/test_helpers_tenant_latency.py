@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import exists, unique, value
 from hypothesis import given
 from hypothesis import strategies as st
+from support.registry import exists, unique, value
 
 import bizmetrics
 from bizmetrics import _families, metrics

@@ -10,14 +10,14 @@ import httpx
 import pytest
 import requests
 from anthropic.types import Message, RawContentBlockDeltaEvent, RawMessageDeltaEvent, RawMessageStartEvent
-from helpers import unique, value
 from hypothesis import given
 from hypothesis import strategies as st
 from openai import APIStatusError
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseCompletedEvent
 from prometheus_client import REGISTRY
-from samples import make, run
+from support.registry import unique, value
+from support.samples import make, run
 
 import bizmetrics
 from bizmetrics import _tenants, http_error_type, instrument_agent, instrument_connector_operation, instrument_tool

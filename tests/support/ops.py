@@ -1,36 +1,31 @@
-"""Running the real operations binaries in tests: promtool, Prometheus, the Pushgateway, Alertmanager, VictoriaMetrics.
-
-Every binary is required: a missing one fails the test that needs it, it
-never skips it (README's test command installs the Debian packages). Every
-process keeps its state in the test's temporary directory, listens on
-loopback only and is stopped when its ``with`` block ends.
-"""
+"""The shipped operations assets in tests: rules, alerts, promtool unit tests, burn-rate specs, dashboard queries."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from bizmetrics import assets
 from bizmetrics.assets import dashboards
+from support.servers import binary
 
-HERE = Path(__file__).parent
+#: The tests directory (the promtool unit tests are in its ``promtool`` directory).
+HERE = Path(__file__).parent.parent
+
+
 RULE_FILES = assets.RULE_FILES
+
+
 ASSETS = resources.files("bizmetrics.assets")
+
+
 #: The promtool unit test files, run against the shipped rules.
 PROMTOOL_TESTS = (
     "alerts_test.yml",
@@ -42,160 +37,6 @@ PROMTOOL_TESTS = (
     "clients_test.yml",
     "jobs_test.yml",
 )
-#: Debian package of each binary, for the failure message.
-PACKAGES = {
-    "promtool": "prometheus",
-    "prometheus": "prometheus",
-    "prometheus-pushgateway": "prometheus-pushgateway",
-    "prometheus-alertmanager": "prometheus-alertmanager",
-    "amtool": "prometheus-alertmanager",
-    "victoria-metrics": "victoria-metrics",
-    "redis-server": "redis-server",
-}
-
-
-def binary(name: str) -> str:
-    """The path of a required binary; fail (never skip) the test when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: apt-get install -y {PACKAGES[name]}")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def get(url: str, timeout: float = 10) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        body: bytes = resp.read()
-        return body.decode()
-
-
-def wait(
-    probe: Callable[[], Any],
-    what: str,
-    timeout: float = 60.0,
-    every: float = 0.5,
-    proc: subprocess.Popen[bytes] | None = None,
-) -> Any:
-    """Return the first truthy result of ``probe`` (OSError counts as not yet); fail after ``timeout`` seconds.
-
-    With ``proc``, fail at once (with its stderr) if that process has exited.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = probe()
-            if result:
-                return result
-        except OSError:
-            pass
-        if proc is not None and proc.poll() is not None:
-            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            pytest.fail(f"{what}: the process exited with {proc.returncode}: {stderr[-2000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(every)
-
-
-class process:
-    """Run a command for the duration of a ``with`` block, then stop it (killed if it lingers)."""
-
-    def __init__(self, cmd: list[str], **kwargs: Any) -> None:
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
-
-    def __enter__(self) -> subprocess.Popen[bytes]:
-        return self.proc
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-
-
-#: One run of a batch job: a fresh process that records a sync of N records and a 30 ms
-#: operation for a tenant, then pushes (and fails if the push fails).
-BATCH_RUN = """
-import sys, bizmetrics
-from bizmetrics.batch import batch_job
-gateway, job, instance, records, tenant = sys.argv[1:]
-with batch_job(gateway, job, grouping_key={"instance": instance}, raise_on_push_failure=True):
-    bizmetrics.record_connector_sync("wordpress", "posts", int(records), tenant)
-    bizmetrics.record_connector_operation("wordpress", "get_posts", 30.0, True, tenant)
-"""
-
-
-def batch_run(gateway: str, job: str, instance: str, records: int, tenant: str) -> None:
-    """Run one batch job run in a new process, as cron would."""
-    done = subprocess.run(
-        [sys.executable, "-c", BATCH_RUN, gateway, job, instance, str(records), tenant],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-
-
-def pushgateway(port: int, work: Path) -> process:
-    """Debian's Pushgateway on loopback, persisting into ``work`` (its default file is a system path)."""
-    return process(
-        [
-            binary("prometheus-pushgateway"),
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--persistence.file={work / 'pushgateway.data'}",
-        ]
-    )
-
-
-def prometheus(config: dict[str, Any], work: Path, port: int, *flags: str) -> process:
-    """A Prometheus on loopback with ``config``, its TSDB in ``work``, and any extra ``flags``."""
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    return process(
-        [
-            binary("prometheus"),
-            f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            *flags,
-        ]
-    )
-
-
-class Prometheus:
-    """The query API of Prometheus (or of anything that speaks it, such as VictoriaMetrics)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def query(self, expr: str, at: float | None = None) -> dict[str, Any]:
-        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}  # ms, as Prometheus stores
-        body: dict[str, Any] = json.loads(get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params)))
-        return body
-
-    def result(self, expr: str, at: float | None = None) -> list[Any]:
-        body = self.query(expr, at)
-        assert body["status"] == "success", (expr, body)
-        result: list[Any] = body["data"]["result"]
-        return result
-
-    def eventually_nonempty(self, expr: str, timeout: float = 60.0) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.result(expr)
-            if result or time.monotonic() > deadline:
-                return result
-            time.sleep(1)
 
 
 def rules(name: str) -> dict[str, Any]:

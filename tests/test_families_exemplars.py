@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import unique
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from support.registry import unique
 
 import bizmetrics
 from bizmetrics import _families, _trace
 from bizmetrics.metrics import CONNECTOR_OPERATION_DURATION, CONNECTOR_OPERATIONS
 
-# Written for status classes (4xx): the exact codes of the default are in test_http_status.py.
+# Written for status classes (4xx): the exact codes of the default are in test_helpers_http_status.py.
 pytestmark = pytest.mark.usefixtures("http_status_classes")
 
 durations = st.floats(min_value=0, max_value=1e7, allow_nan=False) | st.sampled_from([0.0, 5.0, 10.0, 1e9])

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from client_servers import redis_server
-from helpers import unique, value
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.registry import unique, value
+from support.servers import redis_server
 
 import bizmetrics.redis
 
@@ -163,7 +163,7 @@ def test_errors_by_type_raise_unchanged(port: int, kind: str) -> None:
 
 def test_connection_errors_counted() -> None:
     """A server that is gone: ConnectionError, counted."""
-    from ops_helpers import free_port
+    from support.servers import free_port
 
     cache = unique("cache")
     client = bizmetrics.redis.instrument(redis.Redis(port=free_port(), socket_connect_timeout=1), cache=cache)

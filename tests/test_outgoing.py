@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from client_servers import ANSWERS, http_api
-from helpers import sample, unique, value
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ops_helpers import free_port
+from support.registry import sample, unique, value
+from support.servers import ANSWERS, free_port, http_api
 
 import bizmetrics
 import bizmetrics.aiohttp

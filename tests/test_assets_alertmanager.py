@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 import yaml
-from ops_helpers import ASSETS, Prometheus, binary, free_port, get, process, wait
-from ops_helpers import prometheus as start_prometheus
+from support.ops import ASSETS
+from support.servers import Prometheus, binary, free_port, get, process, wait
+from support.servers import prometheus as start_prometheus
 
 from bizmetrics import assets
 

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from jobs_helpers import check, env, ground_truth_waits, plan, publish, redis_server, scrape, value, write
-from ops_helpers import free_port, get, process, wait
 from prometheus_client.parser import text_string_to_metric_families
+from support.jobs import check, env, ground_truth_waits, plan, publish, scrape, value, write
+from support.servers import free_port, get, process, redis_url, wait
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def worker(tmp_path: Path, environ: dict[str, str], pool: str, concurrency: int)
 def test_worker_counts_waits_retries_and_tenants_match_ground_truth(
     tmp_path: Path, pool: str, concurrency: int
 ) -> None:
-    with redis_server(tmp_path / "redis") as url:
+    with redis_url(tmp_path / "redis") as url:
         mpdir, runs, environ = setup(tmp_path, url)
         tasks = plan(24)
         with worker(tmp_path, environ, pool, concurrency):
@@ -108,7 +108,7 @@ def test_worker_counts_waits_retries_and_tenants_match_ground_truth(
 
 
 def test_kill_9_of_a_pool_process_mid_task_loses_or_doubles_nothing_finished(tmp_path: Path) -> None:
-    with redis_server(tmp_path / "redis") as url:
+    with redis_url(tmp_path / "redis") as url:
         mpdir, runs, environ = setup(tmp_path, url)
         before = plan(12)
         after = [(tenant, ms, fail, 0) for tenant, ms, fail, _ in plan(9)]
@@ -161,7 +161,7 @@ def test_readme_prefork_set_up_serves_every_pool_process_from_the_main_one(tmp_p
     port = free_port()
     write(tmp_path / "readme_proj.py", block.replace("9100", str(port)) + README_TASKS)
     write(tmp_path / "publish_readme.py", README_PUBLISH)
-    with redis_server(tmp_path / "redis") as url:
+    with redis_url(tmp_path / "redis") as url:
         mpdir = tmp_path / "mp"
         mpdir.mkdir()
         environ = env(mpdir, BROKER=url, PYTHONPATH=str(tmp_path))
@@ -197,7 +197,7 @@ print(result.id)
 
 
 def test_a_task_revoked_before_it_ran_is_cancelled_for_its_tenant(tmp_path: Path) -> None:
-    with redis_server(tmp_path / "redis") as url:
+    with redis_url(tmp_path / "redis") as url:
         mpdir, runs, environ = setup(tmp_path, url)
         write(tmp_path / "revoke.py", REVOKE)
         with worker(tmp_path, environ, "solo", 1):

@@ -47,21 +47,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from ops_helpers import (
-    RULE_FILES,
-    Prometheus,
-    all_rules,
-    all_variables,
-    batch_run,
-    binary,
-    dashboard_targets,
-    free_port,
-    get,
-    process,
-    pushgateway,
-    wait,
-)
-from ops_helpers import prometheus as start_prometheus
+from support.ops import RULE_FILES, all_rules, all_variables, dashboard_targets
+from support.servers import Prometheus, batch_run, binary, free_port, get, process, pushgateway, wait
+from support.servers import prometheus as start_prometheus
 
 from bizmetrics import assets
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ops_helpers import ASSETS, alerts, all_rules, promtool_unit_tests
+from support.ops import ASSETS, alerts, all_rules, promtool_unit_tests
 
 from bizmetrics.assets import dashboards
 
