@@ -73,11 +73,12 @@ def promql_queries(in_pages: list[Path] | None = None) -> list[tuple[str, str]]:
     return queries
 
 
-#: PromQL's keywords and functions, as used by the kit's rules and the documented queries.
+#: PromQL's keywords and aggregation operators (``max by (...)`` is not a metric): a name followed by ``(`` is
+#: a function call, never a series, so functions need no entry.
 PROMQL_WORDS = {
-    "sum", "by", "rate", "increase", "and", "or", "unless", "on", "ignoring", "group_left", "group_right",
-    "scalar", "vector", "avg_over_time", "histogram_quantile", "offset", "time", "topk", "without", "bool",
-    "group", "label_replace",
+    "by", "and", "or", "unless", "on", "ignoring", "group_left", "group_right", "offset", "without", "bool",
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
+    "quantile", "limitk", "limit_ratio",
 }  # fmt: skip
 
 
@@ -86,7 +87,7 @@ def series_in(expr: str) -> set[str]:
     bare = re.sub(r"\{[^}]*\}", "", expr)
     bare = re.sub(r"\[[^\]]*\]", "", bare)
     bare = re.sub(r'"[^"]*"', "", bare)
-    names = set(re.findall(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w(])", bare))
+    names = set(re.findall(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w(])(?!\s+\()", bare))
     by_clauses = re.findall(r"\b(?:by|on|without|ignoring|group_left|group_right)\s*\(([^)]*)\)", bare)
     labels = {label.strip() for clause in by_clauses for label in clause.split(",")}
     return {n for n in names if n not in PROMQL_WORDS and n not in labels and not re.fullmatch(r"\d+[smhdwy]", n)}
