@@ -17,7 +17,8 @@ file is what this builds.  Eight days of per-minute counters for job
   100 ms, then over a second from 7d6h (per-tenant latency histogram): the
   error-ratio and latency alerts fire within 15 minutes.
 
-The first week is the rules' learning time (a band needs a day, its weekly
+The rules are evaluated every 5 minutes (a minute would take five times as long
+for the same proof). The first week is the rules' learning time (a band needs a day, its weekly
 pattern a week), so only day 7 is judged quiet.
 """
 
@@ -144,7 +145,7 @@ def build() -> dict[str, Any]:
     def at(minute: int) -> str:
         return f"{minute // 60}h{minute % 60}m"
 
-    # (alert, when the anomaly starts, tenant, signal, direction, extra labels): quiet the minute before,
+    # (alert, when the anomaly starts, tenant, signal, direction, extra labels): quiet the evaluation before,
     # firing 15 minutes after.
     cases = [
         ("BizmetricsUsageSpikeAnomaly", spike_at, "spike", "api_requests", "up", {}),
@@ -155,13 +156,14 @@ def build() -> dict[str, Any]:
     alerts: list[dict[str, Any]] = []
     for name, start, tenant, signal, direction, extra in cases:
         labels = {"severity": "warning", "direction": direction, "signal": signal, "job": JOB, "tenant_id": tenant}
-        alerts.append({"eval_time": at(start - 1), "alertname": name, "exp_alerts": []})
+        alerts.append({"eval_time": at(start - 5), "alertname": name, "exp_alerts": []})
         alerts.append(
             {"eval_time": at(start + 15), "alertname": name, "exp_alerts": [{"exp_labels": {**labels, **extra}}]}
         )
     return {
         "rule_files": ["anomaly_rules.yml"],
-        "evaluation_interval": "1m",
+        # Every 5 minutes (samples stay a minute apart): 2,304 evaluations of eight days instead of 11,520.
+        "evaluation_interval": "5m",
         "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": alerts, "promql_expr_test": checks}],
     }
 
