@@ -599,6 +599,8 @@ def run(series: list[Series], strategies: dict[str, list[str]], log: bool = True
                 store.stop()
             rows = [score(s, firing[s.name]) for s in series]
             report[name] = {"rows": rows, "total": total(rows), "seconds": time.monotonic() - began}
+            if log:
+                print(f"  {name}: {json.dumps(report[name]['total'])}", flush=True)
             shutil.rmtree(work)
     return report
 
