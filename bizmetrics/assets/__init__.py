@@ -45,6 +45,7 @@ RULE_FILES = (
     "cost_rules.yml",
     "clients_rules.yml",
     "job_rules.yml",
+    "anomaly_rules.yml",
 )
 
 #: The scrape jobs the target-down alert and the dashboards cover by default: all of them.
@@ -410,7 +411,7 @@ def render(
     .. versionadded:: 0.2.0
     .. versionchanged:: 0.3.0 ``objectives``, ``latency_thresholds``, ``min_events`` and ``runbook_url``.
     """
-    from . import slo
+    from . import anomaly, slo
 
     package = resources.files(__name__)
     texts = {name: package.joinpath("prometheus").joinpath(name).read_text(encoding="utf-8") for name in RULE_FILES}
@@ -418,6 +419,7 @@ def render(
     for name, value in (("connector", connector_objective), ("api", api_objective)):
         if value is not None:
             every_objective[name] = value
+    texts["anomaly_rules.yml"] = anomaly.build()
     texts["slo_rules.yml"] = slo.build(objectives=every_objective, thresholds=latency_thresholds, min_events=min_events)
     durations: dict[str, dict[str, str]] = {name: {} for name in RULE_FILES}
     for alert, duration in (for_durations or {}).items():

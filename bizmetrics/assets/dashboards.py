@@ -981,6 +981,43 @@ def background_jobs(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
     )
 
 
+def anomalies(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
+    """Each signal of one tenant inside its learnt band (anomaly_rules.yml): a panel per signal."""
+    from . import anomaly
+
+    j = '{job=~"$job"}'
+    panels: list[Panel] = []
+    for name in dict.fromkeys(signal.name for signal in anomaly.SIGNALS):
+        s = f'{{job=~"$job", tenant_id=~"$tenant", signal="{name}"}}'
+        unit = {"latency": "ms"}.get(name, "percentunit" if name.endswith("_ratio") else "short")
+        legend = "{{job}} {{tenant_id}}" + (" {{family}}" if name == "latency" else "")
+        panels.append(
+            (
+                f"{name.replace('_', ' ').capitalize()}"
+                + (" (per 5 minutes)" if unit == "short" else " (over 5 minutes)")
+                + ": value and band",
+                unit,
+                [
+                    (f"{anomaly.VALUE}{s}", legend),
+                    (f"{anomaly.BAND_UPPER}{s}", legend + " band upper"),
+                    (f"{anomaly.BAND_LOWER}{s}", legend + " band lower"),
+                ],
+            )
+        )
+    return _dashboard(
+        "Operations",
+        "bizmetrics-anomalies",
+        "bizmetrics / Anomalies per customer",
+        "Each signal of the chosen tenants against the band its anomaly rules learnt from the same hour a day and a"
+        " week before: a value outside the band for 5 minutes raises a *Anomaly alert (docs: operations/anomalies).",
+        [
+            _job_variable(jobs, anomaly.VALUE),
+            _variable("tenant", "Tenant", f"label_values({anomaly.VALUE}{j}, tenant_id)"),
+        ],
+        panels,
+    )
+
+
 DASHBOARDS = {
     "connector-health.json": connector_health,
     "workflow-performance.json": workflow_performance,
@@ -990,6 +1027,7 @@ DASHBOARDS = {
     "business.json": business,
     "pools-rate-limits.json": clients,
     "background-jobs.json": background_jobs,
+    "anomalies.json": anomalies,
 }
 
 

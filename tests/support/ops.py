@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from bizmetrics import assets
-from bizmetrics.assets import dashboards
+from bizmetrics.assets import anomaly, dashboards
 from support.servers import binary
 
 #: The tests directory (the promtool unit tests are in its ``promtool`` directory).
@@ -36,7 +36,39 @@ PROMTOOL_TESTS = (
     "cost_minutes_test.yml",
     "clients_test.yml",
     "jobs_test.yml",
+    "anomaly_test.yml",
 )
+#: Recorded series of the anomaly rules that need a day of history (their bands read the same hour a day and a
+#: week ago): a Prometheus that has scraped a demo for minutes has none. anomaly_test.yml (promtool, eight days)
+#: shows each of them with data, and the VictoriaMetrics parity test reads them with its offsets shortened.
+NEEDS_HISTORY = frozenset(
+    {
+        anomaly.ENVELOPE_UPPER,
+        anomaly.ENVELOPE_LOWER,
+        anomaly.EXCESS,
+        anomaly.EXCESS_1H,
+        anomaly.SPREAD,
+        anomaly.BAND_UPPER,
+        anomaly.BAND_LOWER,
+    }
+)
+
+
+def needs_history(expr: str) -> bool:
+    """Whether ``expr`` reads an anomaly band (see ``NEEDS_HISTORY``)."""
+    return any(name in expr for name in NEEDS_HISTORY)
+
+
+#: Debian package of each binary, for the failure message.
+PACKAGES = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "prometheus-pushgateway": "prometheus-pushgateway",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
+    "victoria-metrics": "victoria-metrics",
+    "redis-server": "redis-server",
+}
 
 
 def rules(name: str) -> dict[str, Any]:
