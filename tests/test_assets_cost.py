@@ -90,6 +90,7 @@ def test_dashboards_are_sorted_by_role_and_link_to_every_role():
         "slo-overview.json": "operations",
         "pools-rate-limits.json": "operations",
         "background-jobs.json": "operations",
+        "anomalies.json": "operations",
         "workflow-performance.json": "engineering",
         "ai-agent-analytics.json": "engineering",
     }
