@@ -424,7 +424,7 @@ def test_export_assets_writes_every_file_as_shipped(tmp_path):
         + [f"grafana/{name}" for name in dashboards.DASHBOARDS]
         + ["alertmanager/alertmanager.yml"]
     )
-    assert _files(tmp_path) == expected
+    assert _files(tmp_path) == sorted([*expected, assets.MANIFEST])  # the manifest: test_export_manifest.py
     assert done.stdout.split() == [str(tmp_path / name) for name in assets.render()]
     for name in expected:
         assert (tmp_path / name).read_text() == ASSETS.joinpath(name.split("/")[0]).joinpath(
