@@ -85,7 +85,7 @@ def _variable(name: str, label: str, query: str, all_value: str = ".*", *, singl
     if single:
         # Grafana selects the first value when none is current.
         del variable["allValue"]
-        variable["current"] = {}
+        variable["current"] = {"selected": False, "text": "", "value": ""}
     return variable
 
 
