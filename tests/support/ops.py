@@ -61,18 +61,6 @@ def needs_history(expr: str) -> bool:
     return any(name in expr for name in NEEDS_HISTORY)
 
 
-#: Debian package of each binary, for the failure message.
-PACKAGES = {
-    "promtool": "prometheus",
-    "prometheus": "prometheus",
-    "prometheus-pushgateway": "prometheus-pushgateway",
-    "prometheus-alertmanager": "prometheus-alertmanager",
-    "amtool": "prometheus-alertmanager",
-    "victoria-metrics": "victoria-metrics",
-    "redis-server": "redis-server",
-}
-
-
 def rules(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(ASSETS.joinpath("prometheus").joinpath(name).read_text())
     return loaded
