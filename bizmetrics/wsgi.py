@@ -254,7 +254,9 @@ def metrics_app(registry: CollectorRegistry | None = None, *, compress: bool = T
     It serves ``bizmetrics.multiprocess.registry()`` (every worker's samples
     in multiprocess mode, the default registry otherwise), in the OpenMetrics
     format when the ``Accept`` header asks for it, gzipped when
-    ``Accept-Encoding`` allows it, whatever the path it receives.
+    ``Accept-Encoding`` allows it, whatever the path it receives, except
+    ``/favicon.ico``: an empty 200, as prometheus_client's app answers, so a
+    browser opening the page does not cost a second scrape.
 
     :param registry: serve this registry instead.
     :param compress: gzip the body when the client accepts it.
@@ -263,6 +265,9 @@ def metrics_app(registry: CollectorRegistry | None = None, *, compress: bool = T
     """
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/favicon.ico":
+            start_response("200 OK", [])
+            return [b""]
         body, headers = _http.exposition_body(
             registry,
             environ.get("HTTP_ACCEPT", ""),

@@ -76,6 +76,15 @@ def test_serves_the_registry_in_text_openmetrics_and_gzip():
         assert f'connector_type="{t}"'.encode() in gzip.decompress(zipped)
 
 
+def test_a_browsers_favicon_request_gets_an_empty_page_as_from_prometheus_client():
+    """``/favicon.ico`` is answered empty, like prometheus_client's server; any other path is the exposition."""
+    t = unique()
+    bizmetrics.record_connector_operation(t, "op", 5, True, "acme")
+    with serving() as port:
+        assert _get(f"http://127.0.0.1:{port}/favicon.ico")[1] == b""
+        assert f'connector_type="{t}"'.encode() in _get(f"http://127.0.0.1:{port}/anything")[1]
+
+
 def test_serves_https_with_the_given_certificate(pki):
     """certfile and keyfile: the exposition over TLS, verified against the CA; plain HTTP is refused."""
     with serving(certfile=pki["cert"], keyfile=pki["key"]) as port:
