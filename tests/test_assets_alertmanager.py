@@ -34,6 +34,8 @@ from support.servers import prometheus as start_prometheus
 from bizmetrics import assets
 
 #: Alerts that must wait minutes with the shipped ``for:`` fire after a second here.
+#: The waits for them are long (150 s) because a loaded CI machine slows the demo
+#: services, whose rates must first pass the alerts' volume guards; a pass is quick.
 FOR = {
     "BizmetricsTargetDown": "1s",
     "BizmetricsWorkflowFailureRatioHigh": "1s",
@@ -177,7 +179,7 @@ def _firing(stack: Stack, alertname: str, job: str) -> dict[str, Any]:
                 return alert
         return None
 
-    found: dict[str, Any] = wait(probe, f"{alertname} for {job} in Alertmanager", timeout=60)
+    found: dict[str, Any] = wait(probe, f"{alertname} for {job} in Alertmanager", timeout=150)
     return found
 
 
@@ -225,7 +227,7 @@ def test_receivers_are_notified_by_severity(stack):
         wanted = "BizmetricsTargetDown critical" in seen["/pager"] and seen["/ticket"]
         return seen if wanted else None
 
-    seen = wait(notified, "webhook notifications", timeout=60)
+    seen = wait(notified, "webhook notifications", timeout=150)
     assert all(note.endswith(" critical") for note in seen["/pager"])
     assert "BizmetricsWorkflowFailureRatioHigh warning" in seen["/ticket"]
     assert not any(note.endswith(" critical") for note in seen["/ticket"])
@@ -238,7 +240,7 @@ def _firing_for_tenant(stack: Stack, alertname: str, tenant: str) -> dict[str, A
                 return alert
         return None
 
-    found: dict[str, Any] = wait(probe, f"{alertname} for tenant {tenant} in Alertmanager", timeout=90)
+    found: dict[str, Any] = wait(probe, f"{alertname} for tenant {tenant} in Alertmanager", timeout=150)
     return found
 
 
@@ -266,7 +268,7 @@ def test_a_customer_burning_its_budget_pages_with_its_tenant_id(stack):
         ]
         return found or None
 
-    notification = wait(paged, "the pager webhook's notification of globex", timeout=60)[0]
+    notification = wait(paged, "the pager webhook's notification of globex", timeout=150)[0]
     # One notification per customer: grouped by alertname, job and tenant_id.
     assert notification["groupLabels"] == {
         "alertname": "BizmetricsApiTenantSLOBurnRateFast",
