@@ -209,12 +209,12 @@ class Outgoing:
         except Exception:
             _log.internal_error("outgoing response")
 
-    def failed(self, connector: str, operation: str, start: int, error: BaseException) -> None:
-        """Record one request that raised (no response); never raise."""
+    def failed(self, connector: str, operation: str, start: int, error: BaseException | str) -> None:
+        """Record one request that raised (no response), by the class of ``error`` or the name given; never raise."""
         ms = (perf_counter_ns() - start) / 1e6
         try:
             CONNECTOR_OPERATION_FAMILY.get(connector, operation, tenant_or_current(None)).failure(
-                ms, type(error).__name__, 0
+                ms, error if type(error) is str else type(error).__name__, 0
             )
         except Exception:
             _log.internal_error("outgoing error")
