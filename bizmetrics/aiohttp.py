@@ -33,6 +33,7 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 #: The timer of the session call whose dropped connection was left unrecorded, as aiohttp sends it again.
 _RETRYING: ContextVar[object] = ContextVar("bizmetrics_aiohttp_retrying", default=None)
+_UNKNOWN = object()
 
 
 class _Outgoing(Outgoing):
@@ -64,15 +65,21 @@ def middleware(
 
     .. versionadded:: 0.3.0
     """
+    routes = tuple(routes)
     outgoing = _Outgoing(targets, routes, remaining_headers)
     error_type = _error_types(importlib.import_module("aiohttp"))
     target, record, failed = outgoing.target, outgoing.record, outgoing.failed
+    # The connector types found so far by authority, read here before any call: a request to a known host
+    # costs one dict lookup (a callable's answers are not kept, so it is asked every time).
+    known: dict[Any, Any] = outgoing.by_origin
     # Without route templates the operation is the method, which aiohttp has upper-cased already.
     operation: Callable[[str, Any], str] | None = outgoing.operation if routes else None
 
     async def bizmetrics_middleware(request: Any, handler: Any) -> Any:
         url = request.url
-        connector = target(url)
+        connector = known.get(url.raw_authority, _UNKNOWN)
+        if connector is _UNKNOWN:
+            connector = target(url)
         if connector is None:
             return await handler(request)
         method = request.method
