@@ -30,7 +30,7 @@ from support.servers import free_port
 import bizmetrics
 import bizmetrics.aiohttp
 import bizmetrics.metrics
-from bizmetrics import _deferred
+from bizmetrics import _deferred, _log
 
 HAS_MIDDLEWARES = "middlewares" in inspect.signature(aiohttp.ClientSession).parameters
 
@@ -384,6 +384,7 @@ def test_exceptions_reach_the_application_as_the_same_object(api: Api) -> None:
 
 def test_failure_inside_recording_never_changes_the_response(api: Api, caplog: pytest.LogCaptureFixture) -> None:
     """A targets callable that raises is logged; the response is the server's, unrecorded."""
+    _log.reset()  # the log is rate limited: an earlier test's failure must not hide this one's
 
     def broken(url: str) -> str | None:
         raise RuntimeError("boom")
@@ -396,3 +397,56 @@ def test_failure_inside_recording_never_changes_the_response(api: Api, caplog: p
 
     assert asyncio.run(main()) == 418
     assert any("outgoing targets" in r.getMessage() for r in caplog.records)
+
+
+def test_redirects_and_raise_for_status_per_hook(api: Api) -> None:
+    """Where the hooks differ, as documented: the middleware records each request sent and each response seen.
+
+    A redirect followed: ``trace_config`` records the session call once,
+    with the final response; the middleware records the 302 and the request
+    it leads to. ``raise_for_status=True``: ``trace_config`` sees only the
+    exception (``ClientResponseError``), the middleware the response, so a
+    429 is still ``http_429`` and rate limited.
+    """
+    location = f"http://127.0.0.1:{api.port}/status/200?x-ratelimit-remaining=9"
+    redirect = f"http://127.0.0.1:{api.port}/status/302?location={location.replace('?', '%3F').replace('=', '%3D')}"
+    limited = f"http://127.0.0.1:{api.port}/status/429?retry-after=1"
+    recorded = {}
+    for hook in ("trace_config", "middleware"):
+        connector = _connector(hook)
+        targets = {f"127.0.0.1:{api.port}": connector}
+
+        async def main(hook: str = hook, targets: dict[str, str] = targets) -> None:
+            if hook == "middleware":
+                hooks: dict[str, Any] = {"middlewares": [bizmetrics.aiohttp.middleware(targets=targets, routes=ROUTES)]}
+            else:
+                hooks = {"trace_configs": [bizmetrics.aiohttp.trace_config(targets=targets, routes=ROUTES)]}
+            async with aiohttp.ClientSession(**hooks) as session:
+                async with session.get(redirect) as response:
+                    assert response.status == 200 and len(response.history) == 1
+                with pytest.raises(aiohttp.ClientResponseError):
+                    await session.get(limited, raise_for_status=True)
+
+        asyncio.run(main())
+        recorded[hook] = series(connector)
+
+    status = (("operation", "/status/{code}"),)
+    assert recorded["trace_config"] == {
+        ("connector_operations_total", (*status, ("status", "success"), ("tenant_id", "default_tenant"))): 1.0,
+        ("connector_operations_total", (*status, ("status", "error"), ("tenant_id", "default_tenant"))): 1.0,
+        (
+            "connector_errors_total",
+            (("error_type", "ClientResponseError"), *status, ("tenant_id", "default_tenant")),
+        ): 1.0,
+        ("connector_operation_duration_count", status): 2.0,
+        ("connector_rate_limited_total", (("tenant_id", "default_tenant"),)): 0.0,  # the 429 went unseen
+        ("connector_rate_limit_remaining", (("tenant_id", "default_tenant"),)): 9.0,
+    }
+    assert recorded["middleware"] == {
+        ("connector_operations_total", (*status, ("status", "success"), ("tenant_id", "default_tenant"))): 2.0,
+        ("connector_operations_total", (*status, ("status", "error"), ("tenant_id", "default_tenant"))): 1.0,
+        ("connector_errors_total", (("error_type", "http_429"), *status, ("tenant_id", "default_tenant"))): 1.0,
+        ("connector_operation_duration_count", status): 3.0,
+        ("connector_rate_limited_total", (("tenant_id", "default_tenant"),)): 1.0,
+        ("connector_rate_limit_remaining", (("tenant_id", "default_tenant"),)): 9.0,
+    }
