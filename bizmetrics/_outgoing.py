@@ -42,11 +42,11 @@ def remaining_of(value: str) -> float | None:
     ``42``; Shopify's used/limit ``32/40`` (8 left); the IETF ``RateLimit``
     header's ``remaining=42`` or ``r=42``.
     """
-    value = value.strip()
     try:
-        return float(value)
+        return float(value)  # surrounding whitespace included
     except ValueError:
         pass
+    value = value.strip()
     used, slash, limit = value.partition("/")
     if slash:
         try:
@@ -90,7 +90,7 @@ class Outgoing:
     (``remaining``: the quota header of a response).
     """
 
-    __slots__ = ("_by_origin", "_callable", "_hosts", "_rank", "_routes", "remaining_headers")
+    __slots__ = ("_callable", "_hosts", "_rank", "_routes", "by_origin", "remaining_headers")
 
     def __init__(
         self,
@@ -107,7 +107,8 @@ class Outgoing:
         else:
             raise TypeError("targets must be a dict of host to connector type, or a callable from URL to one")
         #: The connector type (or ``None``) of each origin key seen: targets are few, a request is one lookup.
-        self._by_origin: dict[Any, str | None] = {}
+        #: Callers may read it before calling ``connector``; it stays empty for a callable's answers.
+        self.by_origin: dict[Any, str | None] = {}
         self._routes = [(template, *_compile(template)) for template in routes]
         self.remaining_headers = tuple(remaining_headers)
         #: Each quota header, lower-cased, and its rank: the first of ``remaining_headers`` present wins.
@@ -128,7 +129,7 @@ class Outgoing:
                 return found if isinstance(found, str) and found else None
             if origin is None:
                 origin = origin_of(url) if type(url) is str else str(url)
-            known = self._by_origin.get(origin, _MISSING)
+            known = self.by_origin.get(origin, _MISSING)
             if known is not _MISSING:
                 return known  # type: ignore[return-value]
             return self._resolve(origin, str(url))
@@ -148,8 +149,8 @@ class Outgoing:
                 if pattern.startswith("*.") and host.endswith(pattern[1:]):
                     found = kind
                     break
-        if len(self._by_origin) < 4096:
-            self._by_origin[origin] = found
+        if len(self.by_origin) < 4096:
+            self.by_origin[origin] = found
         return found
 
     def operation(self, method: str, url: Any) -> str:
@@ -209,12 +210,12 @@ class Outgoing:
         except Exception:
             _log.internal_error("outgoing response")
 
-    def failed(self, connector: str, operation: str, start: int, error: BaseException) -> None:
-        """Record one request that raised (no response); never raise."""
+    def failed(self, connector: str, operation: str, start: int, error: BaseException | str) -> None:
+        """Record one request that raised (no response), by the class of ``error`` or the name given; never raise."""
         ms = (perf_counter_ns() - start) / 1e6
         try:
             CONNECTOR_OPERATION_FAMILY.get(connector, operation, tenant_or_current(None)).failure(
-                ms, type(error).__name__, 0
+                ms, error if type(error) is str else type(error).__name__, 0
             )
         except Exception:
             _log.internal_error("outgoing error")
