@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import inspect
 import operator
 import os
 import re
@@ -33,74 +34,97 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-#: Each case's loop, by name: ``(connector's method, fails, items)``; ``items`` is ``None`` for calls.
-CASES: dict[str, tuple[str, bool, int | None]] = {
-    "bare": ("bare", False, None),
-    "hand": ("hand", False, None),
-    "hand_err": ("hand", True, None),
-    "sync": ("deco", False, None),
-    "sync_err": ("deco", True, None),
-    "abare": ("abare", False, None),
-    "ahand": ("ahand", False, None),
-    "ahand_err": ("ahand", True, None),
-    "coro": ("adeco", False, None),
-    "coro_err": ("adeco", True, None),
-    "ctx": ("with_context", False, None),
-    "gbare0": ("gbare", False, 0),
-    "gbare100": ("gbare", False, 100),
-    "gen0": ("gdeco", False, 0),
-    "gen100": ("gdeco", False, 100),
-    "agbare0": ("agbare", False, 0),
-    "agbare100": ("agbare", False, 100),
-    "agen0": ("agdeco", False, 0),
-    "agen100": ("agdeco", False, 100),
+#: Each case, by name: ``(kind, the call, fails, items)``; the call is read as an application
+#: writes it (``c.deco()``: an attribute read and a call), ``items`` is the stream's length.
+CASES: dict[str, tuple[str, str, bool, int]] = {
+    "bare": ("sync", "c.bare()", False, 0),
+    "hand": ("sync", "c.hand()", False, 0),
+    "hand_err": ("sync", "c.hand()", True, 0),
+    "sync": ("sync", "c.deco()", False, 0),
+    "sync_err": ("sync", "c.deco()", True, 0),
+    "abare": ("coroutine", "c.abare()", False, 0),
+    "ahand": ("coroutine", "c.ahand()", False, 0),
+    "ahand_err": ("coroutine", "c.ahand()", True, 0),
+    "coro": ("coroutine", "c.adeco()", False, 0),
+    "coro_err": ("coroutine", "c.adeco()", True, 0),
+    # A function whose tenant comes from ``tenant_context``: no scope to set.
+    "ctx": ("sync in context", "with_context()", False, 0),
 }
+for _items in (0, 100):
+    CASES.update(
+        {
+            f"gbare{_items}": ("generator", "c.gbare(items)", False, _items),
+            f"gfloor{_items}": ("generator", "floor_relay(c.gbare(items))", False, _items),
+            f"gen{_items}": ("generator", "c.gdeco(items)", False, _items),
+            f"agbare{_items}": ("async generator", "c.agbare(items)", False, _items),
+            f"agfloor{_items}": ("async generator", "afloor_relay(c.agbare(items))", False, _items),
+            f"agen{_items}": ("async generator", "c.agdeco(items)", False, _items),
+            # The stream's own tenant already current: no scope, no context of its own.
+            f"agctx{_items}": ("async generator in context", "c.agdeco(items)", False, _items),
+        }
+    )
+#: Per-item slopes: ``(name, the case's stem, the bare stem)``.
+SLOPES = (
+    ("generator", "gen", "gbare"),
+    ("generator floor", "gfloor", "gbare"),
+    ("async generator", "agen", "agbare"),
+    ("async generator, tenant current", "agctx", "agbare"),
+    ("async generator floor", "agfloor", "agbare"),
+)
 WARM_UP = 50
 
-
-_LOOPS = """
-def calls():
+_LOOPS = {
+    "sync": """
+def loop():
     for _ in range(n):
         try:
-            c.METHOD()
+            CALL
         except Boom:
             pass
-
-async def coroutines():
-    for _ in range(n):
-        try:
-            await c.METHOD()
-        except Boom:
-            pass
-
-def generators():
-    for _ in range(n):
-        for _item in c.METHOD(items):
-            pass
-
-async def streams():
-    for _ in range(n):
-        async for _item in c.METHOD(items):
-            pass
-
-def in_context():
+""",
+    "sync in context": """
+def loop():
     with tenant_context(TENANT):
         for _ in range(n):
-            with_context()
-"""
+            CALL
+""",
+    "coroutine": """
+async def loop():
+    for _ in range(n):
+        try:
+            await CALL
+        except Boom:
+            pass
+""",
+    "generator": """
+def loop():
+    for _ in range(n):
+        for _item in CALL:
+            pass
+""",
+    "async generator": """
+async def loop():
+    for _ in range(n):
+        async for _item in CALL:
+            pass
+""",
+    "async generator in context": """
+async def loop():
+    with tenant_context(TENANT):
+        for _ in range(n):
+            async for _item in CALL:
+                pass
+""",
+}
 
 
 def _loop(case: str, n: int) -> Callable[[], object]:
-    """The measured loop of ``case``: ``n`` calls (or streams), each binding the method anew.
-
-    The loops are compiled for the method's name, so each call reads it as
-    an application does (``c.deco()``: an attribute read and a call).
-    """
+    """The measured loop of ``case``: ``n`` calls (or streams), each binding the method anew."""
     from bizmetrics import tenant_context
 
-    from .cases import TENANT, Boom, Connector, with_context
+    from .cases import TENANT, Boom, Connector, afloor_relay, floor_relay, with_context
 
-    method, fails, items = CASES[case]
+    kind, call, fails, items = CASES[case]
     namespace: dict[str, Any] = {
         "c": Connector(fail=fails),
         "n": n,
@@ -109,17 +133,15 @@ def _loop(case: str, n: int) -> Callable[[], object]:
         "tenant_context": tenant_context,
         "TENANT": TENANT,
         "with_context": with_context,
+        "floor_relay": floor_relay,
+        "afloor_relay": afloor_relay,
     }
-    exec(_LOOPS.replace("METHOD", method), namespace)  # the benchmark's own text, never input
-    if method == "with_context":
-        return namespace["in_context"]  # type: ignore[no-any-return]
-    if items is None and not method.startswith("a"):
-        return namespace["calls"]  # type: ignore[no-any-return]
-    if items is None or method.startswith("a"):
-        loop = asyncio.new_event_loop()
-        make = namespace["coroutines" if items is None else "streams"]
-        return lambda: loop.run_until_complete(make())
-    return namespace["generators"]  # type: ignore[no-any-return]
+    exec(_LOOPS[kind].replace("CALL", call), namespace)  # the benchmark's own text, never input
+    loop = namespace["loop"]
+    if inspect.iscoroutinefunction(loop):
+        event_loop = asyncio.new_event_loop()
+        return lambda: event_loop.run_until_complete(loop())
+    return loop  # type: ignore[no-any-return]
 
 
 def drive(case: str, n: int) -> None:
@@ -172,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown cases: {', '.join(unknown)}")
 
     def per_call(case: str) -> tuple[str, int]:
-        n = args.calls if CASES[case][2] is None else max(1, args.calls // 10)
+        n = args.calls if not CASES[case][3] else max(1, args.calls // 10)
         out = None if args.out is None else os.path.join(args.out, f"callgrind.out.{case}")
         return case, count(case, n, args.python, out) // n
 
@@ -180,14 +202,11 @@ def main(argv: list[str] | None = None) -> None:
         results = dict(pool.map(per_call, cases))
     for case in cases:
         print(f"{case:10} {results[case]:>10,} instructions a call")
-    for bare, deco in (("gbare", "gen"), ("agbare", "agen")):
-        if {f"{deco}0", f"{deco}100"} <= results.keys():
-            slope = (results[f"{deco}100"] - results[f"{deco}0"]) / 100
-            line = f"{deco:10} {slope:>10,.0f} instructions an item"
-            if {f"{bare}0", f"{bare}100"} <= results.keys():
-                bare_slope = (results[f"{bare}100"] - results[f"{bare}0"]) / 100
-                line += f" (bare {bare_slope:,.0f}: +{slope - bare_slope:,.0f})"
-            print(line)
+    for name, stem, bare in SLOPES:
+        if {f"{stem}0", f"{stem}100", f"{bare}0", f"{bare}100"} <= results.keys():
+            slope = (results[f"{stem}100"] - results[f"{stem}0"]) / 100
+            over = slope - (results[f"{bare}100"] - results[f"{bare}0"]) / 100
+            print(f"{name:32} {slope:>8,.0f} instructions an item, {over:>+7,.0f} over the bare one")
     for deco, hand in (("sync", "hand"), ("sync_err", "hand_err"), ("coro", "ahand"), ("coro_err", "ahand_err")):
         if {deco, hand} <= results.keys():
             print(f"{deco:10} {results[deco] / results[hand]:>10.3f} of the hand-written pattern")
