@@ -299,6 +299,84 @@ def test_a_never_awaited_decorated_coroutine_still_warns_with_the_users_name():
     assert len(messages) == 1 and "forgotten_flow" in messages[0], messages
 
 
+def test_a_coroutine_dropped_after_others_started_and_reused_holders_still_counts_cancelled():
+    """Holders of started coroutines are reused; one never started still closes its work and counts cancelled."""
+    t = unique()
+
+    @instrument_workflow(t)
+    async def flow() -> int:
+        return 1
+
+    async def main() -> None:
+        for _ in range(3):
+            dropped, started = flow(), flow()  # the second may get the first's holder at the next turn
+            assert await started == 1
+            dropped.close()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        forgotten = flow()
+        assert asyncio.run(flow()) == 1  # takes a holder a started relay gave back, while `forgotten` holds its own
+        del forgotten
+        gc.collect()
+    never_awaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    del caught  # a recorded warning holds the coroutine it warns about, and so its holder
+    gc.collect()
+    assert len(never_awaited) == 1 and "flow" in never_awaited[0], never_awaited
+    assert value("workflow_executions_total", workflow_id=t, status="success", tenant_id="default_tenant") == 4
+    assert value("workflow_executions_total", workflow_id=t, status="cancelled", tenant_id="default_tenant") == 4
+
+
+def test_more_coroutines_than_the_holder_pool_keeps_all_count_exactly():
+    """Coroutines created all at once (more than the pool keeps), then all run or all dropped: every one counts."""
+    t = unique()
+    n = engine._HOLDERS.maxlen * 2 + 7  # type: ignore[operator]
+
+    @instrument_workflow(t)
+    async def flow(i: int) -> int:
+        return i
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*[flow(i) for i in range(n)])
+
+    assert asyncio.run(main()) == list(range(n))
+    assert len(engine._HOLDERS) <= engine._HOLDERS.maxlen  # type: ignore[operator]
+    assert all(h.work is None and h.bundle is None for h in engine._HOLDERS), "a pooled holder keeps nothing"
+    dropped = [flow(i) for i in range(n)]
+    for coroutine in dropped:
+        coroutine.close()
+    del dropped, coroutine
+    gc.collect()
+    assert value("workflow_executions_total", workflow_id=t, status="success", tenant_id="default_tenant") == n
+    assert value("workflow_executions_total", workflow_id=t, status="cancelled", tenant_id="default_tenant") == n
+
+
+def test_holders_are_taken_and_given_back_by_many_threads_without_losing_a_call():
+    """Threads each running their own loop share the holder pool: every call counts once, none as cancelled."""
+    t = unique()
+    calls, threads = 300, 4
+
+    @instrument_workflow(t)
+    async def flow() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    async def many() -> None:
+        await asyncio.gather(*[flow() for _ in range(calls)])
+
+    workers = [threading.Thread(target=asyncio.run, args=(many(),)) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    gc.collect()
+    assert value("workflow_executions_total", workflow_id=t, status="success", tenant_id="default_tenant") == (
+        calls * threads
+    )
+    assert value("workflow_executions_total", workflow_id=t, status="cancelled", tenant_id="default_tenant") == 0
+
+
 @pytest.mark.parametrize("kind", ["coroutine", "generator", "async generator"])
 def test_the_object_a_decorated_function_returns_carries_its_name(kind):
     """Coroutine and generator objects of decorated functions have the function's __name__ and __qualname__."""

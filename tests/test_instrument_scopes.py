@@ -130,6 +130,66 @@ def test_a_coroutine_closed_from_another_context_while_it_awaits_is_recorded_and
     assert _ops(name, "stuck", own, "error") == 0
 
 
+@pytest.mark.parametrize("kind", ["sync", "coroutine"])
+def test_an_interrupt_raised_while_recording_a_failure_still_leaves_the_calls_tenant(kind):
+    """A KeyboardInterrupt from inside the record (an error_type= raising it) propagates; the scope is still left."""
+    name, own, consumer = unique("ct"), unique(), unique()
+
+    def interrupting(exc: BaseException) -> str:
+        raise KeyboardInterrupt
+
+    decorate = instrument_connector_operation("interrupted", connector_type=name, error_type=interrupting)
+
+    @decorate
+    def sync(tenant_id: str) -> None:
+        raise Boom
+
+    @decorate
+    async def coro(tenant_id: str) -> None:
+        await asyncio.sleep(0)
+        raise Boom
+
+    async def main() -> None:
+        with tenant_context(consumer):
+            with pytest.raises(KeyboardInterrupt):
+                if kind == "sync":
+                    sync(own)
+                else:
+                    await coro(own)
+            assert bizmetrics.current_tenant() == consumer
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_coroutine_finished_in_another_context_than_it_started_returns_or_raises_as_undecorated(fail):
+    """A coroutine driven by hand through two contexts: resetting its tenant is skipped, its outcome untouched."""
+    name, own = unique("ct"), unique()
+
+    class Once:
+        def __await__(self) -> Any:
+            yield None
+
+    @instrument_connector_operation("moved", connector_type=name)
+    async def moved(tenant_id: str) -> str:
+        await Once()
+        if fail:
+            raise Boom
+        return "done"
+
+    coro = moved(own)
+    contextvars.copy_context().run(coro.send, None)  # started, and its tenant set, in a copy
+    if fail:
+        with pytest.raises(Boom):
+            coro.send(None)  # finished here: another context
+    else:
+        with pytest.raises(StopIteration) as stop:
+            coro.send(None)
+        assert stop.value.value == "done"
+    assert bizmetrics.current_tenant() is None
+    assert _ops(name, "moved", own, "error" if fail else "success") == 1
+
+
 class TestTheStreamPump:
     """A stream with its own tenant runs its steps through the pump: every protocol of async generators holds."""
 
