@@ -18,6 +18,7 @@ only then.  Celery is imported only when ``instrument`` is called.  See
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -271,7 +272,8 @@ def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, 
 #: Celery's signals and bizmetrics' receivers (connected with ``dispatch_uid="bizmetrics.<signal>"``):
 #: only ``task_revoked``, sent only when a task is revoked.
 RECEIVERS: dict[str, Callable[..., None]] = {"task_revoked": _revoked}
-_INSTRUMENTED: set[int] = set()
+#: The apps instrumented (weakly: a collected app's id may be a new app's).
+_INSTRUMENTED: weakref.WeakSet[Any] = weakref.WeakSet()
 #: Each registry class -> its subclass that measures every task put in it.
 _REGISTRIES: dict[type, type] = {}
 
@@ -342,8 +344,8 @@ def instrument(
     from celery import signals  # type: ignore[import-untyped]  # optional: imported only here
     from celery.exceptions import Ignore, Reject, Retry  # type: ignore[import-untyped]
 
-    if id(app) not in _INSTRUMENTED:
-        _INSTRUMENTED.add(id(app))
+    if app not in _INSTRUMENTED:
+        _INSTRUMENTED.add(app)
         _RETRY, _CANCELLED = (Retry,), (Reject, Ignore)
         for name, receiver in RECEIVERS.items():
             # Celery's signals hold weak references by default: these module functions live as long as the process.

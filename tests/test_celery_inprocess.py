@@ -9,6 +9,7 @@ runs for each task (``tests/test_celery.py`` runs real workers on Redis).
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -250,6 +251,30 @@ def test_tasks_registered_before_instrument_or_by_class_are_measured() -> None:
         assert nightly.delay(1).get() == 2
         assert app.tasks[legacy.name].delay(2).get() == 3
     assert [runs(app, task, tenant) for task in (early, nightly, legacy)] == [1, 1, 1]
+
+
+def test_a_new_app_at_a_collected_apps_address_is_instrumented_too() -> None:
+    seen: set[int] = set()
+    app: Any = None
+    for _ in range(500):
+        app = Celery(unique("app"), broker="memory://", backend="cache+memory://")
+        if id(app) in seen:
+            break
+        seen.add(id(app))
+        bizmetrics.celery.instrument(app)
+        app = None
+        gc.collect()
+    assert app is not None, "no address was reused"
+    app.conf.task_default_queue = unique("q")
+    bizmetrics.celery.instrument(app)
+
+    @app.task(name=unique("task"))
+    def job() -> None:
+        pass
+
+    with app.connection_for_write() as connection:
+        job.apply_async(connection=connection)
+    assert ENQUEUED_AT_HEADER in take(app).headers
 
 
 def test_a_worker_tracer_built_before_instrument_is_built_again() -> None:
