@@ -279,6 +279,9 @@ _REGISTRIES: dict[type, type] = {}
 
 
 def _measuring(registry: type) -> type:
+    """The subclass of a task registry's class that measures each task put in it (itself if it is one)."""
+    if registry in _REGISTRIES.values():  # a registry shared with an app instrumented before
+        return registry
     found = _REGISTRIES.get(registry)
     if found is None:
         setitem = registry.__setitem__  # type: ignore[index]
