@@ -176,6 +176,7 @@ def _measured(task: Any, run: Callable[..., Any]) -> Callable[..., Any]:
     return run_measured
 
 
+#: The code of every body wrapper: a task's ``run`` with it is measured already.
 _MEASURED = _measured(None, lambda: None).__code__
 
 
@@ -214,10 +215,12 @@ def _arm(on_task_init: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
 
     def on_task_init_armed(task_id: Any, task: Any) -> Any:
         runs = _RUNS
-        if runs.token is not None:  # a worker run whose clean-up never came: its tenant ends here
+        request = runs.armed[task] = task.request_stack.top
+        # A worker run's tenant still current when the next worker run starts: its clean-up never came (an
+        # eager run started by the first one's on_success or after_return handler keeps that tenant).
+        if runs.token is not None and not getattr(request, "is_eager", False):
             token, runs.token = runs.token, None
             _restore(token)
-        runs.armed[task] = task.request_stack.top
         return on_task_init(task_id, task)
 
     return on_task_init_armed

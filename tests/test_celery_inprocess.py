@@ -337,3 +337,27 @@ def test_a_failure_inside_bizmetrics_never_changes_what_the_task_returns(
     assert returned == [tenant, tenant]
     assert current_tenant() is None
     assert "bizmetrics bug" in caplog.text
+
+
+def test_a_worker_run_whose_clean_up_failed_leaves_no_tenant_to_the_next_one(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenant stays current until the tracer cleans up; if that fails, the next run starts without it."""
+
+    def fails(*_: Any) -> None:
+        raise RuntimeError("cleanup failed")
+
+    monkeypatch.setattr(type(app.backend), "process_cleanup", fails)
+
+    @app.task(name=unique("task"))
+    def job() -> object:
+        return current_tenant()
+
+    tenant = unique("tenant")
+    with app.connection_for_write() as connection:
+        with bizmetrics.tenant_context(tenant):
+            job.apply_async(connection=connection)
+        job.apply_async(connection=connection)
+    assert work(app, take(app)) == tenant
+    assert work(app, take(app)) is None
+    assert current_tenant() is None
