@@ -75,7 +75,7 @@ def _app(name: str) -> Any:
     app = Celery(f"bench-{name}", broker="memory://", backend="cache+memory://")
     app.conf.update(task_ignore_result=True, task_default_queue=f"bench-{name}")
 
-    @app.task(name="bench.noop")
+    @app.task(name="bench.noop", shared=False)  # each app its own task, no other app's
     def noop(x: int) -> int:
         return x
 
@@ -222,15 +222,16 @@ def count_one(name: str, path: str, calls: int) -> None:
 def count(calls: int, names: tuple[str, ...], bizmetrics_dir: str | None) -> dict[str, Any]:
     """Instructions per task of each set-up and path, each in its own process under callgrind."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (bizmetrics_dir, root, env.get("PYTHONPATH")) if p)
+    # The child runs this file as a script: bizmetrics comes from bizmetrics_dir, else this checkout.
+    root = bizmetrics_dir or str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     found: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             for path in PATHS:
                 out = os.path.join(tmp, f"{name}.{path}")
                 cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=_operator_call"]
-                cmd += [f"--callgrind-out-file={out}", sys.executable, "-m", "benchmarks.jobs"]
+                cmd += [f"--callgrind-out-file={out}", sys.executable, str(Path(__file__).resolve())]
                 subprocess.run(
                     [*cmd, "--count", name, path, "--calls", str(calls)],
                     env=env,
