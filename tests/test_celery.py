@@ -188,6 +188,10 @@ import time
 import bizmetrics
 from jobapp import app, work
 
+# A revoke is a broadcast: a worker not listening yet (slow to start on a loaded machine) never hears it.
+deadline = time.time() + 120
+while not app.control.ping(timeout=0.5) and time.time() < deadline:
+    pass
 with bizmetrics.tenant_context("acme"):
     result = work.apply_async(countdown=3)
 time.sleep(0.5)
