@@ -337,7 +337,7 @@ class Rule:
     keep: float = 0.0
 
 
-def _seconds(text: str | None) -> float:
+def seconds(text: str | None) -> float:
     if not text:
         return 0.0
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
@@ -348,7 +348,7 @@ def parse_rules(texts: list[str]) -> list[Rule]:
     rules = []
     for text in texts:
         for group in yaml.safe_load(text)["groups"]:
-            step = int(_seconds(group.get("interval")) or STEP)
+            step = int(seconds(group.get("interval")) or STEP)
             for rule in group["rules"]:
                 rules.append(
                     Rule(
@@ -357,8 +357,8 @@ def parse_rules(texts: list[str]) -> list[Rule]:
                         {k: str(v) for k, v in (rule.get("labels") or {}).items()},
                         step,
                         alert="alert" in rule,
-                        duration=_seconds(rule.get("for")),
-                        keep=_seconds(rule.get("keep_firing_for")),
+                        duration=seconds(rule.get("for")),
+                        keep=seconds(rule.get("keep_firing_for")),
                     )
                 )
     return rules
