@@ -15,13 +15,12 @@ negative values (``art_daily_flatmiddle``) is shifted up by its minimum first:
 a counter cannot fall.  The samples go in as OpenMetrics through
 ``promtool tsdb create-blocks-from openmetrics``.
 
-How the rules are evaluated: a real Prometheus serves that TSDB.  The
-recording rules are ordered by what they read (a rule comes after every rule
-whose output it reads), level by level; each level is evaluated with the
-HTTP API's ``query_range`` at its group's interval (60 s unless the group says
-otherwise) over every series' whole range, its output written back as
-OpenMetrics blocks, and Prometheus restarted on the grown TSDB before the
-next level.  An alert's expression is evaluated the same way, and ``for:``
+How the rules are evaluated: a real Prometheus serves that TSDB.  Each
+alert's expression, with every recorded series it reads replaced by the rule
+that records it (:func:`inline`: a range becomes a subquery at the rule
+group's interval), is evaluated with the HTTP API's ``query_range`` every
+60 s over every series' whole range (the whole chain of rules at once, which
+is where the run's time goes); ``for:``
 and ``keep_firing_for:`` are applied here, as Prometheus' rule manager does:
 an alert fires once its expression has held at every evaluation for ``for:``,
 and keeps firing until ``keep_firing_for:`` after the expression last held.
@@ -337,7 +336,7 @@ class Rule:
     keep: float = 0.0
 
 
-def _seconds(text: str | None) -> float:
+def seconds(text: str | None) -> float:
     if not text:
         return 0.0
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
@@ -348,7 +347,7 @@ def parse_rules(texts: list[str]) -> list[Rule]:
     rules = []
     for text in texts:
         for group in yaml.safe_load(text)["groups"]:
-            step = int(_seconds(group.get("interval")) or STEP)
+            step = int(seconds(group.get("interval")) or STEP)
             for rule in group["rules"]:
                 rules.append(
                     Rule(
@@ -357,8 +356,8 @@ def parse_rules(texts: list[str]) -> list[Rule]:
                         {k: str(v) for k, v in (rule.get("labels") or {}).items()},
                         step,
                         alert="alert" in rule,
-                        duration=_seconds(rule.get("for")),
-                        keep=_seconds(rule.get("keep_firing_for")),
+                        duration=seconds(rule.get("for")),
+                        keep=seconds(rule.get("keep_firing_for")),
                     )
                 )
     return rules

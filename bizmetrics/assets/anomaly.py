@@ -53,13 +53,13 @@ PROMETHEUS_DIR = Path(__file__).parent / "prometheus"
 #: Events a window counts as at least (added before the logarithm): the Poisson guard of tiny volumes.
 FLOOR_EVENTS = 3.0
 #: The band is never narrower than this factor around the seasonal envelope.
-MIN_RATIO = 1.5
+MIN_RATIO = 1.4
 #: Spread multiplier: the band widens by e ** (K * mean excess of the last week).
 K = 3.0
 #: How long a value must stay outside its band before the alert fires.
-FOR = "5m"
+FOR = "10m"
 #: How long an alert keeps firing after the value came back (one episode, not a flapping series).
-KEEP_FIRING_FOR = "10m"
+KEEP_FIRING_FOR = "30m"
 #: Where each seasonal reference sits: one day and one week before, the hour around it.
 LAGS = {"1d": "23h30m", "1w": "167h30m"}
 #: The window of the spread (mean excess).

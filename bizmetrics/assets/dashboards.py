@@ -1009,7 +1009,8 @@ def anomalies(jobs: str = DEFAULT_JOBS) -> dict[str, Any]:
         "bizmetrics-anomalies",
         "bizmetrics / Anomalies per customer",
         "Each signal of the chosen tenants against the band its anomaly rules learnt from the same hour a day and a"
-        " week before: a value outside the band for 5 minutes raises a *Anomaly alert (docs: operations/anomalies).",
+        f" week before: a value outside the band for {anomaly.FOR} raises a *Anomaly alert"
+        " (docs: operations/anomalies).",
         [
             _job_variable(jobs, anomaly.VALUE),
             _variable("tenant", "Tenant", f"label_values({anomaly.VALUE}{j}, tenant_id)"),
