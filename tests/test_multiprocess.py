@@ -175,12 +175,11 @@ def test_registry_collects_every_worker_when_multiprocess_mode_is_on(tmp_path: P
     assert _run(code, env).stdout.split() == ["False", "3.0"]
 
 
-@pytest.mark.slow
 def test_remove_dead_workers_drops_only_dead_processes_live_gauges(tmp_path: Path):
     """The uvicorn remedy: live-gauge files of dead pids go, those of running processes and other kinds stay."""
     from bizmetrics.multiprocess import remove_dead_workers
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = subprocess.Popen(["true"])  # a pid that is gone (no interpreter: a few ms)
     dead.wait()
     alive = os.getppid()
     names = [
@@ -194,6 +193,26 @@ def test_remove_dead_workers_drops_only_dead_processes_live_gauges(tmp_path: Pat
         (tmp_path / name).write_bytes(b"")
     assert remove_dead_workers(str(tmp_path)) == [dead.pid]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
+def test_remove_dead_workers_tells_a_reused_pid_by_its_start_time(tmp_path: Path):
+    """Files named by identity (pid and start time): a live pid with another start time is a dead worker's."""
+    from bizmetrics import _mpfiles
+    from bizmetrics.multiprocess import remove_dead_workers
+
+    me, started = os.getpid(), _mpfiles.start_time(os.getpid())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = {
+        f"gauge_livesum_{me}-{started}.db": True,  # this process: alive
+        f"gauge_liveall_{me}-{int(started or 0) + 1}.db": False,  # its pid, reused: the older worker is gone
+        f"gauge_livemax_{dead.pid}-{started}.db": False,
+        f"counter_{dead.pid}-1.db": True,  # not a live gauge: merged by compaction, never dropped
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert remove_dead_workers(str(tmp_path)) == sorted({me, dead.pid})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name for name, kept in names.items() if kept)
 
 
 @pytest.mark.slow

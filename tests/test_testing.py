@@ -490,3 +490,14 @@ def test_the_wsgi_middleware_sets_the_trace_from_a_sampled_traceparent():
     marker = f'trace_id="{TRACE}"'
     assert any(marker in line for line in _exemplar_lines("api_request_duration_bucket", t))
     assert any(marker in line for line in _exemplar_lines("db_query_duration_bucket", t))
+
+
+def test_the_bizmetrics_capture_fixture_captures_the_whole_test(bizmetrics_capture):
+    """The plugin's fixture (this suite loads it through the pytest11 entry point too) is a running capture."""
+    cache = unique("cache")
+    bizmetrics.record_cache_hit(cache, 2)
+    bizmetrics.record_cache_miss(cache)
+    bizmetrics_capture.assert_delta("cache_hits_total", 2, cache=cache)
+    assert bizmetrics_capture.delta("cache_misses_total", cache=cache) == 1
+    with pytest.raises(AssertionError, match="What changed"):
+        bizmetrics_capture.assert_delta("cache_hits_total", 3, cache=cache)
