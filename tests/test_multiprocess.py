@@ -1,4 +1,8 @@
-"""Multiprocess mode: a real gunicorn with several workers, and the import-order trap."""
+"""Multiprocess mode: a real gunicorn with several workers (``slow``), and short ``python -c`` processes in that mode.
+
+The short ones (well under a second each) are unit tests: multiprocess mode is chosen when a
+process imports prometheus_client, so only a fresh interpreter can show it.
+"""
 
 from __future__ import annotations
 
@@ -120,7 +124,6 @@ def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow
 def test_import_order_trap_is_warned_about(tmp_path: Path):
     """prometheus_client imported before PROMETHEUS_MULTIPROC_DIR is set: bizmetrics warns."""
     env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
@@ -137,7 +140,6 @@ def test_import_order_trap_is_warned_about(tmp_path: Path):
     assert "imported before" in done.stderr
 
 
-@pytest.mark.slow
 def test_right_import_order_is_silent(tmp_path: Path):
     """With the variable set first, multiprocess mode is on and nothing is logged."""
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
@@ -161,7 +163,6 @@ def test_registry_is_the_default_registry_when_multiprocess_mode_is_off():
     assert multiprocess.registry() is REGISTRY
 
 
-@pytest.mark.slow
 def test_registry_collects_every_worker_when_multiprocess_mode_is_on(tmp_path: Path):
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     code = """
@@ -215,7 +216,6 @@ def test_remove_dead_workers_tells_a_reused_pid_by_its_start_time(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name for name, kept in names.items() if kept)
 
 
-@pytest.mark.slow
 def test_a_missing_multiprocess_directory_never_stops_an_import_or_a_call(tmp_path):
     """PROMETHEUS_MULTIPROC_DIR pointing nowhere: the module imports, decorates, and its functions return."""
     script = textwrap.dedent(
