@@ -290,6 +290,9 @@ def compact(directory: str, blocking: bool = True, limit: int | None = None) -> 
         for name in archive.absorbed:
             if name in present:
                 unlink(os.path.join(directory, name))
+        if archive.absorbed:
+            committed = set(archive.absorbed)
+            names = [name for name in names if name not in committed]  # in the archive already: not absorbed again
         for name in names:
             if name.endswith(".tmp") and name.startswith("."):
                 # What a killed writer left: the archive's (we hold the lock), or a dead worker's exemplars.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,6 +28,8 @@ __all__ = ["instrument", "queue_depth"]
 
 _UTC = timezone.utc
 _MARK = "__bizmetrics_instrumented__"
+#: The job whose run an instrumented ``perform`` is recording in this context.
+_PERFORMING: ContextVar[Any] = ContextVar("bizmetrics_rq_performing", default=None)
 
 
 def _seconds(when: object) -> float | None:
@@ -54,30 +57,41 @@ def _wrap_create_job(create_job: Callable[..., Any]) -> Callable[..., Any]:
 
 def _wrap_perform(perform: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def perform_recorded(self: Any) -> Any:
-        try:
-            eager = self.worker_name == "sync"  # Queue(is_async=False) runs jobs in place as worker "sync"
-            job = Job(
-                self.origin,
-                self.func_name,
-                None if eager else _seconds(self.enqueued_at),
-                (self.meta or {}).get(TENANT_HEADER),
-                eager,
-            )
-        except Exception:
-            _log.internal_error("rq perform")
+        # A subclass's perform calling super().perform(), both instrumented: the outer one records the run.
+        if _PERFORMING.get() is self:
             return perform(self)
-        job.start()
+        token = _PERFORMING.set(self)
         try:
-            result = perform(self)
-        except BaseException as error:
-            # RQ retries a failed job while it has retries left: this run asked for a retry.
-            retries_left = getattr(self, "retries_left", None)
-            job.finish("retry" if isinstance(retries_left, int) and retries_left > 0 else None, error)
-            raise
-        job.finish("success")
-        return result
+            return _perform_recorded(self, perform)
+        finally:
+            _PERFORMING.reset(token)
 
     return perform_recorded
+
+
+def _perform_recorded(self: Any, perform: Callable[[Any], Any]) -> Any:
+    try:
+        eager = self.worker_name == "sync"  # Queue(is_async=False) runs jobs in place as worker "sync"
+        job = Job(
+            self.origin,
+            self.func_name,
+            None if eager else _seconds(self.enqueued_at),
+            (self.meta or {}).get(TENANT_HEADER),
+            eager,
+        )
+    except Exception:
+        _log.internal_error("rq perform")
+        return perform(self)
+    job.start()
+    try:
+        result = perform(self)
+    except BaseException as error:
+        # RQ retries a failed job while it has retries left: this run asked for a retry.
+        retries_left = getattr(self, "retries_left", None)
+        job.finish("retry" if isinstance(retries_left, int) and retries_left > 0 else None, error)
+        raise
+    job.finish("success")
+    return result
 
 
 def instrument(

@@ -527,6 +527,27 @@ def test_route_callable_names_the_endpoint_for_other_frameworks():
     assert count("__unmatched__", tenant) == 1
 
 
+def test_a_route_callable_that_raises_leaves_the_response_alone_and_counts_unmatched(caplog):
+    """A failing route= callable: the client gets the app's response, the request counts as unmatched, it is logged."""
+    from bizmetrics import _log
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def route(scope: Any) -> str:
+        raise KeyError("my.template")
+
+    tenant = unique()
+    app = MetricsMiddleware(raw, tenant="X-T", route=route)
+    _log.reset()
+    with caplog.at_level("ERROR", logger="bizmetrics"):
+        sent = asyncio.run(_call(app, "/things/1", headers=[(b"x-t", tenant.encode())]))
+    assert sent[0]["status"] == 201 and sent[1]["body"] == b"ok"
+    assert count("__unmatched__", tenant, "2xx") == 1
+    assert "recording failed in asgi route" in caplog.text
+
+
 def test_readme_tenant_middleware_answers_requests_without_the_header():
     """The tenants guide's tenant middleware, as pasted: no header (a Prometheus scrape) is a 200, not a KeyError."""
     import re

@@ -29,6 +29,7 @@ from support.ops import (
     all_variables,
     burn_rate_spec,
     dashboard_targets,
+    export_assets,
     needs_history,
     promtool_unit_tests,
 )
@@ -41,12 +42,6 @@ from bizmetrics import assets
 from bizmetrics.assets import dashboards
 
 HERE = Path(__file__).parent
-
-
-def _export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bizmetrics", "export-assets", str(directory), *args], capture_output=True, text=True
-    )
 
 
 # --- promtool ---------------------------------------------------------------------------
@@ -414,10 +409,9 @@ def _rule(text: str, name: str) -> dict[str, object]:
     return found[0]
 
 
-@pytest.mark.slow
 def test_export_assets_writes_every_file_as_shipped(tmp_path):
     """``export-assets DIR`` writes the rules, dashboards and Alertmanager example exactly as shipped."""
-    done = _export(tmp_path)
+    done = export_assets(tmp_path)
     assert done.returncode == 0, done.stderr
     expected = sorted(
         [f"prometheus/{name}" for name in assets.RULE_FILES]
@@ -445,7 +439,7 @@ def test_export_assets_writes_every_file_as_shipped(tmp_path):
 @pytest.mark.slow
 def test_export_assets_options_tune_the_files(tmp_path):
     """Every export option lands where it should, and promtool accepts the result."""
-    done = _export(
+    done = export_assets(
         tmp_path,
         "--jobs",
         "checkout|billing",
@@ -544,7 +538,7 @@ def test_export_assets_options_tune_the_files(tmp_path):
 @pytest.mark.slow
 def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
     """A --jobs regex with a backslash or a quote lands in PromQL strings escaped, and promtool accepts it."""
-    done = _export(tmp_path, "--jobs", 'web-\\d+|"odd"')
+    done = export_assets(tmp_path, "--jobs", 'web-\\d+|"odd"')
     assert done.returncode == 0, done.stderr
     alerting = (tmp_path / "prometheus" / "alerting_rules.yml").read_text()
     assert _rule(alerting, "BizmetricsTargetDown")["expr"] == 'up{job=~"web-\\\\d+|\\"odd\\""} == 0'
@@ -559,7 +553,6 @@ def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
     assert job["allValue"] == 'web-\\\\d+|\\"odd\\"'
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -588,33 +581,31 @@ def test_export_assets_jobs_regex_is_escaped_for_promql(tmp_path):
 )
 def test_export_assets_rejects_bad_options(tmp_path, args, message):
     """A bad option value exits with 1, says why, and writes nothing."""
-    done = _export(tmp_path, *args)
+    done = export_assets(tmp_path, *args)
     assert done.returncode == 1, done.stderr
     assert message in done.stderr
     assert _files(tmp_path) == []
 
 
-@pytest.mark.slow
 def test_export_assets_namespace_gives_the_dashboards_their_own_identity(tmp_path):
     """--namespace acme: prefixed names, and dashboard uids and titles of their own beside the plain ones."""
-    assert _export(tmp_path, "--namespace", "acme").returncode == 0
+    assert export_assets(tmp_path, "--namespace", "acme").returncode == 0
     board = json.loads((tmp_path / "grafana" / "connector-health.json").read_text())
     plain = json.loads(dashboards.render(dashboards.DASHBOARDS["connector-health.json"]))
     assert board["uid"] == plain["uid"] + "-acme" and board["title"] == plain["title"] + " (acme)"
     assert all("acme_connector" in t["expr"] for p in board["panels"] for t in p["targets"])
 
 
-@pytest.mark.slow
 def test_export_assets_never_overwrites_a_differing_file_without_force(tmp_path):
     """An edited file is left alone (exit 1, listed); unchanged files are fine; --force overwrites."""
-    assert _export(tmp_path).returncode == 0
+    assert export_assets(tmp_path).returncode == 0
     edited = tmp_path / "prometheus" / "alerting_rules.yml"
     edited.write_text(edited.read_text().replace("for: 2m", "for: 3m"))
     mine = edited.read_text()
     removed = tmp_path / "grafana" / "system-overview.json"
     removed.unlink()
 
-    again = _export(tmp_path)
+    again = export_assets(tmp_path)
     assert again.returncode == 1
     assert again.stderr.splitlines() == [
         f"bizmetrics export-assets: left alone (edited by hand, --force overwrites): {edited}"
@@ -622,17 +613,17 @@ def test_export_assets_never_overwrites_a_differing_file_without_force(tmp_path)
     assert again.stdout.split() == [str(removed)]
     assert edited.read_text() == mine
 
-    tuned = _export(tmp_path, "--api-objective", "0.99")
+    tuned = export_assets(tmp_path, "--api-objective", "0.99")
     assert tuned.returncode == 1
     assert str(edited) in tuned.stderr
     # slo_rules.yml is as the last export wrote it, so new options regenerate it (test_export_manifest.py).
     assert tuned.stdout.split() == [str(tmp_path / "prometheus" / "slo_rules.yml")]
 
-    forced = _export(tmp_path, "--defaults", "--force")
+    forced = export_assets(tmp_path, "--defaults", "--force")
     assert forced.returncode == 0, forced.stderr
     assert sorted(forced.stdout.split()) == sorted([str(edited), str(tmp_path / "prometheus" / "slo_rules.yml")])
     assert edited.read_text() == ASSETS.joinpath("prometheus").joinpath("alerting_rules.yml").read_text()
-    assert _export(tmp_path).returncode == 0
+    assert export_assets(tmp_path).returncode == 0
 
 
 @pytest.mark.slow

@@ -84,6 +84,8 @@ def test_demo_stops_cleanly_on_ctrl_c():
         (["--port", "70000"], "argument --port: '70000' is not a port number"),
         (["--duration", "-1"], "argument --duration: '-1' is not a positive number of seconds"),
         (["--duration", "nan"], "argument --duration: 'nan' is not a positive number of seconds"),
+        (["--port", "http"], "argument --port: 'http' is not a port number"),
+        (["--duration", "soon"], "argument --duration: 'soon' is not a positive number of seconds"),
     ],
 )
 def test_demo_refuses_bad_port_and_duration_with_a_clear_message(args: list[str], message: str, capsys):

@@ -444,3 +444,36 @@ def test_settings_http_status_chooses_codes_or_classes(setting: str, expect: str
         assert client().get("/wp-login.php", headers={"X-Tenant-ID": tenant}).status_code == 404
     assert count("__unmatched__", tenant, expect) == 1
     assert count("__unmatched__", tenant, "4xx" if expect == "404" else "404") == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_middleware_built_by_hand_around_a_view_records_each_request(kind: str):
+    """Without Django's handler around it (a custom stack): each request once, a raise as 500 re-raised, excluded
+    paths not at all."""
+    from django.test import RequestFactory
+
+    def view(request: HttpRequest) -> HttpResponse:
+        if request.path == "/boom/":
+            raise Boom
+        return HttpResponse("ok", status=201)
+
+    async def async_view(request: HttpRequest) -> HttpResponse:
+        return view(request)
+
+    middleware = bizmetrics.django.MetricsMiddleware(view if kind == "sync" else async_view)
+    tenant = unique()
+
+    def call(path: str) -> HttpResponse:
+        request = RequestFactory().get(path, headers={"X-Tenant-ID": tenant})
+        response = middleware(request)
+        response = asyncio.run(response) if kind == "async" else response
+        response.close()  # as the server does once it sent the body: the request is recorded then
+        return response
+
+    assert call("/users/7/").status_code == 201
+    with pytest.raises(Boom):
+        call("/boom/")
+    assert call("/health").status_code == 201  # excluded by default: served, not recorded
+    assert count("/users/<int:user_id>/", tenant) == 1
+    assert count("/boom/", tenant, "5xx") == 1
+    assert count("/health", tenant) == 0

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from support.ops import export_assets as _export
 
 from bizmetrics import assets
-
-
-def _export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bizmetrics", "export-assets", str(directory), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def _snapshot(directory: Path) -> dict[str, str]:
@@ -32,7 +21,6 @@ def _snapshot(directory: Path) -> dict[str, str]:
 TUNED = ("--namespace", "acme", "--api-objective", "0.99", "--for", "BizmetricsTargetDown=5m", "--min-events", "20")
 
 
-@pytest.mark.slow
 def test_a_rerun_without_options_regenerates_the_same_files(tmp_path):
     first = _export(tmp_path, *TUNED)
     assert first.returncode == 0, first.stderr
@@ -54,7 +42,6 @@ def test_a_rerun_without_options_regenerates_the_same_files(tmp_path):
     assert _snapshot(tmp_path) == made
 
 
-@pytest.mark.slow
 def test_changed_options_are_reported_and_regenerate_files_but_not_hand_edits(tmp_path):
     assert _export(tmp_path, "--api-objective", "0.99").returncode == 0
     edited = tmp_path / "prometheus" / "alerting_rules.yml"
@@ -78,7 +65,6 @@ def test_changed_options_are_reported_and_regenerate_files_but_not_hand_edits(tm
     assert "0.995" in slo.read_text()  # --force alone keeps the recorded options
 
 
-@pytest.mark.slow
 def test_defaults_start_afresh_and_a_broken_manifest_is_reported(tmp_path):
     assert _export(tmp_path, "--namespace", "acme").returncode == 0
     fresh = _export(tmp_path, "--defaults")

@@ -170,3 +170,50 @@ def test_http_methods_given_as_bytes_are_decoded(method, expected):
     endpoint = "/" + unique()
     bizmetrics.record_api_request(method, endpoint, 200, 1, "acme")
     assert value("api_requests_total", method=expected, endpoint=endpoint, status="2xx", tenant_id="acme") == 1
+
+
+#: Every helper that records, called as an application would (a fresh tenant where it takes one).
+HELPER_CALLS = [
+    ("record_connector_operation", ("crm", "sync", 5, False), {"error_type": "Timeout"}),
+    ("record_connector_sync", ("crm", "contacts", 3, True), {}),
+    ("record_workflow_execution", ("wf", 5, False), {}),
+    ("record_workflow_step", ("wf", "step", 5), {}),
+    ("record_agent_invocation", ("agent", 5, 10, True), {}),
+    ("record_agent_invocation", ("agent", 5, 10, True), {"usage": {"input": 7, "output": 3}}),
+    ("record_tool_call", ("agent", "search", 5, False), {}),
+    ("record_api_request", ("GET", "/x", 503, 5), {}),
+    ("record_db_query", ("select", 5), {}),
+    ("set_db_pool_size", ("pool", 3), {}),
+    ("inc_db_pool_size", ("pool",), {}),
+    ("dec_db_pool_size", ("pool",), {}),
+    ("record_cache_hit", ("sessions",), {}),
+    ("record_cache_miss", ("sessions",), {}),
+]
+
+
+@pytest.mark.parametrize(("helper", "args", "kwargs"), HELPER_CALLS, ids=lambda v: v if isinstance(v, str) else "")
+def test_a_broken_registry_never_reaches_the_caller_and_is_logged(helper, args, kwargs, monkeypatch, caplog):
+    """With labels() failing on every catalogue metric, each helper returns None and logs the failure once."""
+    from bizmetrics import _cache, _log, metrics
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("registry is broken")
+
+    class Broken:
+        get = staticmethod(broken)
+
+    for metric in metrics.CATALOGUE:
+        monkeypatch.setattr(metric, "labels", broken)
+    # The pool gauges' family holds the bound labels() of its gauge from import on.
+    monkeypatch.setattr(bizmetrics.helpers, "POOL_FAMILY", Broken())
+    _cache.invalidate_all()
+    _log.reset()
+    with tenant_context(unique()), caplog.at_level("ERROR", logger="bizmetrics"):
+        assert getattr(bizmetrics, helper)(*args, **kwargs) is None
+    failures = [
+        r
+        for r in caplog.records
+        if r.getMessage() == f"bizmetrics: recording failed in {helper}; the application is unaffected"
+    ]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert str(failures[0].exc_info[1]) == "registry is broken"

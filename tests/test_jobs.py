@@ -151,6 +151,29 @@ def test_record_job_books_a_run_after_the_fact(caplog: pytest.LogCaptureFixture)
     assert value("job_in_progress", queue=queue, task=task) == 0
 
 
+def test_under_fixed_durations_every_duration_and_wait_is_the_fixed_one(wall: list[float]) -> None:
+    """``testing.fixed_durations(ms)``: runs and after-the-fact records observe ``ms``; counts are as ever."""
+    from bizmetrics.testing import fixed_durations
+
+    queue, task = unique("q"), unique("task")
+    q = {"queue": queue, "task": task}
+    headers = jobs.headers(tenant_id="t5")
+    wall[0] += 9.0  # a 9 s wait, recorded as the fixed 7 ms
+    with fixed_durations(7):
+        with jobs.run_job(queue, task, headers):
+            assert value("job_in_progress", **q) == 1
+        with jobs.run_job(queue, task, headers) as job:
+            job.retry()
+        jobs.record_job(queue, task, "cancelled", tenant_id="t5")  # never ran: neither duration nor wait
+        jobs.record_job(queue, task, "error", 30.0, queue_wait_ms=50.0, tenant_id="t5")
+    for status, count in (("success", 1), ("retry", 1), ("cancelled", 1), ("error", 1)):
+        assert value("job_executions_total", **q, status=status, tenant_id="t5") == count, status
+    assert value("job_retries_total", **q, tenant_id="t5") == 1
+    assert (value("job_duration_count", **q), value("job_duration_sum", **q)) == (3, 21.0)
+    assert (value("job_queue_wait_count", **q), value("job_queue_wait_sum", **q)) == (3, 21.0)
+    assert value("job_in_progress", **q) == 0
+
+
 def test_celery_eager_tasks_run_with_the_callers_tenant_without_queue_wait() -> None:
     from celery import Celery
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -154,6 +155,65 @@ def test_gauges_keep_their_multiprocess_modes(tmp_path: Path) -> None:
     assert got[("g_sum", (("pool", "p"),))] == 7.0 - 2.0 + 3.0 + 1.0 + 100.0
     assert got[("g_mostrecent", (("pool", "p"),))] == 7.0
     assert got[("g_livesum", (("pool", "p"),))] == 1.0
+
+
+def test_a_compaction_gives_up_at_once_while_a_scrape_reads(tmp_path: Path) -> None:
+    """``blocking=False`` (what a scrape's own compaction asks): with the directory held, nothing is merged."""
+    write_worker(tmp_path, dead_identity(0), seed=0)
+    with _mpfiles.locked(str(tmp_path), exclusive=False):
+        assert _mpfiles.compact(str(tmp_path), blocking=False) == []
+        assert len(list(tmp_path.glob("*.db"))) == 2
+    assert len(_mpfiles.compact(str(tmp_path), blocking=False)) == 2
+
+
+def test_a_compaction_clears_what_killed_writers_left_and_keeps_live_ones(tmp_path: Path) -> None:
+    """Files a killed compaction absorbed but did not delete, and dead writers' temporary files, go; totals stay."""
+    write_worker(tmp_path, dead_identity(0), seed=0)
+    expected = stock(tmp_path)
+    _mpfiles.compact(str(tmp_path))
+    # A compaction killed after its commit, before its deletes: the archive lists files that are back.
+    archive = _mpfiles.Archive.read(str(tmp_path))
+    write_worker(tmp_path, dead_identity(0), seed=0)
+    _mpfiles.Archive(archive.rows, [f"counter_{dead_identity(0)}.db", f"histogram_{dead_identity(0)}.db"], {}).write(
+        str(tmp_path)
+    )
+    assert ours(tmp_path) == expected  # listed as absorbed: never read twice
+    me = f"{os.getpid()}-{MY_START}"
+    left = [f".{_mpfiles.ARCHIVE}.x1.tmp", f".exemplars_{dead_identity(1)}.json.x2.tmp"]
+    kept = [f".exemplars_{me}.json.x3.tmp"]  # a live worker writing its exemplars right now
+    for name in left + kept:
+        (tmp_path / name).write_text("{")
+    assert _mpfiles.compact(str(tmp_path)) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([_mpfiles.ARCHIVE, _mpfiles.LOCK, *kept])
+    assert ours(tmp_path) == expected
+
+
+def test_dead_workers_exemplars_survive_their_compaction(tmp_path: Path) -> None:
+    """A counter's latest exemplar of any worker, dead or alive, is exposed, before and after the merge."""
+    key = mmap_key("ops", "ops_total", ["tenant_id"], ["t1"], HELP)
+    for i, (trace, at) in enumerate([("old", 100.0), ("new", 200.0)]):
+        counter = MmapedDict(str(tmp_path / f"counter_{dead_identity(i)}.db"))
+        counter.write_value(key, 1.0, 0.0)
+        counter.close()
+        (tmp_path / f"exemplars_{dead_identity(i)}.json").write_text(json.dumps({key: [{"trace_id": trace}, 1.0, at]}))
+    (tmp_path / f"exemplars_{dead_identity(2)}.json").write_text("{half")  # never written whole: skipped
+
+    def exemplar() -> tuple[float, Any]:
+        (metric,) = _mpfiles.collect(str(tmp_path))
+        (sample,) = metric.samples
+        return sample.value, sample.exemplar and (sample.exemplar.labels, sample.exemplar.timestamp)
+
+    assert exemplar() == (2.0, ({"trace_id": "new"}, 200.0))
+    assert len(_mpfiles.compact(str(tmp_path))) == 5
+    assert exemplar() == (2.0, ({"trace_id": "new"}, 200.0))
+
+
+def test_start_time_of_a_process_that_is_gone_is_none() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert _mpfiles.start_time(gone.pid) is None
+    assert _mpfiles.start_time(os.getpid()) == MY_START is not None
+    assert not _mpfiles.alive(str(gone.pid), "1")
 
 
 @pytest.mark.slow  # threads contending for the GIL and the directory lock: from 20 s to minutes on a loaded machine

@@ -1,4 +1,8 @@
-"""Multiprocess mode: a real gunicorn with several workers, and the import-order trap."""
+"""Multiprocess mode: a real gunicorn with several workers (``slow``), and short ``python -c`` processes in that mode.
+
+The short ones (well under a second each) are unit tests: multiprocess mode is chosen when a
+process imports prometheus_client, so only a fresh interpreter can show it.
+"""
 
 from __future__ import annotations
 
@@ -120,7 +124,6 @@ def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow
 def test_import_order_trap_is_warned_about(tmp_path: Path):
     """prometheus_client imported before PROMETHEUS_MULTIPROC_DIR is set: bizmetrics warns."""
     env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
@@ -137,7 +140,6 @@ def test_import_order_trap_is_warned_about(tmp_path: Path):
     assert "imported before" in done.stderr
 
 
-@pytest.mark.slow
 def test_right_import_order_is_silent(tmp_path: Path):
     """With the variable set first, multiprocess mode is on and nothing is logged."""
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
@@ -161,7 +163,6 @@ def test_registry_is_the_default_registry_when_multiprocess_mode_is_off():
     assert multiprocess.registry() is REGISTRY
 
 
-@pytest.mark.slow
 def test_registry_collects_every_worker_when_multiprocess_mode_is_on(tmp_path: Path):
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     code = """
@@ -175,12 +176,11 @@ def test_registry_collects_every_worker_when_multiprocess_mode_is_on(tmp_path: P
     assert _run(code, env).stdout.split() == ["False", "3.0"]
 
 
-@pytest.mark.slow
 def test_remove_dead_workers_drops_only_dead_processes_live_gauges(tmp_path: Path):
     """The uvicorn remedy: live-gauge files of dead pids go, those of running processes and other kinds stay."""
     from bizmetrics.multiprocess import remove_dead_workers
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = subprocess.Popen(["true"])  # a pid that is gone (no interpreter: a few ms)
     dead.wait()
     alive = os.getppid()
     names = [
@@ -196,7 +196,26 @@ def test_remove_dead_workers_drops_only_dead_processes_live_gauges(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
 
 
-@pytest.mark.slow
+def test_remove_dead_workers_tells_a_reused_pid_by_its_start_time(tmp_path: Path):
+    """Files named by identity (pid and start time): a live pid with another start time is a dead worker's."""
+    from bizmetrics import _mpfiles
+    from bizmetrics.multiprocess import remove_dead_workers
+
+    me, started = os.getpid(), _mpfiles.start_time(os.getpid())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = {
+        f"gauge_livesum_{me}-{started}.db": True,  # this process: alive
+        f"gauge_liveall_{me}-{int(started or 0) + 1}.db": False,  # its pid, reused: the older worker is gone
+        f"gauge_livemax_{dead.pid}-{started}.db": False,
+        f"counter_{dead.pid}-1.db": True,  # not a live gauge: merged by compaction, never dropped
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert remove_dead_workers(str(tmp_path)) == sorted({me, dead.pid})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name for name, kept in names.items() if kept)
+
+
 def test_a_missing_multiprocess_directory_never_stops_an_import_or_a_call(tmp_path):
     """PROMETHEUS_MULTIPROC_DIR pointing nowhere: the module imports, decorates, and its functions return."""
     script = textwrap.dedent(

@@ -213,6 +213,18 @@ def test_replacing_prices_prices_new_tokens_only():
     assert cost(agent, "gpt-4o", currency="EUR") == pytest.approx(4)
 
 
+@pytest.mark.parametrize("currency", ["", None, 978])
+def test_a_currency_that_is_no_code_is_logged_and_usd_is_used(currency: Any, caplog):
+    """``set_prices(..., currency=)`` with something that is not a currency code: a warning, and USD."""
+    with caplog.at_level("WARNING", logger="bizmetrics"):
+        bizmetrics.set_prices({"gpt-4o": {"input": 3}}, currency=currency)
+    assert f"currency {currency!r} is not a currency code; using USD" in caplog.text
+    agent = unique("agent")
+    with bizmetrics.tenant_context("acme"):
+        instrument_agent(agent)(lambda: openai_response("gpt-4o", 1_000_000, 0, 0, 0))()
+    assert cost(agent, "gpt-4o", currency="USD") == pytest.approx(3)
+
+
 def test_report_usage_and_record_agent_invocation_are_priced():
     bizmetrics.set_prices({"gpt-4o": GPT, "claude": CLAUDE})
     agent = unique("agent")

@@ -1,6 +1,9 @@
-"""RQ end to end: a real forking worker (a work horse per job) on a real Redis, jobs enqueued from another process.
+"""RQ against a real Redis: in-process ``SimpleWorker`` runs, and end to end a real forking worker.
 
-Every count, queue wait and retry is compared with the ground truth the jobs and the publisher write down.
+The in-process tests compare the catalogue with what a model of the jobs
+predicts. The end-to-end ones (``slow``) run ``rq worker`` (a work horse per
+job) with jobs enqueued from another process, and compare every count, queue
+wait and retry with the ground truth the jobs and the publisher write down.
 """
 
 from __future__ import annotations
@@ -8,13 +11,158 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.jobs import check, env, ground_truth_waits, plan, publish, scrape, value, write
-from support.servers import process, redis_url, wait
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from redis import Redis
+from rq import Queue, Retry, SimpleWorker
+from rq.job import Job
+from support import registry
+from support.jobs import check, env, ground_truth_waits, plan, publish, rq_flaky, rq_tenant, scrape, value, write
+from support.servers import process, redis_server, redis_url, wait
 
-pytestmark = pytest.mark.slow
+import bizmetrics
+import bizmetrics.rq
+from bizmetrics.jobs import TENANT_HEADER
+
+# --- in this process: a SimpleWorker runs the jobs ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[Redis]:
+    with redis_server() as port:
+        connection = Redis(port=port)
+        yield connection
+        connection.close()
+
+
+class BurstWorker(SimpleWorker):
+    """RQ's in-process worker, without the channel ``rq`` commands reach a live worker through.
+
+    A burst never needs it, and its listener thread can hold the end of a burst for 60 s (RQ's
+    ``sleep_time``) when redis-py's ``stop()`` joins it.
+    """
+
+    def subscribe(self) -> None:
+        pass
+
+
+def work(queue: Queue, job_class: type[Job] = Job) -> None:
+    # CRITICAL: RQ logs every job, and every failure's traceback, at INFO and ERROR.
+    BurstWorker([queue], connection=queue.connection, job_class=job_class).work(burst=True, logging_level="CRITICAL")
+
+
+def runs(queue: str, task: str, status: str, tenant: str) -> float:
+    return registry.value("job_executions_total", queue=queue, task=task, status=status, tenant_id=tenant)
+
+
+#: A job: its publisher's tenant (None: none current), the runs that raise, the retries it is enqueued with.
+jobs_plans = st.lists(
+    st.tuples(st.sampled_from(["acme", "beta", None]), st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=6
+)
+
+
+@settings(max_examples=20)
+@given(jobs=jobs_plans)
+def test_a_simple_worker_records_every_run_under_the_publishers_tenant(redis: Redis, jobs: list[Any]) -> None:
+    """Each run is an execution of the job's tenant (success, error, or retry while RQ retries), with its wait."""
+    bizmetrics.rq.instrument()
+    name, task = registry.unique("work"), "support.jobs.rq_flaky"
+    queue = Queue(name, connection=redis)
+    before = time.time()
+    enqueued = []
+    for tenant, failures, retries in jobs:
+        with bizmetrics.tenant_context(tenant):
+            retry = Retry(max=retries) if retries else None
+            enqueued.append(queue.enqueue(rq_flaky, retries, failures, retry=retry))
+    work(queue)
+    spent_ms = (time.time() - before) * 1000
+
+    total_runs = 0
+    for tenant in ("acme", "beta", None):
+        mine = [(failures, retries) for t, failures, retries in jobs if t == tenant]
+        label = tenant or "default_tenant"
+        retried = sum(min(f, r) for f, r in mine)
+        assert runs(name, task, "success", label) == sum(f <= r for f, r in mine)
+        assert runs(name, task, "error", label) == sum(f > r for f, r in mine)
+        assert runs(name, task, "retry", label) == retried
+        assert registry.value("job_retries_total", queue=name, task=task, tenant_id=label) == retried
+        total_runs += len(mine) + retried
+    # The job body ran under the publisher's tenant.
+    for job, (tenant, failures, retries) in zip(enqueued, jobs, strict=True):
+        if failures <= retries:
+            assert job.return_value() == tenant
+    q = {"queue": name, "task": task}
+    assert registry.value("job_duration_count", **q) == total_runs
+    assert registry.value("job_queue_wait_count", **q) == total_runs
+    # Every wait lies between the enqueue and the end of the burst, on this machine's clock.
+    assert 0 <= registry.value("job_queue_wait_sum", **q) <= total_runs * spent_ms
+    assert registry.value("job_in_progress", **q) == 0
+
+
+def test_a_tenant_the_publisher_put_in_meta_is_kept(redis: Redis) -> None:
+    """A job whose meta already names a tenant runs under that one, not the publisher's current tenant."""
+    bizmetrics.rq.instrument()
+    queue = Queue(registry.unique("meta"), connection=redis)
+    with bizmetrics.tenant_context("current"):
+        job = queue.enqueue(rq_tenant, meta={TENANT_HEADER: "named"})
+    assert job.meta[TENANT_HEADER] == "named"
+    work(queue)
+    assert job.return_value() == "named"
+    assert runs(queue.name, "support.jobs.rq_tenant", "success", "named") == 1
+
+
+class AuditedJob(Job):
+    """A custom job class that overrides ``perform`` as RQ's docs show: around ``super().perform()``."""
+
+    def perform(self) -> Any:
+        self.meta["audited"] = True
+        self.save_meta()
+        return super().perform()
+
+
+class AuditedQueue(Queue):
+    job_class = AuditedJob
+
+
+def test_a_custom_job_class_calling_super_records_each_run_once(redis: Redis) -> None:
+    """``instrument()`` and ``instrument(job_class=..., queue_class=...)`` both: one execution per run, not two."""
+    bizmetrics.rq.instrument()
+    bizmetrics.rq.instrument(job_class=AuditedJob, queue_class=AuditedQueue)
+    bizmetrics.rq.instrument(job_class=AuditedJob, queue_class=AuditedQueue)  # idempotent
+    queue = AuditedQueue(registry.unique("custom"), connection=redis)
+    with bizmetrics.tenant_context("acme"):
+        job = queue.enqueue(rq_tenant)
+    assert isinstance(job, AuditedJob)
+    work(queue, AuditedJob)
+    assert job.return_value() == "acme" and job.get_meta()["audited"] is True
+    q = {"queue": queue.name, "task": "support.jobs.rq_tenant"}
+    assert runs(queue.name, "support.jobs.rq_tenant", "success", "acme") == 1
+    assert registry.value("job_duration_count", **q) == 1
+
+
+def test_queue_depth_reads_the_queues_lengths_and_needs_a_connection(redis: Redis) -> None:
+    """``queue_depth()`` reads each queue's length from Redis; ``instrument(queue_depth=...)`` refuses no connection."""
+    names = registry.unique("a"), registry.unique("b")
+    read = bizmetrics.rq.queue_depth(redis, names)
+    assert read() == {names[0]: 0, names[1]: 0}
+    for _ in range(3):
+        Queue(names[1], connection=redis).enqueue(rq_tenant)
+    assert read() == {names[0]: 0, names[1]: 3}
+    with pytest.raises(ValueError, match="queue_depth needs connection="):
+        bizmetrics.rq.instrument(queue_depth=names)
+    reg = CollectorRegistry()
+    bizmetrics.rq.instrument(queue_depth=names, connection=redis, registry=reg)
+    assert f'job_queue_depth{{queue="{names[1]}"}} 3.0' in generate_latest(reg).decode()
+
+
+# --- end to end: rq worker, a work horse per job ---------------------------------------------
 
 #: The worker's settings module (``rq worker -c rqsettings``): instrumenting there is the whole set-up.
 SETTINGS = """
@@ -98,6 +246,7 @@ def worker(tmp_path: Path, environ: dict[str, str]) -> process:
     return process([sys.executable, "-m", "rq.cli", "worker", "-c", "rqsettings", "work"], cwd=tmp_path, env=environ)
 
 
+@pytest.mark.slow
 def test_rq_worker_counts_waits_retries_and_tenants_match_ground_truth(tmp_path: Path) -> None:
     with redis_url(tmp_path / "redis") as url:
         mpdir, runs, environ = setup(tmp_path, url)
@@ -107,6 +256,7 @@ def test_rq_worker_counts_waits_retries_and_tenants_match_ground_truth(tmp_path:
             check(scrape(mpdir), "rqjobs.work", tasks, ground_truth_waits(runs, published))
 
 
+@pytest.mark.slow
 def test_rq_kill_9_of_the_work_horse_mid_job_loses_or_doubles_nothing_finished(tmp_path: Path) -> None:
     with redis_url(tmp_path / "redis") as url:
         mpdir, runs, environ = setup(tmp_path, url)

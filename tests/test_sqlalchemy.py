@@ -134,6 +134,24 @@ def test_failed_statement_observed_and_raised(sqlite_engine: Any) -> None:
     assert value("db_query_duration_count", operation=named) == 1
 
 
+def test_statements_without_parameters_are_observed(sqlite_engine: Any) -> None:
+    """``no_parameters=True`` (a statement holding a literal ``%``): the dialect's other entry point, timed too."""
+    named = unique("literal")
+    with sqlite_engine.connect() as conn:
+        options = {"no_parameters": True, "bizmetrics_operation": named}
+        assert conn.execution_options(**options).exec_driver_sql("SELECT '100%'").scalar() == "100%"
+    assert value("db_query_duration_count", operation=named) == 1
+
+
+def test_an_executemany_is_one_observation(sqlite_engine: Any) -> None:
+    """One statement with many parameter sets (the DBAPI's ``executemany``) is one query, timed once."""
+    named = unique("bulk")
+    statement = sa.text("INSERT INTO items (x) VALUES (:x)").execution_options(bizmetrics_operation=named)
+    with sqlite_engine.begin() as conn:
+        assert conn.execute(statement, [{"x": i} for i in range(5)]).rowcount == 5
+    assert value("db_query_duration_count", operation=named) == 1
+
+
 def test_pool_series_against_the_pool(pg: str) -> None:
     """Size, in use, created, invalidated, checkout waits and timeouts follow what the pool did."""
     name = unique("pool")

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from support.registry import unique
+from support.samples import KINDS, make, run
 
 import bizmetrics
 from bizmetrics import (
     instrument_agent,
+    instrument_cache_lookup,
     instrument_connector_operation,
     instrument_db_query,
+    instrument_sync_operation,
     instrument_tool,
     instrument_workflow,
     instrument_workflow_step,
@@ -114,6 +119,54 @@ def test_fixed_durations_land_in_the_expected_bucket():
     with capture() as after:
         sync()
     assert after.delta("connector_operation_duration_sum", connector_type=ct) < 42
+
+
+#: Every decorator family, given the fresh name the call records under.
+FAMILIES = {
+    "connector": lambda name: instrument_connector_operation(name, connector_type="crm"),
+    "sync": lambda name: instrument_sync_operation("contacts", operation_name=name, connector_type="crm"),
+    "workflow": instrument_workflow,
+    "step": lambda name: instrument_workflow_step(name, workflow_id="wf"),
+    "agent": instrument_agent,
+    "tool": lambda name: instrument_tool(name, agent_id="helper"),
+    "db": instrument_db_query,
+    "cache": instrument_cache_lookup,
+}
+
+
+def _recorded(family: str, kind: str, fails: bool, fixed: bool) -> dict[Any, float]:
+    """What one call records, its fresh name replaced by ``NAME`` so two calls compare."""
+    name = unique("call")
+    fn = FAMILIES[family](name)(make(kind, result=[1, 2], exc=ValueError("boom") if fails else None))
+    with capture() as captured, fixed_durations(5) if fixed else contextlib.nullcontext():
+        try:
+            run(fn)
+        except ValueError:
+            assert fails
+    return {
+        (sample, tuple((k, "NAME" if v == name else v) for k, v in pairs)): change
+        for (sample, pairs), change in captured.changes().items()
+    }
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["success", "failure"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fixed_durations_change_only_the_durations(family: str, kind: str, fails: bool):
+    """Every family and kind, under fixed_durations(5): the same counts as without; each duration is 5 ms."""
+    plain, fixed = _recorded(family, kind, fails, False), _recorded(family, kind, fails, True)
+    durations = ("_sum", "_bucket")
+    assert {k: v for k, v in fixed.items() if not k[0].endswith(durations)} == {
+        k: v for k, v in plain.items() if not k[0].endswith(durations)
+    }
+    observed = [key for key in fixed if key[0].endswith("_count")]
+    assert bool(observed) == (family != "cache")  # a cache lookup counts hits and misses, it is not timed
+    for name, pairs in observed:
+        histogram, count = name.removesuffix("_count"), fixed[(name, pairs)]
+        assert fixed[(histogram + "_sum", pairs)] == 5 * count
+        for (sample, labels), change in fixed.items():
+            if sample == histogram + "_bucket" and set(pairs) <= set(labels):
+                assert change == (count if float(dict(labels)["le"]) >= 5 else 0), (sample, labels)
 
 
 @pytest.mark.slow
@@ -490,3 +543,14 @@ def test_the_wsgi_middleware_sets_the_trace_from_a_sampled_traceparent():
     marker = f'trace_id="{TRACE}"'
     assert any(marker in line for line in _exemplar_lines("api_request_duration_bucket", t))
     assert any(marker in line for line in _exemplar_lines("db_query_duration_bucket", t))
+
+
+def test_the_bizmetrics_capture_fixture_captures_the_whole_test(bizmetrics_capture):
+    """The plugin's fixture (this suite loads it through the pytest11 entry point too) is a running capture."""
+    cache = unique("cache")
+    bizmetrics.record_cache_hit(cache, 2)
+    bizmetrics.record_cache_miss(cache)
+    bizmetrics_capture.assert_delta("cache_hits_total", 2, cache=cache)
+    assert bizmetrics_capture.delta("cache_misses_total", cache=cache) == 1
+    with pytest.raises(AssertionError, match="What changed"):
+        bizmetrics_capture.assert_delta("cache_hits_total", 3, cache=cache)

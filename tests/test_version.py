@@ -123,3 +123,17 @@ def test_the_installed_package_names_the_commit_it_was_built_from():
         assert re.fullmatch(rf"\d+\.\d+\.0\.dev\d+\+g{head}(\.d\d{{8}})?", bizmetrics.__version__)
     out = subprocess.run([sys.executable, "-m", "bizmetrics", "--version"], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == f"bizmetrics {bizmetrics.__version__}"
+
+
+def test_without_its_generated_module_the_version_comes_from_the_metadata_or_is_unknown(monkeypatch):
+    """No ``bizmetrics/_version.py`` (a checkout on sys.path): the installed distribution's version, else 0+unknown."""
+    import importlib.metadata
+
+    monkeypatch.setitem(sys.modules, "bizmetrics._version", None)  # its import raises ImportError
+    assert bizmetrics._installed_version() == importlib.metadata.version("bizmetrics")
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert bizmetrics._installed_version() == "0+unknown"

@@ -129,3 +129,24 @@ def publish(work: Path, environ: dict[str, str], tasks: list[Task], hang: bool =
         check=True,
     )
     return {k: tuple(v) for k, v in json.loads(out.stdout).items()}
+
+
+# RQ job functions for workers in the test process: RQ imports a job's function by its dotted name.
+
+
+def rq_tenant() -> str | None:
+    """The tenant current inside the job."""
+    import bizmetrics
+
+    return bizmetrics.current_tenant()
+
+
+def rq_flaky(retries: int, failures: int) -> str | None:
+    """Raise in the first ``failures`` runs of a job enqueued with ``Retry(max=retries)``, then return the tenant."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    assert job is not None
+    if retries - (job.retries_left or 0) < failures:
+        raise RuntimeError("try again")
+    return rq_tenant()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -13,6 +15,7 @@ from typing import Any
 import yaml
 
 from bizmetrics import assets
+from bizmetrics.__main__ import main
 from bizmetrics.assets import anomaly, dashboards
 from support.servers import binary
 
@@ -21,6 +24,22 @@ HERE = Path(__file__).parent.parent
 
 
 RULE_FILES = assets.RULE_FILES
+
+
+def export_assets(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m bizmetrics export-assets DIRECTORY ARGS`` in this process: its exit code and output.
+
+    In process, not a fresh interpreter (about 70 ms, not a second): the entry point
+    itself is proven by ``test_packaging.py``'s ``python -m bizmetrics --version``.
+    """
+    argv = ["export-assets", str(directory), *args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit:  # argparse refusing an option
+            code = exit.code if isinstance(exit.code, int) else 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 ASSETS = resources.files("bizmetrics.assets")
