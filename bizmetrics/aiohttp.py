@@ -31,8 +31,12 @@ __all__ = ["middleware", "trace_config"]
 #: aiohttp's own set: the methods a session sends again, once, on a fresh connection when a pooled one was dropped.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
-#: The timer of the session call whose dropped connection was left unrecorded, as aiohttp sends it again.
-_RETRYING: ContextVar[object] = ContextVar("bizmetrics_aiohttp_retrying", default=None)
+#: The session call under way in this context once it has been redirected or retried: its timer (aiohttp's one
+#: object per call) and whether a dropped connection will still be sent again. aiohttp decides that once per
+#: call, from the method the call began with (a POST redirected by a 303 to a GET is never sent again), so the
+#: first hop's answer is kept here; a call that ends clears it.
+_CALL: ContextVar[tuple[object, bool] | None] = ContextVar("bizmetrics_aiohttp_call", default=None)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _UNKNOWN = object()
 
 
@@ -59,8 +63,9 @@ def middleware(
     For ``ClientSession(middlewares=[...])`` or one call's ``middlewares=``
     (aiohttp 3.12 and later); same options as ``bizmetrics.httpx.instrument``.
     Each request the session sends is one operation: a redirect followed is
-    a request of its own. A dropped pooled connection that the session
-    retries is not counted; an exception is counted under the class the
+    a request of its own. A dropped connection that the session sends again
+    (once a call, for a call begun with an idempotent method whose body can
+    be resent) is not counted; an exception is counted under the class the
     session raises (``TimeoutError`` for its total timeout).
 
     .. versionadded:: 0.3.0
@@ -92,10 +97,26 @@ def middleware(
             if name is not None:
                 failed(connector, op, start, name)
             raise
-        record(connector, op, start, response.status, response.headers)
+        status = response.status
+        record(connector, op, start, status, response.headers)
+        if status in _REDIRECTS:
+            _follow(request)
+        elif _CALL.get() is not None:
+            _CALL.set(None)
         return response
 
     return bizmetrics_middleware
+
+
+def _follow(request: Any) -> None:
+    """Remember, at a session call's first redirect, whether its dropped connections are sent again."""
+    try:
+        timer = getattr(request, "_timer", None)
+        call = _CALL.get()
+        if timer is not None and (call is None or call[0] is not timer):
+            _CALL.set((timer, request.method in _IDEMPOTENT))
+    except Exception:
+        _log.internal_error("outgoing redirect")
 
 
 def _error_types(aiohttp: Any) -> Callable[[Any, BaseException], str | None]:
@@ -108,15 +129,20 @@ def _error_types(aiohttp: Any) -> Callable[[Any, BaseException], str | None]:
         try:
             if isinstance(error, dropped) and not isinstance(error, refused):
                 timer = getattr(request, "_timer", None)
-                session = getattr(request, "_session", None)
+                call = _CALL.get()
+                ours = call is not None and call[0] is timer
+                body = getattr(request, "_body", None)
                 if (
                     timer is not None
-                    and getattr(session, "_retry_connection", False)
-                    and request.method in _IDEMPOTENT
-                    and _RETRYING.get() is not timer
+                    and getattr(getattr(request, "_session", None), "_retry_connection", False)
+                    and (call[1] if ours and call is not None else request.method in _IDEMPOTENT)
+                    # A streamed body already read cannot be sent again: the session raises.
+                    and not getattr(body, "consumed", False)
                 ):
-                    _RETRYING.set(timer)  # the next failure of this session call is the one it raises
+                    _CALL.set((timer, False))  # sent again once: its next failure is the one the session raises
                     return None
+                if ours:
+                    _CALL.set(None)
             elif isinstance(error, asyncio.CancelledError):
                 # The session's total timeout cancels the request and raises TimeoutError in its place.
                 if getattr(getattr(request, "_timer", None), "_cancelled", False):

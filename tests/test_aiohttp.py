@@ -16,7 +16,7 @@ import itertools
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -450,3 +450,54 @@ def test_redirects_and_raise_for_status_per_hook(api: Api) -> None:
         ("connector_rate_limited_total", (("tenant_id", "default_tenant"),)): 1.0,
         ("connector_rate_limit_remaining", (("tenant_id", "default_tenant"),)): 9.0,
     }
+
+
+def test_a_dropped_connection_the_session_does_not_send_again_is_counted_once(api: Api) -> None:
+    """aiohttp sends a dropped request again only for a call that began idempotent and whose body can be resent.
+
+    A POST redirected by a 303 to a GET whose connection drops, and a PUT
+    streaming its body, are not sent again: the application gets the error
+    and the middleware counts it, once; a GET is sent again once, and the
+    error of the second attempt is the one counted. The state of a call that
+    ended is not left in the caller's context.
+    """
+    connector = _connector("middleware")
+    targets = {f"127.0.0.1:{api.port}": connector}
+    base = f"http://127.0.0.1:{api.port}"
+    raised: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+
+    async def main() -> object:
+        async with aiohttp.ClientSession(middlewares=[bizmetrics.aiohttp.middleware(targets=targets)]) as session:
+            for method, url, data in (
+                ("POST", f"{base}/status/303?location=/drop", None),
+                ("PUT", f"{base}/drop", body()),
+                ("GET", f"{base}/drop", None),
+            ):
+                with pytest.raises(aiohttp.ServerDisconnectedError) as caught:
+                    async with session.request(method, url, data=data):
+                        pass
+                raised.append(f"{method} {type(caught.value).__name__}")
+        call = getattr(bizmetrics.aiohttp, "_CALL", None)
+        return "no such state" if call is None else call.get()
+
+    state = asyncio.run(main())
+    assert len(raised) == 3
+    tenant = ("tenant_id", "default_tenant")
+    assert {key: n for key, n in series(connector).items() if n} == {
+        ("connector_operations_total", (("operation", "POST"), ("status", "success"), tenant)): 1.0,
+        ("connector_operation_duration_count", (("operation", "POST"),)): 1.0,
+        # The redirected call's GET and the plain GET: one error each.
+        **{
+            key: 2.0 if method == "GET" else 1.0
+            for method in ("GET", "PUT")
+            for key in (
+                ("connector_operations_total", (("operation", method), ("status", "error"), tenant)),
+                ("connector_errors_total", (("error_type", "ServerDisconnectedError"), ("operation", method), tenant)),
+                ("connector_operation_duration_count", (("operation", method),)),
+            )
+        },
+    }
+    assert state is None  # read inside the caller's task, after its calls
