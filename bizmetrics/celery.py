@@ -118,13 +118,22 @@ def _attribute_header(request: Any, name: str) -> Any:
     return found
 
 
+def _running(stack: list[Any] | None, request: Any) -> bool:
+    if not stack:
+        return False
+    return stack[-1] is request or (len(stack) > 1 and stack[-2] is request)
+
+
 def _measured(task: Any, run: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``task``'s body: the runs Celery's tracer makes are recorded, direct calls pass through."""
     armed = _RUNS  # looked up per call: each thread its own
 
     def run_measured(*args: Any, **kwargs: Any) -> Any:
         request = armed.armed.pop(task, None)
-        if request is None:  # task(...) called directly, not run by Celery
+        # Celery's run is under way only while its request is on the task's stack: on top, or under the one a
+        # custom __call__ pushes. Else task(...) is called directly, not run by Celery (an armed request left by
+        # a run whose body never came, its before_start failed, is not this call's).
+        if request is None or not _running(task.request_stack.stack, request):
             return run(*args, **kwargs)
         token = series = None
         eager = False

@@ -224,6 +224,29 @@ def test_calling_a_task_directly_records_nothing(app: Any) -> None:
     assert runs(app, outer, tenant) == 1
 
 
+class RefusesToStart(Task):  # type: ignore[misc]
+    """A task whose ``before_start`` fails: Celery never calls its body."""
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        raise RuntimeError("not today")
+
+
+def test_a_direct_call_after_a_run_whose_body_never_came_records_nothing(app: Any) -> None:
+    """A run stopped before its body (``before_start`` failed) leaves nothing a later ``task(...)`` could use."""
+
+    @app.task(name=unique("refuses"), base=RefusesToStart)
+    def refuses() -> int:
+        return 1
+
+    tenant = unique("tenant")
+    with bizmetrics.tenant_context(tenant):
+        assert refuses.apply().state == "FAILURE"
+    assert refuses() == 1
+    for status in ("success", "error"):
+        assert runs(app, refuses, tenant, status) == 0
+        assert runs(app, refuses, "default_tenant", status) == 0
+
+
 class Nightly(Task):  # type: ignore[misc]
     """A class-based task."""
 
