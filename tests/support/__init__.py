@@ -6,6 +6,7 @@
 - ``servers``: real servers and processes on loopback (Prometheus, the Pushgateway, Alertmanager,
   VictoriaMetrics, PostgreSQL, Redis, an HTTP API) and waiting for them;
 - ``ops``: the shipped rules, alerts and dashboards, and promtool unit tests against them;
+- ``rules``: the rules with their recorded series inlined (for VictoriaMetrics and the anomaly benchmark);
 - ``jobs``: Celery and RQ workers and publishers for the background-job tests.
 
 The fixtures are in ``tests/conftest.py``.

@@ -57,9 +57,10 @@ PROMTOOL_TESTS = (
     "jobs_test.yml",
     "anomaly_test.yml",
 )
-#: Recorded series that need history: the anomaly bands a day (they read the same hour a day and a
-#: week ago): a Prometheus that has scraped a demo for minutes has none. anomaly_test.yml (promtool, eight days)
-#: shows each of them with data, and the VictoriaMetrics parity test reads them with its offsets shortened.
+#: Recorded series that need history: the anomaly bands (they read the same hour a day and a week ago, and
+#: the spread a week of excess): a Prometheus that has scraped a demo for minutes has none. anomaly_test.yml
+#: (promtool, eight days) shows each of them with data, and test_assets_anomaly_victoriametrics.py compares them
+#: (inlined, with the alerts) between Prometheus and VictoriaMetrics on fifteen days of backfilled samples.
 NEEDS_HISTORY = frozenset(
     {
         anomaly.ENVELOPE_UPPER,
