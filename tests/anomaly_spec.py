@@ -19,8 +19,9 @@ file is what this builds.  Eight days of per-minute counters for job
 
 The rules are evaluated every minute, as Prometheus does with the shipped
 groups: an alert needs 10 minutes outside its band, so the 15-minute promise
-holds only with evaluations that see a change within a minute. The first week is the rules' learning time (a band needs a day, its weekly
-pattern a week), so only day 7 is judged quiet.
+holds only with evaluations that see a change within a minute. The first week
+is the rules' learning time (a band needs a day, its weekly pattern a week), so
+only day 7 is judged quiet.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,12 @@ bizmetrics.limit_tenants(None)
 # CI runs the suite with PYTEST_ADDOPTS="-n 4" (pytest-xdist); the pytest runs some tests start
 # in a subprocess (a user's test run with the plugin) must not inherit it.
 os.environ.pop("PYTEST_ADDOPTS", None)
+
+# A script started in the background without job control (`.ci/run &`) ignores SIGINT, and so would every
+# process the tests start (an ignored signal stays ignored across exec): the tests that press Ctrl-C on the
+# demo need the default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile(
     "default",

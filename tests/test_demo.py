@@ -17,11 +17,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import CATALOGUE
 
 
+def _ctrl_c_delivered() -> None:
+    """In the child: SIGINT handled by default and not blocked, whatever this test process inherited or set.
+
+    An in-process worker of another test (RQ's) takes SIGINT over, a background CI shell ignores it, and a
+    blocked signal stays blocked across exec: the demo must see Ctrl-C as a user's terminal sends it.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def demo(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Run the demo on a free port; yield the process and its /metrics URL."""
     with subprocess.Popen(
         [sys.executable, "-m", "bizmetrics", "demo", "--port", "0", "--seed", "1", *args],
+        preexec_fn=_ctrl_c_delivered,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -139,7 +150,9 @@ def test_demo_ctrl_c_mid_round_leaves_no_coroutine_never_awaited(tmp_path):
     """Ctrl-C lets the round finish: exit 0, a summary, and no 'coroutine ... was never awaited' warnings."""
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, preexec_fn=_ctrl_c_delivered
+    )
     assert done.returncode == 0, done.stderr
     assert "stopped" in done.stdout
     assert "never awaited" not in done.stderr

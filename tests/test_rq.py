@@ -54,8 +54,16 @@ class BurstWorker(SimpleWorker):
 
 
 def work(queue: Queue, job_class: type[Job] = Job) -> None:
-    # CRITICAL: RQ logs every job, and every failure's traceback, at INFO and ERROR.
-    BurstWorker([queue], connection=queue.connection, job_class=job_class).work(burst=True, logging_level="CRITICAL")
+    # RQ's worker takes over SIGINT and SIGTERM for the process and leaves them so: give them back, or the
+    # processes this test process starts later (the demo that must stop on Ctrl-C) inherit its handling.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # CRITICAL: RQ logs every job, and every failure's traceback, at INFO and ERROR.
+        worker = BurstWorker([queue], connection=queue.connection, job_class=job_class)
+        worker.work(burst=True, logging_level="CRITICAL")
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def runs(queue: str, task: str, status: str, tenant: str) -> float:
