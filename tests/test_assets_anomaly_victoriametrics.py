@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 from support.rules import Rule, inline, parse_rules
-from support.servers import binary, free_port, get, process, wait
+from support.servers import binary, free_port, get, instant_values, process, wait
 
 from bizmetrics import assets
 from bizmetrics.assets import anomaly
@@ -108,12 +108,7 @@ class Store:
         with urllib.request.urlopen(urllib.request.Request(f"{self.url}/api/v1/query", data=data), timeout=300) as r:
             body: dict[str, Any] = json.load(r)
         assert body["status"] == "success", body
-        found = {}
-        for series in body["data"]["result"]:
-            value = float(series["value"][1])
-            if not math.isnan(value):
-                found[tuple(sorted(series["metric"].items()))] = value
-        return found
+        return instant_values(body["data"]["result"])
 
 
 class Stores:

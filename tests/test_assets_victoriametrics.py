@@ -37,7 +37,6 @@ vmalert would evaluate the same expressions against it.)
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import re
 import sys
@@ -46,11 +45,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from support.ops import RULE_FILES, all_rules, all_variables, dashboard_targets, needs_history
-from support.servers import Prometheus, batch_run, binary, free_port, get, process, pushgateway, wait
+from support.servers import Prometheus, batch_run, binary, free_port, get, instant_values, process, pushgateway, wait
 from support.servers import prometheus as start_prometheus
 
 from bizmetrics import assets
@@ -212,13 +210,13 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             # the first instant (up to 1.4 s later, the window still starting inside the freeze) whose last scrape
             # of every target succeeded.
             for _ in range(8):
-                if _series(prom.result("count(up == 1)", at)) == {(): float(len(expositions) + 1)}:
+                if instant_values(prom.result("count(up == 1)", at)) == {(): float(len(expositions) + 1)}:
                     break
                 at += 0.2
             get(f"{victoria.url}/internal/force_flush")
             probe = "count_over_time(up[2s])"
             wait(
-                lambda: _series(victoria.result(probe, at)) == _series(prom.result(probe, at)),
+                lambda: instant_values(victoria.result(probe, at)) == instant_values(prom.result(probe, at)),
                 "VictoriaMetrics to hold what Prometheus holds",
                 timeout=20,
             )
@@ -227,16 +225,6 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
         for server in proxies.values():
             server.shutdown()
             server.server_close()
-
-
-def _series(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], float]:
-    """Labels -> value; NaN points are left out (VictoriaMetrics drops them, Prometheus returns them)."""
-    found = {}
-    for series in result:
-        value = float(series["value"][1])
-        if not math.isnan(value):
-            found[tuple(sorted(series["metric"].items()))] = value
-    return found
 
 
 def _short(expr: str) -> str:
@@ -252,8 +240,8 @@ def _compare(stores: Stores, exprs: list[tuple[str, str]], short: bool = True) -
     mismatches, worst, compared = [], 0.0, 0
     for where, expr in exprs:
         query = _short(expr) if short else expr
-        prom = _series(stores.prometheus.result(query, stores.at))
-        vm = _series(stores.victoria.result(query, stores.at))
+        prom = instant_values(stores.prometheus.result(query, stores.at))
+        vm = instant_values(stores.victoria.result(query, stores.at))
         if not prom:
             mismatches.append(f"{where}: no data from Prometheus: {query}")
             continue
@@ -287,7 +275,9 @@ def test_recording_rule_expressions_agree(stores, record_property):
     print(f"recording rules: {len(exprs)} expressions, {compared} series, max relative difference {worst:.4%}")
     print(f"allowed: {stores.tolerance:.4%} (largest scrape gap {stores.largest_scrape_gap():.2f} s)")
     assert not mismatches, "\n".join(mismatches)
-    jobs = {dict(labels).get("job") for labels in _series(stores.victoria.result(_short(exprs[0][1]), stores.at))}
+    jobs = {
+        dict(labels).get("job") for labels in instant_values(stores.victoria.result(_short(exprs[0][1]), stores.at))
+    }
     assert jobs == {"checkout", "billing", "nightly_sync"}
 
 
@@ -305,8 +295,10 @@ def test_dashboard_panel_queries_agree(stores, record_property):
 def test_two_instances_make_one_job(stores):
     """The two checkout instances sum into one job in both stores, apart from billing."""
     query = "count by (job) (up)"
-    assert _series(stores.victoria.result(query, stores.at)) == _series(stores.prometheus.result(query, stores.at))
-    assert _series(stores.victoria.result(query, stores.at)) == {
+    assert instant_values(stores.victoria.result(query, stores.at)) == instant_values(
+        stores.prometheus.result(query, stores.at)
+    )
+    assert instant_values(stores.victoria.result(query, stores.at)) == {
         (("job", "checkout"),): 2.0,
         (("job", "billing"),): 1.0,
         (("job", "pushgateway"),): 1.0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import pwd
 import shutil
@@ -161,6 +162,17 @@ def prometheus(config: dict[str, Any], work: Path, port: int, *flags: str) -> pr
             *flags,
         ]
     )
+
+
+def instant_values(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], float]:
+    """An instant query's result as labels -> value; NaN points left out (VictoriaMetrics drops them,
+    Prometheus returns them)."""
+    found = {}
+    for series in result:
+        value = float(series["value"][1])
+        if not math.isnan(value):
+            found[tuple(sorted(series["metric"].items()))] = value
+    return found
 
 
 class Prometheus:
