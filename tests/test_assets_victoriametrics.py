@@ -20,7 +20,7 @@ SLO windows' 3 days), so it:
   scrapes every ``SCRAPE_MS`` milliseconds, so a window holds 225 scrapes: the
   two stores' time bases then differ by one scrape in 225 (0.44%), which
   leaves room for a scrape late by a few hundred milliseconds;
-- serves each demo through a proxy that freezes its exposition for a few
+- serves each demo through a proxy that freezes its exposition for five
   seconds at the start of the window (so no counter moves between the two
   samples) and afterwards passes only the series that existed then (a
   series born inside the window has no sample before it, where the two
@@ -55,6 +55,10 @@ from bizmetrics import assets
 
 SCRAPE_MS = 200
 WINDOW = 45
+#: How often each proxy reads its demo's exposition.
+REFRESH_S = 0.1
+#: How long the expositions stay frozen at the start of the window, in seconds.
+FREEZE_S = 5.0
 #: Relative difference allowed between the two stores, at least (see ``Stores.tolerance``).
 TOLERANCE = 0.01
 #: Absolute difference below which two values are equal (floating-point rounding).
@@ -62,44 +66,72 @@ ABSOLUTE = 1e-12
 
 
 class _Exposition:
-    """What one proxy serves: the demo's /metrics live, frozen, or live but limited to the frozen series."""
+    """What one proxy serves: the demo's /metrics live, frozen, or live but limited to the frozen series.
+
+    A thread refreshes the body every ``REFRESH_S`` and a scrape is answered from memory: a scrape that had to
+    wait for the demo to render its exposition could outlast the 200 ms scrape timeout on a loaded machine,
+    and a failed scrape leaves a gap at a window's edge, where the two stores' rates differ by design.
+    """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.frozen: str | None = None
+        self.frozen = False
         self.keys: set[str] | None = None
+        self.latest: str | None = None  # nothing read yet: the proxy answers 502, as the demo would refuse
+        # A refresh whose read began before a freeze must not replace the frozen body with an older one
+        # (a counter going back would read as a reset): it is dropped when the freeze moved the generation on.
+        self.generation = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        threading.Thread(target=self.run, daemon=True).start()
 
     def fetch(self) -> str:
         with urllib.request.urlopen(self.upstream, timeout=5) as resp:
             body: bytes = resp.read()
             return body.decode()
 
-    def body(self) -> str:
-        if self.frozen is not None:
-            return self.frozen
+    def refresh(self) -> None:
+        generation = self.generation
         text = self.fetch()
-        if self.keys is None:
-            return text
-        return "".join(
-            line + "\n" for line in text.splitlines() if line.startswith("#") or line.rsplit(" ", 1)[0] in self.keys
-        )
+        if self.keys is not None:
+            text = "".join(
+                line + "\n" for line in text.splitlines() if line.startswith("#") or line.rsplit(" ", 1)[0] in self.keys
+            )
+        with self.lock:
+            if not self.frozen and generation == self.generation:
+                self.latest = text
+
+    def run(self) -> None:
+        while not self.stop.wait(REFRESH_S):
+            try:
+                self.refresh()
+            except OSError:
+                pass  # the last body stays served; the next refresh catches up
+
+    def body(self) -> str | None:
+        return self.latest
 
     def freeze(self) -> None:
-        self.frozen = self.fetch()
-        self.keys = {line.rsplit(" ", 1)[0] for line in self.frozen.splitlines() if line and not line.startswith("#")}
+        text = self.fetch()
+        with self.lock:
+            self.generation += 1
+            self.latest = text
+            self.keys = {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+            self.frozen = True
 
     def thaw(self) -> None:
-        self.frozen = None
+        with self.lock:
+            self.frozen = False
 
 
 def _proxy(exposition: _Exposition) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            try:
-                body = exposition.body().encode()
-            except OSError:
+            text = exposition.body()
+            if text is None:
                 self.send_error(502)
                 return
+            body = text.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
@@ -122,16 +154,18 @@ class Stores:
         self.tolerance = max(TOLERANCE, 2 * self.largest_scrape_gap() / WINDOW)
 
     def largest_scrape_gap(self) -> float:
-        """The longest time between two scrapes of a target in the window, in seconds.
+        """The longest time between two successful scrapes of a target in the window, in seconds.
 
         Prometheus extrapolates a rate to the window's edges, VictoriaMetrics divides by the time its samples
         span: the two differ by at most the gaps at both edges over the window (0.44% at 200 ms, more when a
-        loaded machine delays scrapes), so the allowed difference grows with the gaps Prometheus really saw.
+        loaded machine delays or fails scrapes), so the allowed difference grows with the gaps Prometheus
+        really saw. A failed scrape records ``up`` 0 and no sample of the target's series: it is a gap.
         """
         gaps = [SCRAPE_MS / 1000]
-        for series in self.prometheus.query(f"up[{WINDOW}s]", self.at)["data"]["result"]:
-            times = [float(t) for t, _ in series["values"]]
+        for series in self.prometheus.query(f"up[{WINDOW + 5}s]", self.at)["data"]["result"]:
+            times = [float(t) for t, value in series["values"] if value == "1"]
             gaps += [later - earlier for earlier, later in itertools.pairwise(times)]
+            gaps.append(self.at - times[-1])
         return max(gaps)
 
 
@@ -201,18 +235,20 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             for exposition in expositions.values():
                 exposition.freeze()
             frozen_at = time.time()
-            time.sleep(3)
+            time.sleep(FREEZE_S)
             for exposition in expositions.values():
                 exposition.thaw()
             at = frozen_at + 1.5 + WINDOW
-            time.sleep(max(0.0, at + 1.4 + 3 - time.time()))
+            latest = frozen_at + FREEZE_S - 0.5 + WINDOW
+            time.sleep(max(0.0, latest + 3 - time.time()))
             # A scrape a loaded machine let time out leaves its target's series stale until the next one: read at
-            # the first instant (up to 1.4 s later, the window still starting inside the freeze) whose last scrape
-            # of every target succeeded.
-            for _ in range(8):
-                if instant_values(prom.result("count(up == 1)", at)) == {(): float(len(expositions) + 1)}:
-                    break
+            # the first instant (the window still starting inside the freeze) whose last scrape of every target
+            # succeeded.
+            targets_up = {(): float(len(expositions) + 1)}
+            while instant_values(prom.result("count(up == 1)", at)) != targets_up:
                 at += 0.2
+                if at > latest:
+                    pytest.fail(f"no instant in the {FREEZE_S - 2:.0f} s searched had every target's last scrape up")
             get(f"{victoria.url}/internal/force_flush")
             probe = "count_over_time(up[2s])"
             wait(
@@ -222,6 +258,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             )
             yield Stores(prom, victoria, at)
     finally:
+        for exposition in expositions.values():
+            exposition.stop.set()
         for server in proxies.values():
             server.shutdown()
             server.server_close()
