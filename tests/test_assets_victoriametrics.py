@@ -255,12 +255,11 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             time.sleep(max(0.0, latest + 3 - time.time()))
             instants = _read_instants(prom, earliest, latest, len(expositions) + 1)
             get(f"{victoria.url}/internal/force_flush")
-            probe = "count_over_time(up[2s])"
+            # Ingested up to the last instant: the scrapes of its last 2 s agree. Prometheus' range includes its
+            # start, VictoriaMetrics' does not: the probe's start avoids a sample's millisecond.
+            probe, at = "count_over_time(up[2s])", _between_samples(prom, max(instants), 2.0)
             wait(
-                lambda: all(
-                    instant_values(victoria.result(probe, at)) == instant_values(prom.result(probe, at))
-                    for at in instants
-                ),
+                lambda: instant_values(victoria.result(probe, at)) == instant_values(prom.result(probe, at)),
                 "VictoriaMetrics to hold what Prometheus holds",
                 timeout=20,
             )
@@ -296,6 +295,16 @@ def _read_instants(prom: Prometheus, earliest: float, latest: float, targets: in
         f"{up:.0f} of {targets} targets up, {recorded:.0f} recorded series"
     )
     return [best, *(at for at in candidates if at != best)]
+
+
+def _between_samples(prom: Prometheus, at: float, width: float) -> float:
+    """``at``, or the millisecond before, so that no sample of ``up`` is exactly ``width`` seconds earlier."""
+    for _ in range(10):
+        samples = prom.result(f"up[{width + 1:.0f}s]", at)
+        if all(round(float(t) * 1000) != round((at - width) * 1000) for series in samples for t, _ in series["values"]):
+            return at
+        at -= 0.001
+    pytest.fail("no millisecond without a sample at the probe's start")
 
 
 def _short(expr: str) -> str:
