@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -111,6 +112,8 @@ def _export_assets(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         return 1
     for path in done.written:
         print(path)
+    if done.written:
+        print(Path(args.directory) / MANIFEST)
     for path in done.kept:
         print(f"bizmetrics export-assets: left alone (edited by hand, --force overwrites): {path}", file=sys.stderr)
     return 1 if done.kept else 0

@@ -419,7 +419,7 @@ def test_export_assets_writes_every_file_as_shipped(tmp_path):
         + ["alertmanager/alertmanager.yml"]
     )
     assert _files(tmp_path) == sorted([*expected, assets.MANIFEST])  # the manifest: test_export_manifest.py
-    assert done.stdout.split() == [str(tmp_path / name) for name in assets.render()]
+    assert done.stdout.split() == [str(tmp_path / name) for name in [*assets.render(), assets.MANIFEST]]
     for name in expected:
         assert (tmp_path / name).read_text() == ASSETS.joinpath(name.split("/")[0]).joinpath(
             name.split("/")[1]
@@ -610,18 +610,20 @@ def test_export_assets_never_overwrites_a_differing_file_without_force(tmp_path)
     assert again.stderr.splitlines() == [
         f"bizmetrics export-assets: left alone (edited by hand, --force overwrites): {edited}"
     ]
-    assert again.stdout.split() == [str(removed)]
+    assert again.stdout.split() == [str(removed), str(tmp_path / assets.MANIFEST)]
     assert edited.read_text() == mine
 
     tuned = export_assets(tmp_path, "--api-objective", "0.99")
     assert tuned.returncode == 1
     assert str(edited) in tuned.stderr
     # slo_rules.yml is as the last export wrote it, so new options regenerate it (test_export_manifest.py).
-    assert tuned.stdout.split() == [str(tmp_path / "prometheus" / "slo_rules.yml")]
+    assert tuned.stdout.split() == [str(tmp_path / "prometheus" / "slo_rules.yml"), str(tmp_path / assets.MANIFEST)]
 
     forced = export_assets(tmp_path, "--defaults", "--force")
     assert forced.returncode == 0, forced.stderr
-    assert sorted(forced.stdout.split()) == sorted([str(edited), str(tmp_path / "prometheus" / "slo_rules.yml")])
+    assert sorted(forced.stdout.split()) == sorted(
+        [str(edited), str(tmp_path / "prometheus" / "slo_rules.yml"), str(tmp_path / assets.MANIFEST)]
+    )
     assert edited.read_text() == ASSETS.joinpath("prometheus").joinpath("alerting_rules.yml").read_text()
     assert export_assets(tmp_path).returncode == 0
 

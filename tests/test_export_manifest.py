@@ -34,6 +34,10 @@ def test_a_rerun_without_options_regenerates_the_same_files(tmp_path):
         "--min-events": ["20"],
     }
     assert set(manifest["files"]) == set(made)
+    # Every file it wrote is listed, the manifest last.
+    listed = first.stdout.split()
+    assert {str(Path(path).relative_to(tmp_path)) for path in listed} == {*made, assets.MANIFEST}
+    assert listed[-1] == str(tmp_path / assets.MANIFEST)
 
     again = _export(tmp_path)
     assert again.returncode == 0, again.stderr
@@ -60,7 +64,7 @@ def test_changed_options_are_reported_and_regenerate_files_but_not_hand_edits(tm
     # The edit stays protected on every later run, until --force.
     assert _export(tmp_path).returncode == 1
     forced = _export(tmp_path, "--force")
-    assert forced.returncode == 0 and forced.stdout.split() == [str(edited)]
+    assert forced.returncode == 0 and forced.stdout.split() == [str(edited), str(tmp_path / assets.MANIFEST)]
     assert "# mine" not in edited.read_text()
     assert "0.995" in slo.read_text()  # --force alone keeps the recorded options
 
