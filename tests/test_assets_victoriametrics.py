@@ -28,9 +28,10 @@ SLO windows' 3 days), so it:
 
 On a loaded machine a scrape can time out, which leaves its target's series
 stale until the next scrape (and the rules evaluated meanwhile without the
-series they read): the proxies answer from memory, the read instant is one
-whose last scrapes all succeeded, and an expression missing a series there is
-compared at a later instant of the same freeze (``_read_instants``).
+series they read): the proxies answer from memory, the read instant is the
+first with the most targets' last scrapes up and the most recorded series, and
+an expression missing a series there is compared at a later instant of the
+same freeze (``_read_instants``).
 
 Many rules (the SLOs' ratios, budgets and Wilson bounds) read what other
 rules record. Prometheus therefore evaluates the shipped rules, their
