@@ -44,6 +44,7 @@ vmalert would evaluate the same expressions against it.)
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import sys
@@ -295,6 +296,9 @@ def _read_instants(prom: Prometheus, earliest: float, latest: float, targets: in
         f"read at {best - earliest:.1f} s into the {latest - earliest:.1f} s searched: "
         f"{up:.0f} of {targets} targets up, {recorded:.0f} recorded series"
     )
+    groups = json.loads(get(f"{prom.url}/api/v1/rules?type=record"))["data"]["groups"]
+    slowest = sorted(groups, key=lambda group: -group["evaluationTime"])[:3]
+    print("slowest rule groups:", ", ".join(f"{group['name']} {group['evaluationTime']:.2f} s" for group in slowest))
     return [best, *(at for at in candidates if at != best)]
 
 
@@ -321,24 +325,31 @@ def _compare(stores: Stores, exprs: list[tuple[str, str]], short: bool = True) -
 
     Each expression is compared at the best instant, or, when a series is missing there from either store (a
     rule's stale input, see ``_read_instants``), at the next instant where both stores hold the same series;
-    its values are compared once, at that instant.
+    its values are compared once, at that instant. An expression empty in both stores at every instant (a
+    loaded Prometheus took its rule group seconds to evaluate again) agrees only if Prometheus answered it
+    earlier in the window: an expression that never has data fails.
     """
-    mismatches, worst, compared = [], 0.0, 0
+    mismatches, worst, compared, empty = [], 0.0, 0, []
     for where, expr in exprs:
         query = _short(expr) if short else expr
-        missing = None
+        missing, both_empty = None, False
         for at in stores.instants:
             prom = instant_values(stores.prometheus.result(query, at))
             vm = instant_values(stores.victoria.result(query, at))
             if not prom:
                 missing = missing or f"{where}: no data from Prometheus: {query}"
+                both_empty = both_empty or not vm
                 continue
             if set(prom) != set(vm):
                 missing = missing or f"{where}: labels differ: {sorted(set(prom) ^ set(vm))[:3]}"
                 continue
             break
         else:
-            mismatches.append(f"{missing} (at each of {len(stores.instants)} instants)")
+            earlier = f"count_over_time(({query}\n)[{WINDOW}s:1s])"
+            if both_empty and stores.prometheus.result(earlier, stores.at):
+                empty.append(where)
+            else:
+                mismatches.append(f"{missing} (at each of {len(stores.instants)} instants)")
             continue
         for labels, value in prom.items():
             other = vm[labels]
@@ -349,6 +360,8 @@ def _compare(stores: Stores, exprs: list[tuple[str, str]], short: bool = True) -
             compared += 1
             if diff > stores.tolerance:
                 mismatches.append(f"{where} {dict(labels)}: Prometheus {value}, VictoriaMetrics {other}")
+    if empty:
+        print(f"empty in both stores at every instant, with data earlier in the window: {len(empty)}: {empty}")
     return mismatches, worst, compared
 
 
