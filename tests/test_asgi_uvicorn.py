@@ -122,7 +122,19 @@ def _send_and_count(port: int, n: int) -> None:
     assert {json.loads(body)["tenant"] for _, _, body in answers} == set(tenants)
     missing = [_request(port, f"/nope/{i}", "acme")[0] for i in range(10)]
     assert missing == [404] * 10
-    samples = _scrape(port)
+    # A request is recorded once its response is sent: on a loaded machine the worker that served the last
+    # one may record it just after the client has read it. Scrape until every request is in (or more are).
+    deadline = time.monotonic() + 15
+    while True:
+        samples = _scrape(port)
+        total = sum(
+            value
+            for (name, labels), value in samples.items()
+            if name == "api_requests_total" and dict(labels)["endpoint"] in ("/v1/users/{user_id}", "__unmatched__")
+        )
+        if total >= n + 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     for tenant in tenants:
         api = {"method": "GET", "endpoint": "/v1/users/{user_id}", "tenant_id": tenant}
         assert samples[key("api_requests_total", status="200", **api)] == n / 2
