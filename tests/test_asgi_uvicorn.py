@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support.servers import free_port
+from support.servers import free_port, wait
 from test_multiprocess import _get, _samples
 
 APP = """
@@ -122,19 +122,19 @@ def _send_and_count(port: int, n: int) -> None:
     assert {json.loads(body)["tenant"] for _, _, body in answers} == set(tenants)
     missing = [_request(port, f"/nope/{i}", "acme")[0] for i in range(10)]
     assert missing == [404] * 10
+
     # A request is recorded once its response is sent: on a loaded machine the worker that served the last
     # one may record it just after the client has read it. Scrape until every request is in (or more are).
-    deadline = time.monotonic() + 15
-    while True:
+    def recorded() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         samples = _scrape(port)
         total = sum(
             value
             for (name, labels), value in samples.items()
             if name == "api_requests_total" and dict(labels)["endpoint"] in ("/v1/users/{user_id}", "__unmatched__")
         )
-        if total >= n + 10 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        return samples if total >= n + 10 else None
+
+    samples = wait(recorded, f"{n + 10} requests recorded", timeout=15, every=0.1)
     for tenant in tenants:
         api = {"method": "GET", "endpoint": "/v1/users/{user_id}", "tenant_id": tenant}
         assert samples[key("api_requests_total", status="200", **api)] == n / 2

@@ -116,9 +116,6 @@ class _Exposition:
             except OSError:
                 pass  # the last body stays served; the next refresh catches up
 
-    def body(self) -> str | None:
-        return self.latest
-
     def freeze(self) -> None:
         text = self.fetch()
         with self.lock:
@@ -135,7 +132,7 @@ class _Exposition:
 def _proxy(exposition: _Exposition) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            text = exposition.body()
+            text = exposition.latest
             if text is None:
                 self.send_error(502)
                 return
